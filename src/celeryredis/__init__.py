@@ -1,0 +1,34 @@
+"""celeryredis: Celery on Redis, production-grade by default.
+
+Build an ordinary :class:`celery.Celery` app wired for Redis with
+:func:`make_app`, or apply the same presets and checks to an app you already
+build with :func:`configure`; see what was set, and why, with :func:`explain`.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from celeryredis.app import ExplainRow, configure, explain, make_app
+from celeryredis.exceptions import CeleryRedisError, ConfigurationError
+from celeryredis.presets import Preset, Setting
+from celeryredis.urls import RedisURL, parse_redis_url
+
+try:
+    __version__ = version("celeryredis")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "CeleryRedisError",
+    "ConfigurationError",
+    "ExplainRow",
+    "Preset",
+    "RedisURL",
+    "Setting",
+    "__version__",
+    "configure",
+    "explain",
+    "make_app",
+    "parse_redis_url",
+]

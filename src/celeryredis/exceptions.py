@@ -1,0 +1,44 @@
+"""The celeryredis exception tree.
+
+Every error the library raises derives from :class:`CeleryRedisError`, so a host
+project can catch everything of ours with one ``except`` clause::
+
+    CeleryRedisError
+    └── ConfigurationError (also a ValueError)
+
+Each error carries its context as attributes and a message that says what was
+wrong and how to fix it. Messages never contain secrets: URLs are redacted
+before they are put into a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["CeleryRedisError", "ConfigurationError"]
+
+
+class CeleryRedisError(Exception):
+    """Root of every exception raised by celeryredis."""
+
+
+class ConfigurationError(CeleryRedisError, ValueError):
+    """A URL, preset, setting or combination of settings is wrong.
+
+    Args:
+        message: What is wrong and how to fix it.
+        setting: The setting (or URL) name the error is about, if there is one.
+        check_ids: The ids of the validation checks that failed, if the error
+            comes from validation.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        setting: str | None = None,
+        check_ids: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.check_ids = tuple(check_ids)

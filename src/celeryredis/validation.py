@@ -1,0 +1,633 @@
+"""Cross-setting checks: settings in, findings out; no I/O.
+
+Every check has a stable id, a severity (``error`` or ``warning``) and a message
+that says what is wrong and how to fix it. :func:`run_checks` returns the
+findings for a Celery-shaped settings mapping (a plain dict or ``app.conf``);
+:func:`enforce` applies the validation mode: ``"error"`` raises one
+:class:`~celeryredis.exceptions.ConfigurationError` listing every error-severity
+finding and logs the warnings, ``"warn"`` logs everything, ``"ignore"`` drops
+everything. The mode can be overridden per check id.
+
+The checks run when :func:`celeryredis.make_app` / :func:`celeryredis.configure`
+build the app, and again when a worker starts (see :mod:`celeryredis.worker`),
+so settings changed in between are caught too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Final, Literal
+
+from celeryredis.exceptions import ConfigurationError
+from celeryredis.urls import RedisURL, parse_redis_url
+
+__all__ = [
+    "BACKEND_TRANSPORT_OPTIONS",
+    "BROKER_TRANSPORT_OPTIONS",
+    "CHECKS",
+    "MODES",
+    "Check",
+    "Finding",
+    "Mode",
+    "derive_visibility_timeout",
+    "enforce",
+    "normalise_modes",
+    "old_setting_names",
+    "required_visibility_timeout",
+    "run_checks",
+]
+
+logger = logging.getLogger(__name__)
+
+Mode = Literal["error", "warn", "ignore"]
+Severity = Literal["error", "warning"]
+
+#: The accepted validation modes.
+MODES: Final = ("error", "warn", "ignore")
+
+
+def _broker_transport_options() -> frozenset[str]:
+    # kombu copies only listed names from transport_options (virtual/base.py) and
+    # ignores the rest silently; these lists are the source of truth.
+    from kombu.transport.redis import SentinelChannel  # noqa: PLC0415 - keep import cost lazy
+
+    return frozenset(SentinelChannel.from_transport_options) | {
+        # Read elsewhere in kombu 5.7 (redis.py register_with_event_loop, virtual Transport).
+        "polling_interval",
+        "reauth_check_interval",
+        # Connection-level failover options (kombu/connection.py _extract_failover_opts).
+        "max_retries",
+        "interval_start",
+        "interval_step",
+        "interval_max",
+        "connect_retries_timeout",
+        "errback",
+        "callback",
+        # Sentinel-only keys are in SentinelChannel.from_transport_options; master_name
+        # and sentinel_kwargs are read from transport_options directly.
+        "master_name",
+        "sentinel_kwargs",
+        "min_other_sentinels",
+    }
+
+
+#: ``broker_transport_options`` keys that kombu 5.7's Redis transport reads.
+BROKER_TRANSPORT_OPTIONS: Final = _broker_transport_options()
+
+#: ``result_backend_transport_options`` keys that Celery 5.7's Redis backend reads.
+BACKEND_TRANSPORT_OPTIONS: Final = frozenset(
+    {
+        "retry_policy",
+        "result_chord_ordered",
+        "global_keyprefix",
+        "additional_connection_errors",
+        "master_name",
+        "sentinel_kwargs",
+        "min_other_sentinels",
+    }
+)
+
+_PICKLE_NAMES = frozenset({"pickle", "application/x-python-serialize"})
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One failed check.
+
+    Attributes:
+        check_id: The stable id of the check.
+        severity: ``"error"`` or ``"warning"`` before the mode is applied.
+        message: What is wrong and how to fix it (secrets redacted).
+        settings: The setting names involved.
+    """
+
+    check_id: str
+    severity: Severity
+    message: str
+    settings: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return f"[{self.check_id}] {self.message}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A validation check.
+
+    Attributes:
+        id: Stable id, used in findings and in per-check mode overrides.
+        severity: The default severity of its findings.
+        title: One line: what the check refuses.
+        why: One line: what goes wrong if it is ignored.
+        run: The function that returns the findings for a settings mapping.
+    """
+
+    id: str
+    severity: Severity
+    title: str
+    why: str
+    run: Callable[[Mapping[str, Any]], Iterable[Finding]]
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _opts(conf: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = conf.get(name)
+    return value if isinstance(value, Mapping) else {}
+
+
+def _url(conf: Mapping[str, Any], name: str) -> RedisURL | None:
+    value = conf.get(name)
+    if not isinstance(value, str) or not value.startswith(
+        ("redis", "rediss", "sentinel", "unix", "redis+socket")
+    ):
+        return None
+    try:
+        return parse_redis_url(value, setting=name)
+    except ConfigurationError:
+        return None  # URL errors are raised where the URL is resolved, not here.
+
+
+def _effective_prefetch(conf: Mapping[str, Any]) -> float | None:
+    if conf.get("worker_disable_prefetch"):
+        return 1.0
+    return _num(conf.get("worker_prefetch_multiplier", 4))
+
+
+def required_visibility_timeout(conf: Mapping[str, Any]) -> float | None:
+    """Return the smallest safe visibility timeout for these settings.
+
+    With Redis, an unacked message is redelivered once it has been held longer
+    than the visibility timeout, counted from when a worker fetched it. A message
+    can legitimately be held for its ETA/countdown (at most the ETA horizon), a
+    retry's backoff (at most the backoff cap), and the time the tasks ahead of it
+    in the worker's prefetch run (prefetch x hard time limit, one fewer with
+    early acks). The timeout must exceed that sum.
+
+    Args:
+        conf: Celery-shaped settings.
+
+    Returns:
+        ``H + cap + M*T`` (``(M-1)*T`` without ``task_acks_late``), or None when
+        it cannot be bounded (no hard time limit, or unlimited prefetch).
+    """
+    horizon = _num(conf.get("celeryredis_eta_horizon", 0.0)) or 0.0
+    backoff = _num(conf.get("celeryredis_retry_backoff_max", 0.0)) or 0.0
+    limit = _num(conf.get("task_time_limit"))
+    prefetch = _effective_prefetch(conf)
+    if limit is None or prefetch is None or prefetch <= 0:
+        return None
+    held = prefetch if conf.get("task_acks_late") else prefetch - 1
+    return horizon + backoff + max(held, 0) * limit
+
+
+def derive_visibility_timeout(conf: Mapping[str, Any]) -> float | None:
+    """Return the visibility timeout presets derive: the requirement plus 10% (at least 1 s).
+
+    Returns None when :func:`required_visibility_timeout` cannot bound it.
+    """
+    required = required_visibility_timeout(conf)
+    if required is None:
+        return None
+    return float(math.ceil(required + max(1.0, 0.1 * required)))
+
+
+# --- the checks ---------------------------------------------------------------------------
+
+
+def _check_visibility_timeout(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    vt = _num(_opts(conf, "broker_transport_options").get("visibility_timeout", 3600))
+    prefetch = _effective_prefetch(conf)
+    if prefetch is not None and prefetch <= 0:
+        yield Finding(
+            "visibility-timeout",
+            "error",
+            "worker_prefetch_multiplier=0 lets a worker reserve unlimited messages; with Redis "
+            "the ones waiting longer than the visibility timeout run twice. Set "
+            "worker_prefetch_multiplier to 1 (or a small number).",
+            ("worker_prefetch_multiplier",),
+        )
+        return
+    required = required_visibility_timeout(conf)
+    if required is None or vt is None:
+        return  # acks-late-without-time-limit reports the missing hard limit.
+    if vt <= required:
+        horizon = conf.get("celeryredis_eta_horizon", 0)
+        backoff = conf.get("celeryredis_retry_backoff_max", 0)
+        factor = "prefetch" if conf.get("task_acks_late") else "(prefetch - 1)"
+        yield Finding(
+            "visibility-timeout",
+            "error",
+            f"broker_transport_options['visibility_timeout']={vt:g} s is not above "
+            f"celeryredis_eta_horizon ({horizon} s) + celeryredis_retry_backoff_max "
+            f"({backoff} s) + {factor} x task_time_limit ({prefetch:g} x "
+            f"{conf.get('task_time_limit')} s) = {required:g} s, so a task that waits or "
+            "runs that long is redelivered and runs twice. Leave visibility_timeout unset "
+            "(celeryredis derives it), raise it above that sum, or lower the other terms.",
+            (
+                "broker_transport_options",
+                "celeryredis_eta_horizon",
+                "celeryredis_retry_backoff_max",
+                "task_time_limit",
+                "worker_prefetch_multiplier",
+            ),
+        )
+
+
+def _check_acks_late_time_limit(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    if conf.get("task_acks_late") and _num(conf.get("task_time_limit")) is None:
+        yield Finding(
+            "acks-late-without-time-limit",
+            "error",
+            "task_acks_late is on but task_time_limit is not set: a task that runs longer than "
+            "the visibility timeout is redelivered while it still runs. Set task_time_limit "
+            "(seconds) to bound every task.",
+            ("task_acks_late", "task_time_limit"),
+        )
+
+
+def _check_soft_limit(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    soft, hard = _num(conf.get("task_soft_time_limit")), _num(conf.get("task_time_limit"))
+    if soft is not None and hard is not None and soft >= hard:
+        yield Finding(
+            "soft-limit-not-below-hard",
+            "error",
+            f"task_soft_time_limit ({soft:g} s) must be below task_time_limit ({hard:g} s), "
+            "or SoftTimeLimitExceeded never gets a chance to run; lower the soft limit.",
+            ("task_soft_time_limit", "task_time_limit"),
+        )
+
+
+def _unknown_keys(conf: Mapping[str, Any], name: str, known: frozenset[str]) -> Iterable[Finding]:
+    for key in sorted(_opts(conf, name)):
+        if key in known:
+            continue
+        close = difflib.get_close_matches(str(key), sorted(known), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(sorted(known))}"
+        yield Finding(
+            "unknown-transport-option",
+            "error",
+            f"{name} has the key {key!r}, which the Redis transport never reads (kombu and "
+            f"Celery ignore unknown keys silently); {hint}",
+            (name,),
+        )
+
+
+def _check_transport_options(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    yield from _unknown_keys(conf, "broker_transport_options", BROKER_TRANSPORT_OPTIONS)
+    yield from _unknown_keys(conf, "result_backend_transport_options", BACKEND_TRANSPORT_OPTIONS)
+
+
+def _ssl_dict_cert_reqs(value: Any) -> str | None:
+    if not isinstance(value, Mapping):
+        return None
+    reqs = value.get("ssl_cert_reqs", value.get("cert_reqs"))
+    if reqs is None:
+        return None
+    text = getattr(reqs, "name", str(reqs)).lower()
+    return {"cert_required": "required", "cert_optional": "optional", "cert_none": "none"}.get(
+        text, text
+    )
+
+
+def _tls_level(conf: Mapping[str, Any], url_setting: str, ssl_setting: str) -> str | None:
+    url = _url(conf, url_setting)
+    if url is None or not url.is_tls:
+        return None
+    return url.ssl_cert_reqs or _ssl_dict_cert_reqs(conf.get(ssl_setting)) or "missing"
+
+
+def _check_tls(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    for url_setting, ssl_setting in (
+        ("broker_url", "broker_use_ssl"),
+        ("result_backend", "redis_backend_use_ssl"),
+    ):
+        level = _tls_level(conf, url_setting, ssl_setting)
+        if level in {"missing", "none"}:
+            what = "does not say" if level == "missing" else "turns off"
+            yield Finding(
+                "tls-without-verification",
+                "error",
+                f"{url_setting} is a rediss:// URL that {what} certificate verification "
+                "(kombu then falls back to CERT_NONE: anyone on the path can impersonate "
+                f"Redis). Add ?ssl_cert_reqs=required&ssl_ca_certs=/path/ca.pem to the URL, "
+                f"or set {ssl_setting}={{'ssl_cert_reqs': ssl.CERT_REQUIRED, ...}}.",
+                (url_setting, ssl_setting),
+            )
+
+
+def _check_tls_optional(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    for url_setting, ssl_setting in (
+        ("broker_url", "broker_use_ssl"),
+        ("result_backend", "redis_backend_use_ssl"),
+    ):
+        if _tls_level(conf, url_setting, ssl_setting) == "optional":
+            yield Finding(
+                "tls-optional-verification",
+                "warning",
+                f"{url_setting} uses ssl_cert_reqs=optional: a certificate is checked only if "
+                "the server sends one. Use ssl_cert_reqs=required.",
+                (url_setting, ssl_setting),
+            )
+
+
+def _check_sentinel(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    for url_setting, options in (
+        ("broker_url", "broker_transport_options"),
+        ("result_backend", "result_backend_transport_options"),
+    ):
+        url = _url(conf, url_setting)
+        if url is not None and url.is_sentinel and not _opts(conf, options).get("master_name"):
+            yield Finding(
+                "sentinel-without-master-name",
+                "error",
+                f"{url_setting} is a sentinel:// URL but {options} has no 'master_name'; "
+                f"set {options}={{'master_name': 'mymaster'}} (the name your sentinels monitor).",
+                (url_setting, options),
+            )
+
+
+def _as_names(value: Any) -> set[str]:
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, Iterable):
+        return {str(v) for v in value}
+    return set()
+
+
+def _check_pickle(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    if conf.get("celeryredis_allow_pickle"):
+        return
+    for name in ("accept_content", "result_accept_content", "task_serializer", "result_serializer"):
+        if _as_names(conf.get(name)) & _PICKLE_NAMES:
+            yield Finding(
+                "pickle-accepted",
+                "error",
+                f"{name} allows pickle: anyone who can write to Redis can run code in your "
+                "workers and clients. Use JSON, or set celeryredis_allow_pickle=True to accept "
+                "the risk explicitly.",
+                (name, "celeryredis_allow_pickle"),
+            )
+
+
+def old_setting_names() -> Mapping[str, str]:
+    """Return Celery's table of old upper-case setting names to their new names."""
+    # Celery keeps this table in a private dict (celery.app.defaults._TO_NEW_KEY);
+    # it is the only complete list, so we read it rather than copy it.
+    from celery.app import defaults  # noqa: PLC0415
+
+    table: Mapping[str, str] = getattr(defaults, "_TO_NEW_KEY", {})
+    return table
+
+
+def _check_old_names(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    table = old_setting_names()
+    for key in sorted(k for k in conf if isinstance(k, str) and k in table):
+        yield Finding(
+            "old-setting-names",
+            "error",
+            f"{key!r} is an old upper-case setting name; use {table[key]!r} (Celery refuses to "
+            "mix old and new names, and celeryredis sets new ones).",
+            (key,),
+        )
+
+
+def _check_restore_sweep(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    opts = _opts(conf, "broker_transport_options")
+    vt = _num(opts.get("visibility_timeout", 3600))
+    interval = _num(opts.get("unacked_restore_interval", 10)) or 10.0
+    throttle = _num(opts.get("unacked_restore_throttle", 10)) or 10.0
+    if vt is not None and interval * throttle > vt:
+        yield Finding(
+            "restore-sweep-slow",
+            "warning",
+            f"unacked messages are swept every unacked_restore_interval x "
+            f"unacked_restore_throttle = {interval * throttle:g} s, longer than the "
+            f"visibility timeout ({vt:g} s): a dead worker's task waits that much longer. "
+            "Set broker_transport_options unacked_restore_throttle=1.",
+            ("broker_transport_options",),
+        )
+
+
+def _check_worker_lost_loop(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    if (
+        conf.get("task_acks_late")
+        and conf.get("task_reject_on_worker_lost")
+        and not conf.get("task_retry_on_worker_lost")
+    ):
+        yield Finding(
+            "worker-lost-redelivery-loop",
+            "warning",
+            "task_reject_on_worker_lost without task_retry_on_worker_lost requeues a task that "
+            "kills its worker forever; set task_retry_on_worker_lost=True to bound it by "
+            "max_retries.",
+            ("task_reject_on_worker_lost", "task_retry_on_worker_lost"),
+        )
+
+
+#: Every check, by id, in the order they run.
+CHECKS: Final[Mapping[str, Check]] = MappingProxyType(
+    {
+        c.id: c
+        for c in (
+            Check(
+                "visibility-timeout",
+                "error",
+                "The visibility timeout must exceed ETA horizon + retry backoff cap + "
+                "prefetch x hard time limit.",
+                "Tasks that wait or run longer are redelivered and run twice.",
+                _check_visibility_timeout,
+            ),
+            Check(
+                "acks-late-without-time-limit",
+                "error",
+                "task_acks_late needs a finite task_time_limit.",
+                "A long task outlives the visibility timeout and runs again while running.",
+                _check_acks_late_time_limit,
+            ),
+            Check(
+                "soft-limit-not-below-hard",
+                "error",
+                "task_soft_time_limit must be below task_time_limit.",
+                "The soft limit never fires; tasks get no chance to clean up.",
+                _check_soft_limit,
+            ),
+            Check(
+                "unknown-transport-option",
+                "error",
+                "broker/result-backend transport option keys must be ones kombu/Celery read.",
+                "A misspelt key is ignored silently and the intended protection is off.",
+                _check_transport_options,
+            ),
+            Check(
+                "tls-without-verification",
+                "error",
+                "rediss:// URLs must verify the server certificate.",
+                "kombu falls back to CERT_NONE: TLS without authentication.",
+                _check_tls,
+            ),
+            Check(
+                "tls-optional-verification",
+                "warning",
+                "ssl_cert_reqs=optional checks a certificate only when one is sent.",
+                "An attacker who sends no certificate is not checked.",
+                _check_tls_optional,
+            ),
+            Check(
+                "sentinel-without-master-name",
+                "error",
+                "sentinel:// URLs need transport option master_name.",
+                "kombu fails at first connect; the result backend has no check at all.",
+                _check_sentinel,
+            ),
+            Check(
+                "pickle-accepted",
+                "error",
+                "Pickle needs the explicit opt-in celeryredis_allow_pickle=True.",
+                "Whoever can write to Redis can run code in workers.",
+                _check_pickle,
+            ),
+            Check(
+                "old-setting-names",
+                "error",
+                "Old upper-case setting names are refused.",
+                "Celery refuses mixed old and new names, or silently uses the old set.",
+                _check_old_names,
+            ),
+            Check(
+                "restore-sweep-slow",
+                "warning",
+                "Unacked messages should be swept at least once per visibility timeout.",
+                "A task lost with a dead worker is redelivered much later than expected.",
+                _check_restore_sweep,
+            ),
+            Check(
+                "worker-lost-redelivery-loop",
+                "warning",
+                "task_reject_on_worker_lost should come with task_retry_on_worker_lost.",
+                "A task that kills its worker is requeued forever.",
+                _check_worker_lost_loop,
+            ),
+        )
+    }
+)
+
+
+def run_checks(conf: Mapping[str, Any]) -> list[Finding]:
+    """Run every check against Celery-shaped settings.
+
+    Args:
+        conf: A settings mapping (a dict, or ``app.conf``).
+
+    Returns:
+        The findings, in check order; empty when everything is fine.
+    """
+    findings: list[Finding] = []
+    for check in CHECKS.values():
+        findings.extend(check.run(conf))
+    return findings
+
+
+def _check_mode(name: str, value: Any) -> Mode:
+    if value not in MODES:
+        raise ConfigurationError(
+            f"{name}={value!r} is not a validation mode; use one of {', '.join(MODES)}",
+            setting=name,
+        )
+    return value  # type: ignore[no-any-return]
+
+
+def normalise_modes(validate: Any, per_check: Any = None) -> tuple[Mode, Mapping[str, Mode]]:
+    """Check and split a validation mode specification.
+
+    Args:
+        validate: ``"error"``, ``"warn"`` or ``"ignore"``, or a mapping of check
+            ids to modes (whose ``"*"`` key, if any, is the default mode).
+        per_check: Extra per-check overrides (``celeryredis_validate_checks``).
+
+    Returns:
+        The default mode and the per-check overrides.
+
+    Raises:
+        ConfigurationError: An unknown mode or check id.
+    """
+    overrides: dict[str, Any] = {}
+    if isinstance(validate, Mapping):
+        overrides.update(validate)
+        validate = overrides.pop("*", "error")
+    default = _check_mode("validate", validate)
+    if per_check is not None and not isinstance(per_check, Mapping):
+        raise ConfigurationError(
+            "celeryredis_validate_checks must be a dict of {check_id: mode}",
+            setting="celeryredis_validate_checks",
+        )
+    overrides.update(per_check or {})
+    for check_id, mode in overrides.items():
+        if check_id not in CHECKS:
+            close = difflib.get_close_matches(str(check_id), list(CHECKS), n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"checks: {', '.join(CHECKS)}"
+            raise ConfigurationError(
+                f"unknown validation check id {check_id!r}; {hint}",
+                setting="celeryredis_validate_checks",
+            )
+        _check_mode(f"validate[{check_id!r}]", mode)
+    return default, MappingProxyType(overrides)
+
+
+def enforce(
+    findings: Iterable[Finding],
+    validate: Any = "error",
+    per_check: Any = None,
+    *,
+    context: str = "celeryredis",
+) -> list[Finding]:
+    """Apply the validation mode to findings.
+
+    Args:
+        findings: Findings from :func:`run_checks`.
+        validate: The default mode, or a mapping of check ids to modes.
+        per_check: Per-check overrides, ``{check_id: mode}``.
+        context: Where validation runs, for the message (e.g. the app name).
+
+    Returns:
+        The findings that were logged as warnings.
+
+    Raises:
+        ConfigurationError: When at least one finding's mode is ``"error"`` and
+            its severity is ``"error"`` (or its mode was set to ``"error"``
+            explicitly). The message lists all of them, one per line.
+    """
+    default, overrides = normalise_modes(validate, per_check)
+    errors: list[Finding] = []
+    warnings: list[Finding] = []
+    for finding in findings:
+        mode = overrides.get(finding.check_id, default)
+        explicit = finding.check_id in overrides
+        if mode == "ignore":
+            continue
+        if mode == "error" and (finding.severity == "error" or explicit):
+            errors.append(finding)
+        else:
+            warnings.append(finding)
+    for finding in warnings:
+        logger.warning("%s: %s", context, finding)
+    if errors:
+        lines = "\n".join(f"  - {f}" for f in errors)
+        raise ConfigurationError(
+            f"{context}: {len(errors)} configuration problem(s):\n{lines}\n"
+            "Fix them, or set validate='warn' (or {check_id: 'warn'}) to accept the risk.",
+            setting=errors[0].settings[0] if errors[0].settings else None,
+            check_ids=[f.check_id for f in errors],
+        )
+    return warnings
