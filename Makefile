@@ -1,0 +1,68 @@
+# celeryredis — every target sets itself up: a virtualenv in .venv, the package and its
+# tools installed into it, and a redis-server binary (installed when missing). Tests start
+# their own throwaway redis-server processes on free loopback ports and stop them.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Per-stage budgets in seconds (CI runs the whole of `make test` under 15 minutes).
+SETUP_BUDGET ?= 420
+LINT_BUDGET ?= 180
+TEST_BUDGET ?= 540
+DOCS_BUDGET ?= 180
+
+.PHONY: help venv redis lint typecheck imports test unit integration docs demo install-check clean
+
+help:  ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "celeryredis needs Python >= 3.10; set PYTHON=python3.x")'
+	timeout $(SETUP_BUDGET) $(PYTHON) -m venv $(VENV)
+	timeout $(SETUP_BUDGET) $(BIN)/python -m pip install -q --disable-pip-version-check -U 'pip>=25.1'
+	timeout $(SETUP_BUDGET) $(BIN)/python -m pip install -q --disable-pip-version-check -e . --group test --group lint --group docs
+	touch $(STAMP)
+
+venv: $(STAMP)  ## Create .venv and install the package with its test, lint and docs tools.
+
+redis:  ## Make sure a redis-server binary is available (installs Debian's package if missing).
+	timeout $(SETUP_BUDGET) scripts/ensure-redis.sh
+
+lint: venv  ## ruff check and ruff format --check.
+	timeout $(LINT_BUDGET) $(BIN)/ruff check src tests docs
+	timeout $(LINT_BUDGET) $(BIN)/ruff format --check src tests docs
+
+typecheck: venv  ## mypy --strict on src/ and tests/typing/.
+	timeout $(LINT_BUDGET) $(BIN)/mypy
+
+imports: venv  ## import-linter: the layer order of DESIGN.md.
+	timeout $(LINT_BUDGET) $(BIN)/lint-imports
+
+unit: venv  ## Unit tests only (no server).
+	timeout $(TEST_BUDGET) $(BIN)/pytest tests/unit -q --durations=10
+
+test: venv redis lint typecheck imports  ## The whole suite: lint, types, layers, tests, docs, install check.
+	timeout $(TEST_BUDGET) $(BIN)/pytest -q --durations=15 --timeout=120
+	$(MAKE) --no-print-directory docs install-check
+
+docs: venv  ## Build the docs with warnings as errors (offline).
+	timeout $(DOCS_BUDGET) $(BIN)/sphinx-build -q -n -W --keep-going -b html docs docs/_build/html
+
+install-check: venv  ## pip install . into a fresh virtualenv; import it; check py.typed.
+	@d=$$(mktemp -d) && trap 'rm -rf "$$d"' EXIT && \
+	timeout $(SETUP_BUDGET) $(PYTHON) -m venv "$$d/venv" && \
+	timeout $(SETUP_BUDGET) "$$d/venv/bin/pip" install -q --disable-pip-version-check . && \
+	"$$d/venv/bin/python" -c 'import importlib.resources as r, celeryredis; \
+	assert r.files("celeryredis").joinpath("py.typed").is_file(), "py.typed missing"; \
+	print("install-check: celeryredis", celeryredis.__version__, "imports; py.typed installed")'
+
+demo: venv redis  ## The end-to-end tour (starts a throwaway redis-server unless a URL is configured).
+	$(BIN)/python -m celeryredis.demo
+
+clean:  ## Remove the virtualenv and build output.
+	rm -rf $(VENV) docs/_build build dist .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,147 @@
+"""The test harness itself: throwaway servers and worker processes are really stopped."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from celeryredis.testing import RedisServer, WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+TASKS = """
+import os
+from celeryredis import make_app
+
+app = make_app("harness_app", broker_url=os.environ["HARNESS_URL"], preset="testing")
+
+
+@app.task
+def mul(x, y):
+    return x * y
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); count it as dead.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return any(
+        _alive(int(p.name))
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _pgid(int(p.name)) == pgid
+    )
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def test_redis_server_start_stop_kill_restart(tmp_path: Path) -> None:
+    server = RedisServer(directory=tmp_path, appendonly=True)
+    try:
+        server.start()
+        pid, port = server.pid, server.port
+        assert server.client().ping()
+        server.client().set("k", "v")
+        server.kill()
+        assert not _alive(pid)
+        server.restart()  # same port and directory; AOF brings the key back
+        assert server.port == port
+        assert server.client().get("k") == b"v"
+        pid = server.pid
+        server.stop()
+        assert not _alive(pid)
+        assert not server.is_running()
+    finally:
+        server.cleanup()
+
+
+def test_redis_url_gives_each_test_a_clean_database_first(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    assert client.dbsize() == 0
+    client.set("left-behind", 1)
+
+
+def test_redis_url_gives_each_test_a_clean_database_second(redis_url: str) -> None:
+    assert redis.Redis.from_url(redis_url).dbsize() == 0
+
+
+def test_worker_process_runs_a_task_and_kill_leaves_no_process(
+    redis_url: str, tmp_path: Path, celery_worker_process: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "harness_app.py").write_text(textwrap.dedent(TASKS))
+    monkeypatch.setenv("HARNESS_URL", redis_url)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import harness_app  # type: ignore[import-not-found]
+
+    worker: WorkerProcess = celery_worker_process(
+        "harness_app", cwd=tmp_path, env={"HARNESS_URL": redis_url}, concurrency=2
+    )
+    worker.wait_ready()
+    assert harness_app.mul.delay(6, 7).get(timeout=20) == 42
+    children = [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and _pgid(int(p.name)) == worker.pgid
+    ]
+    assert len(children) >= 3  # main process + 2 pool processes
+    worker.kill(signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _group_alive(worker.pgid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _group_alive(worker.pgid)
+    assert worker.returncode == -signal.SIGKILL
+
+
+def test_inprocess_worker_runs_a_task(celeryredis_app: Any, inprocess_worker: Any) -> None:
+    @celeryredis_app.task
+    def triple(x: int) -> int:
+        return 3 * x
+
+    inprocess_worker(celeryredis_app, pool="solo")
+    assert triple.delay(5).get(timeout=20) == 15
+
+
+def test_demo_runs_on_an_embedded_redis_and_stops_it() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"CELERY_BROKER_URL", "REDIS_URL"}}
+    proc = subprocess.run(
+        [sys.executable, "-m", "celeryredis.demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "throwaway redis-server" in proc.stdout
+    assert "add.delay(2, 3).get()            -> 5" in proc.stdout
+    match = re.search(r"\(pid (\d+)\); it is stopped at the end", proc.stdout)
+    assert match
+    assert not _alive(int(match.group(1)))
