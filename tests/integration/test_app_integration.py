@@ -42,12 +42,12 @@ if os.environ.get("HOSTAPP_BREAK_AFTER_MAKE_APP"):
     app.conf.task_soft_time_limit = 10_000
 
 
-@app.task(ignore_result=False)
+@app.task(ignore_result=False, shared=False)
 def add(x, y):
     return x + y
 
 
-@app.task(ignore_result=False)
+@app.task(ignore_result=False, shared=False)
 def slow(marker, seconds):
     client = redis.Redis.from_url(URL)
     client.incr(marker + ":started")

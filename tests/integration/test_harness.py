@@ -26,7 +26,7 @@ from celeryredis import make_app
 app = make_app("harness_app", broker_url=os.environ["HARNESS_URL"], preset="testing")
 
 
-@app.task
+@app.task(shared=False)
 def mul(x, y):
     return x * y
 """
@@ -121,7 +121,7 @@ def test_worker_process_runs_a_task_and_kill_leaves_no_process(
 
 
 def test_inprocess_worker_runs_a_task(celeryredis_app: Any, inprocess_worker: Any) -> None:
-    @celeryredis_app.task
+    @celeryredis_app.task(shared=False)
     def triple(x: int) -> int:
         return 3 * x
 
