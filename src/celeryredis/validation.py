@@ -16,6 +16,7 @@ so settings changed in between are caught too.
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -28,12 +29,12 @@ from celeryredis.urls import RedisURL, parse_redis_url
 
 __all__ = [
     "BACKEND_TRANSPORT_OPTIONS",
-    "BROKER_TRANSPORT_OPTIONS",
     "CHECKS",
     "MODES",
     "Check",
     "Finding",
     "Mode",
+    "broker_transport_options",
     "derive_visibility_timeout",
     "enforce",
     "normalise_modes",
@@ -51,7 +52,9 @@ Severity = Literal["error", "warning"]
 MODES: Final = ("error", "warn", "ignore")
 
 
-def _broker_transport_options() -> frozenset[str]:
+@functools.cache
+def broker_transport_options() -> frozenset[str]:
+    """Return the ``broker_transport_options`` keys that kombu 5.7's Redis transport reads."""
     # kombu copies only listed names from transport_options (virtual/base.py) and
     # ignores the rest silently; these lists are the source of truth.
     from kombu.transport.redis import SentinelChannel  # noqa: PLC0415 - keep import cost lazy
@@ -75,9 +78,6 @@ def _broker_transport_options() -> frozenset[str]:
         "min_other_sentinels",
     }
 
-
-#: ``broker_transport_options`` keys that kombu 5.7's Redis transport reads.
-BROKER_TRANSPORT_OPTIONS: Final = _broker_transport_options()
 
 #: ``result_backend_transport_options`` keys that Celery 5.7's Redis backend reads.
 BACKEND_TRANSPORT_OPTIONS: Final = frozenset(
@@ -285,7 +285,7 @@ def _unknown_keys(conf: Mapping[str, Any], name: str, known: frozenset[str]) -> 
 
 
 def _check_transport_options(conf: Mapping[str, Any]) -> Iterable[Finding]:
-    yield from _unknown_keys(conf, "broker_transport_options", BROKER_TRANSPORT_OPTIONS)
+    yield from _unknown_keys(conf, "broker_transport_options", broker_transport_options())
     yield from _unknown_keys(conf, "result_backend_transport_options", BACKEND_TRANSPORT_OPTIONS)
 
 
