@@ -1,0 +1,27 @@
+"""Suite-wide guard: no test's captured output or failure report may contain a test secret.
+
+Tests that put passwords into URLs or task arguments use one of ``SECRETS``; this hook
+fails any test whose captured stdout, stderr, log records or failure report shows one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+
+import pytest
+
+#: Every password the suite puts into a URL or a task argument.
+SECRETS = ("hunter2-Secret", "s3cr3t-Pa55", "Hunter2-integration-pw")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    texts = [report.capstdout, report.capstderr, report.caplog, report.longreprtext]
+    leaked = [s for s in SECRETS if any(s in text for text in texts)]
+    if leaked:
+        report.outcome = "failed"
+        report.longrepr = f"a test secret appeared in captured output: {leaked!r}"
+    return report
