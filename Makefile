@@ -16,7 +16,7 @@ LINT_BUDGET ?= 180
 TEST_BUDGET ?= 540
 DOCS_BUDGET ?= 180
 
-.PHONY: help venv redis lint typecheck imports test unit integration docs demo install-check clean
+.PHONY: help venv redis lint typecheck imports test unit integration docs demo install-check bench clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -63,6 +63,9 @@ install-check: venv  ## pip install . into a fresh virtualenv; import it; check 
 
 demo: venv redis  ## The end-to-end tour (starts a throwaway redis-server unless a URL is configured).
 	$(BIN)/python -m celeryredis.demo
+
+bench: venv redis  ## Benchmarks (not part of make test): results in benchmarks/results/.
+	$(BIN)/python benchmarks/bench_task_overhead.py
 
 clean:  ## Remove the virtualenv and build output.
 	rm -rf $(VENV) docs/_build build dist .pytest_cache .mypy_cache .ruff_cache

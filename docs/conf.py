@@ -31,7 +31,7 @@ html_static_path: list[str] = []
 nitpick_ignore_regex = [
     (r"py:.*", r"(celery|kombu|redis)(\..*)?"),
     (r"py:.*", r"(Celery|Any|Final|Mode|Severity|PresetSpec|_Unset|Path|TracebackType)"),
-    (r"py:.*", r"(collections\.abc|typing|types|pathlib|re)\..*"),
+    (r"py:.*", r"(collections\.abc|typing|types|pathlib|re|logging|contextvars)\..*"),
     (r"py:.*", r"celeryredis\.(app|presets|validation)\._.*"),
     (r"py:.*", r"(Setting|Preset|Finding|Check|RedisURL|ExplainRow|RedisServer|WorkerProcess)"),
 ]

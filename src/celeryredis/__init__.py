@@ -11,7 +11,9 @@ from importlib.metadata import PackageNotFoundError, version
 
 from celeryredis.app import ExplainRow, configure, explain, make_app
 from celeryredis.exceptions import CeleryRedisError, ConfigurationError
+from celeryredis.log import configure_logging
 from celeryredis.presets import Preset, Setting
+from celeryredis.tasks import RetryTask, Task
 from celeryredis.urls import RedisURL, parse_redis_url
 
 try:
@@ -25,9 +27,12 @@ __all__ = [
     "ExplainRow",
     "Preset",
     "RedisURL",
+    "RetryTask",
     "Setting",
+    "Task",
     "__version__",
     "configure",
+    "configure_logging",
     "explain",
     "make_app",
     "parse_redis_url",

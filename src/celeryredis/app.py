@@ -25,8 +25,10 @@ from typing import Any, Final, cast
 from celery import Celery
 
 from celeryredis import presets as _presets
+from celeryredis import signals, worker
 from celeryredis.exceptions import ConfigurationError
 from celeryredis.presets import DERIVED, LIBRARY_SETTINGS, MERGED_DICT_SETTINGS, Preset
+from celeryredis.tasks import Task
 from celeryredis.urls import REDACTED, parse_redis_url, redact_text
 from celeryredis.validation import (
     CHECKS,
@@ -91,7 +93,9 @@ def _declared_types() -> dict[str, str]:
     options = cast("Iterable[tuple[str, Any]]", flatten(NAMESPACES))
     types = {key: str(opt.type) for key, opt in options}
     for name, (default, _) in LIBRARY_SETTINGS.items():
-        types[name] = {bool: "bool", float: "float", str: "string", dict: "dict"}[type(default)]
+        types[name] = {bool: "bool", float: "float", str: "string", dict: "dict", tuple: "any"}[
+            type(default)
+        ]
     # Celery declares these as bool/float but documents dicts and timedeltas for them.
     for name in ("broker_use_ssl", "redis_backend_use_ssl"):
         types[name] = "any"
@@ -411,7 +415,7 @@ def make_app(
             ``"throughput"``, ``"testing"``), a :class:`~celeryredis.presets.Preset`,
             a dict, or a sequence of those applied in order.
         include: Task modules for workers to import.
-        task_cls: The app's default task class (Celery's own if None).
+        task_cls: The app's default task class (:class:`celeryredis.Task` if None).
         validate: ``"error"``, ``"warn"`` or ``"ignore"``, or a mapping of check
             ids to modes (``"*"`` for the default). None (the default) uses the
             ``celeryredis_validate`` setting if one is given, else ``"error"``.
@@ -442,10 +446,7 @@ def make_app(
         environ=os.environ,
     )
     enforce(run_checks(conf), mode, overrides, context=f"make_app({main!r})")
-    kwargs: dict[str, Any] = {"include": list(include)}
-    if task_cls is not None:
-        kwargs["task_cls"] = task_cls
-    app = Celery(main, **kwargs)
+    app = Celery(main, include=list(include), task_cls=task_cls or Task)
     app.conf.update(conf)
     _install(app, rows)
     return app
@@ -515,10 +516,9 @@ def _host_settings(app: Celery) -> dict[str, Any]:
 
 
 def _install(app: Celery, rows: tuple[ExplainRow, ...]) -> None:
-    from celeryredis import worker  # noqa: PLC0415 - worker imports celery.bootsteps
-
     _STATE[app] = _AppState(rows)
     worker.install(app)
+    signals.install(app)
 
 
 def explain(app: Celery) -> list[ExplainRow]:

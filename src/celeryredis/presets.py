@@ -85,6 +85,10 @@ LIBRARY_SETTINGS: Final[Mapping[str, tuple[Any, str]]] = MappingProxyType(
             False,
             "Explicit opt-in to pickle serialisation (refused by validation otherwise).",
         ),
+        "celeryredis_sensitive_names": (
+            (),
+            "Extra words that make a task argument name sensitive (its value is shown as ***).",
+        ),
         "celeryredis_validate": (
             "error",
             "What a failed validation check does: 'error', 'warn' or 'ignore'.",

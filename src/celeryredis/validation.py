@@ -436,6 +436,11 @@ def _check_worker_lost_loop(conf: Mapping[str, Any]) -> Iterable[Finding]:
         )
 
 
+def _per_task_only(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    """Checks evaluated per task class (``celeryredis_findings``) have no settings part."""
+    return ()
+
+
 #: Every check, by id, in the order they run.
 CHECKS: Final[Mapping[str, Check]] = MappingProxyType(
     {
@@ -511,6 +516,14 @@ CHECKS: Final[Mapping[str, Check]] = MappingProxyType(
                 "Unacked messages should be swept at least once per visibility timeout.",
                 "A task lost with a dead worker is redelivered much later than expected.",
                 _check_restore_sweep,
+            ),
+            Check(
+                "task-retry-backoff",
+                "error",
+                "A RetryTask's retry_backoff_max must fit the app's celeryredis_retry_backoff_max "
+                "(checked per task when it is defined and when a worker starts).",
+                "A retry that waits longer than the visibility timeout runs twice.",
+                _per_task_only,
             ),
             Check(
                 "worker-lost-redelivery-loop",

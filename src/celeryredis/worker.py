@@ -37,9 +37,14 @@ class ValidationStep(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         app: Celery = parent.app
         conf = app.conf
+        findings = run_checks(conf)
+        for task in app.tasks.values():
+            task_findings = getattr(task, "celeryredis_findings", None)
+            if task_findings is not None:
+                findings.extend(task_findings(conf))
         try:
             enforce(
-                run_checks(conf),
+                findings,
                 conf.get("celeryredis_validate", "error"),
                 conf.get("celeryredis_validate_checks"),
                 context=f"worker {getattr(parent, 'hostname', '?')}",

@@ -1,0 +1,76 @@
+"""Signal receivers, connected per app by :func:`install` (never at import).
+
+- ``task_received`` (worker main process): keep each request's routing data, so the
+  ``failed`` record of a hard time limit — whose ``on_failure`` Celery runs in the
+  main process with an empty ``self.request`` — still has queue, worker and ids.
+- ``task_revoked``: log the ``revoked`` lifecycle event.
+- ``task_failure`` with ``WorkerLostError`` (a pool process died and the task is not
+  retried): log ``failed``; Celery calls no ``on_failure`` on that path.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from billiard.exceptions import WorkerLostError
+from celery import Celery, signals
+
+from celeryredis.tasks.base import Task, emit, remember_routing
+
+__all__ = ["install"]
+
+
+def _routing(request: Any, task: Any = None) -> dict[str, Any]:
+    """Routing fields from a worker ``Request`` or a task ``Context`` (task_revoked's)."""
+    delivery = getattr(request, "delivery_info", None) or {}
+    extra = getattr(request, "request_dict", None) or {}
+
+    def field(name: str) -> Any:
+        value = getattr(request, name, None)
+        return value if value is not None else extra.get(name)
+
+    name = getattr(task, "name", None) or getattr(request, "name", None) or field("task")
+    return {
+        "task_id": request.id,
+        "task_name": name,
+        "queue": delivery.get("routing_key"),
+        "retries": field("retries") or 0,
+        "duration_s": None,
+        "worker": getattr(request, "hostname", None),
+        "parent_id": field("parent_id"),
+        "root_id": field("root_id"),
+    }
+
+
+def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    if request is not None and isinstance(getattr(request, "task", None), Task):
+        remember_routing(request.id, _routing(request))
+
+
+def _on_revoked(
+    sender: Any = None, request: Any = None, terminated: bool = False, **kwargs: Any
+) -> None:
+    # Celery sends the task as sender and the request's Context as request.
+    if request is None or not isinstance(sender, Task):
+        return
+    fields = _routing(request, sender)
+    fields.update(event="revoked", terminated=terminated, expired=bool(kwargs.get("expired")))
+    emit(logging.WARNING, fields)
+
+
+def _on_failure(sender: Any = None, exception: Any = None, **kwargs: Any) -> None:
+    task_id = kwargs.get("task_id")
+    if isinstance(exception, WorkerLostError) and isinstance(sender, Task) and task_id:
+        sender.on_failure(exception, task_id, (), {}, kwargs.get("einfo"))
+
+
+def install(app: Celery) -> None:
+    """Connect celeryredis's receivers (once per process; they serve every app).
+
+    The receivers act only on tasks whose class derives from
+    :class:`celeryredis.Task`, and hold no reference to ``app``.
+    """
+    signals.task_received.connect(_on_received, weak=False, dispatch_uid="celeryredis:received")
+    signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="celeryredis:revoked")
+    signals.task_failure.connect(_on_failure, weak=False, dispatch_uid="celeryredis:failure")

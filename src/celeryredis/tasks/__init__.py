@@ -1,0 +1,12 @@
+"""Task base classes: subclass them or pass them as ``@app.task(base=...)``.
+
+They are ordinary :class:`celery.Task` subclasses and combine through cooperative
+``super()`` calls, e.g. ``class Charge(RetryTask, MyMixin)``.
+"""
+
+from __future__ import annotations
+
+from celeryredis.tasks.base import Task
+from celeryredis.tasks.retry import TRANSIENT_ERRORS, RetryTask
+
+__all__ = ["TRANSIENT_ERRORS", "RetryTask", "Task"]

@@ -1,0 +1,176 @@
+"""Task bases: options checked at class creation, backoff, redaction (no server needed)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from celeryredis import ConfigurationError, RetryTask, Task, make_app
+from celeryredis.log import task_context
+from celeryredis.redaction import is_sensitive, redact_call, summarize_call
+from celeryredis.tasks import TRANSIENT_ERRORS
+
+URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def app() -> Celery:
+    return make_app("unit", broker_url=URL, preset="testing")
+
+
+def test_make_app_makes_task_the_default_base(app: Celery) -> None:
+    @app.task(shared=False)
+    def plain() -> None: ...
+
+    assert isinstance(plain, Task)
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"retry_fro": (ValueError,)}, "unknown option 'retry_fro'; did you mean 'retry_for'"),
+        ({"max_retries": "3"}, "max_retries='3' is not valid"),
+        ({"max_retries": -1}, "integer >= 0"),
+        ({"retry_for": ValueError}, r"e.g. \(ValueError,\)"),
+        ({"retry_for": ("x",)}, "tuple of exception classes"),
+        ({"retry_backoff": float("inf")}, "finite"),
+        ({"retry_jitter": "yes"}, "True or False"),
+        ({"sensitive_names": "pin"}, "tuple of strings"),
+        ({"autoretry_for": (ValueError,)}, "use retry_for"),
+        ({"retry_backoff_max": 6.0}, "task-retry-backoff"),  # testing budget is 5 s
+    ],
+)
+def test_bad_options_fail_when_the_class_is_created(
+    app: Celery, options: dict[str, Any], fragment: str
+) -> None:
+    @app.task(base=RetryTask, shared=False, **options)
+    def job() -> None: ...
+
+    # @app.task is lazy until the app is finalized; the error comes then, not at run time.
+    with pytest.raises(ConfigurationError, match=fragment):
+        app.finalize(auto=True)
+
+
+def test_subclass_options_are_checked_too() -> None:
+    with pytest.raises(ConfigurationError, match="retry_backoff"):
+
+        class Bad(RetryTask):
+            retry_backoff = "fast"  # type: ignore[assignment]
+
+
+def test_host_mixin_attributes_are_accepted(app: Celery) -> None:
+    class Mixin:
+        tenant_field = "customer_id"
+
+    class Base(RetryTask, Mixin):
+        pass
+
+    @app.task(base=Base, shared=False, tenant_field="account_id", max_retries=2)
+    def job() -> None: ...
+
+    app.finalize(auto=True)
+    assert job.tenant_field == "account_id"
+    assert job.max_retries == 2
+
+
+def test_celery_autoretry_still_works_on_plain_task(app: Celery) -> None:
+    @app.task(shared=False, autoretry_for=(ValueError,), retry_backoff=True)
+    def job() -> None: ...
+
+    app.finalize(auto=True)
+    assert isinstance(job, Task)
+
+
+def test_backoff_is_exponential_capped_and_floored() -> None:
+    class T(RetryTask):
+        retry_backoff = 0.5
+        retry_backoff_max = 3.0
+        retry_jitter = False
+        retry_backoff_min = 0.2
+
+    task = T()
+    assert [task.retry_delay(n) for n in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+    class J(T):
+        retry_jitter = True
+
+    jittered = [J().retry_delay(n) for n in range(5) for _ in range(200)]
+    assert min(jittered) >= 0.2  # never zero, unlike Celery's own jitter
+    assert max(jittered) <= 3.0
+    assert len({round(d, 3) for d in jittered}) > 50
+
+
+def test_dont_retry_for_wins_and_predicate_is_consulted() -> None:
+    class T(RetryTask):
+        retry_for = (OSError,)
+        dont_retry_for = (ConnectionRefusedError,)
+
+        def should_retry(self, exc: BaseException, attempt: int) -> bool:
+            return attempt < 3
+
+    task = T()
+    assert task._retryable(OSError("x"), 1)
+    assert not task._retryable(ConnectionRefusedError("x"), 1)
+    assert not task._retryable(ValueError("x"), 1)
+    assert not task._retryable(OSError("x"), 3)
+
+
+def test_default_retry_for_is_the_transient_family() -> None:
+
+    import kombu.exceptions
+    import redis
+
+    task = RetryTask()
+    for exc in (
+        ConnectionResetError(),
+        TimeoutError(),
+        TimeoutError(),
+        redis.ConnectionError(),
+        redis.TimeoutError(),
+        kombu.exceptions.OperationalError(),
+    ):
+        assert task._retryable(exc, 1), exc
+    assert not task._retryable(KeyError("x"), 1)
+    assert RetryTask.retry_for == TRANSIENT_ERRORS
+
+
+def test_redaction_of_calls() -> None:
+    def body(user: str, password: str, *, api_key: str, data: dict[str, Any]) -> None: ...
+
+    args, kwargs, changed = redact_call(
+        ("ann", "hunter2-Secret"),
+        {"api_key": "k", "data": {"Authorization": "Bearer x", "n": 1}},
+        func=body,
+    )
+    assert changed
+    assert args == ("ann", "***")
+    assert kwargs == {"api_key": "***", "data": {"Authorization": "***", "n": 1}}
+    assert is_sensitive("X_Auth_TOKEN")
+    summary = summarize_call(("x" * 1000,), {"pin": "1234"}, words=("pin",), max_chars=100)
+    assert len(summary) <= 100
+    assert "1234" not in summary
+
+
+def test_task_context_reaches_third_party_records_and_does_not_leak() -> None:
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    third_party = logging.getLogger("some.third.party")
+    handler = Keep()
+    third_party.addHandler(handler)
+    third_party.setLevel(logging.INFO)
+    try:
+        with task_context("id-1", "proj.job"):
+            third_party.info("inside")
+        third_party.info("after")
+    finally:
+        third_party.removeHandler(handler)
+    inside, after = records
+    assert (inside.task_id, inside.task_name) == ("id-1", "proj.job")  # type: ignore[attr-defined]
+    assert not getattr(after, "task_id", None)  # absent (or blanked by a formatter's filter)
