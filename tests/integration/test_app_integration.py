@@ -7,7 +7,6 @@ import os
 import signal
 import textwrap
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import pytest
 import redis
 
 from celeryredis.presets import PRESETS
+from tests._util import import_host_module, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -64,24 +64,7 @@ def hostapp_dir(tmp_path: Path) -> Path:
 
 
 def _load_hostapp(monkeypatch: pytest.MonkeyPatch, directory: Path, env: dict[str, str]) -> Any:
-    """Import the host module in this process too, as a publisher would."""
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.syspath_prepend(str(directory))
-    import importlib
-    import sys
-
-    sys.modules.pop("hostapp", None)
-    return importlib.import_module("hostapp")
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+    return import_host_module(monkeypatch, directory, "hostapp", env)
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
@@ -139,9 +122,9 @@ def _kill_mid_task(
     )
     w1.wait_ready(timeout=30)
     result = hostapp.slow.delay(marker, 3)
-    _wait_for(lambda: client.get(marker + ":started") == b"1", 20, "the task to start")
+    wait_for(lambda: client.get(marker + ":started") == b"1", 20, "the task to start")
     w1.kill(signal.SIGKILL)  # the whole process group: main process and pool child
-    _wait_for(lambda: w1.returncode is not None, 10, "worker 1 to die")
+    wait_for(lambda: w1.returncode is not None, 10, "worker 1 to die")
     assert client.get(marker + ":done") is None
     return hostapp, result, client, marker
 
@@ -170,7 +153,7 @@ def test_production_loses_no_task_when_its_worker_is_killed(
     ((_tag, fetched_at),) = client.zrange("unacked_index", 0, -1, withscores=True)
     # Start the second worker once the visibility timeout has passed (a time
     # condition, polled): it restores the message at start-up and runs it.
-    _wait_for(lambda: time.time() > fetched_at + vt, vt + 5, "the visibility timeout")
+    wait_for(lambda: time.time() > fetched_at + vt, vt + 5, "the visibility timeout")
     w2 = celery_worker_process(
         "hostapp",
         cwd=hostapp_dir,
@@ -185,7 +168,7 @@ def test_production_loses_no_task_when_its_worker_is_killed(
     w2.wait_ready(timeout=30)
     assert result.get(timeout=30) == "done"
     assert client.get(marker + ":done") == b"1"
-    _wait_for(lambda: client.hlen("unacked") == 0, 10, "the ack")
+    wait_for(lambda: client.hlen("unacked") == 0, 10, "the ack")
 
 
 def test_celery_defaults_lose_the_task_when_its_worker_is_killed(

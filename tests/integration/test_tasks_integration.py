@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import textwrap
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from celery.exceptions import TimeLimitExceeded
+
+from tests._util import import_host_module, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -106,13 +106,7 @@ def tasks_env(
     redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, celery_worker_process: Any
 ) -> tuple[Any, Any, redis.Redis]:
     (tmp_path / "tasksapp.py").write_text(textwrap.dedent(TASKS))
-    monkeypatch.setenv("TASKS_URL", redis_url)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    import importlib
-    import sys
-
-    sys.modules.pop("tasksapp", None)
-    module = importlib.import_module("tasksapp")
+    module = import_host_module(monkeypatch, tmp_path, "tasksapp", {"TASKS_URL": redis_url})
     worker = celery_worker_process(
         "tasksapp", cwd=tmp_path, env={"TASKS_URL": redis_url}, concurrency=2
     )
@@ -139,15 +133,6 @@ def _lifecycle(worker: Any, task_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
-
-
 def _events(records: list[dict[str, Any]]) -> list[str]:
     return [r["event"] for r in records]
 
@@ -156,7 +141,7 @@ def test_transient_error_twice_then_success(tasks_env: tuple[Any, Any, redis.Red
     module, worker, client = tasks_env
     result = module.flaky.delay("flaky-counter")
     assert result.get(timeout=30) == 3
-    _wait_for(lambda: "succeeded" in _events(_lifecycle(worker, result.id)), 10, "succeeded")
+    wait_for(lambda: "succeeded" in _events(_lifecycle(worker, result.id)), 10, "succeeded")
     records = _lifecycle(worker, result.id)
     assert _events(records).count("started") == 3
     assert _events(records).count("succeeded") == 1
@@ -189,7 +174,7 @@ def test_non_retryable_error_fails_once_with_traceback(
     result = module.broken.delay()
     with pytest.raises(ValueError, match="not transient"):
         result.get(timeout=30)
-    _wait_for(lambda: "failed" in _events(_lifecycle(worker, result.id)), 10, "failed")
+    wait_for(lambda: "failed" in _events(_lifecycle(worker, result.id)), 10, "failed")
     records = _lifecycle(worker, result.id)
     assert _events(records) == ["started", "failed"]
     failed = records[1]
@@ -205,7 +190,7 @@ def test_exhausted_retries_call_the_hook_once(tasks_env: tuple[Any, Any, redis.R
     result = module.always_down.delay()
     with pytest.raises(TimeoutError):
         result.get(timeout=30)
-    _wait_for(lambda: "failed" in _events(_lifecycle(worker, result.id)), 10, "failed")
+    wait_for(lambda: "failed" in _events(_lifecycle(worker, result.id)), 10, "failed")
     records = _lifecycle(worker, result.id)
     assert _events(records).count("started") == 3
     assert _events(records).count("retrying") == 2
@@ -232,7 +217,7 @@ def test_context_reaches_third_party_records_only_while_the_task_runs(
     module, worker, _client = tasks_env
     result = module.chatty.delay("ann", password=SECRET)
     assert result.get(timeout=30) == "ann"
-    _wait_for(lambda: "succeeded" in _events(_lifecycle(worker, result.id)), 10, "succeeded")
+    wait_for(lambda: "succeeded" in _events(_lifecycle(worker, result.id)), 10, "succeeded")
     records = _records(worker)
     sdk = [r for r in records if r.get("name") == "thirdparty.sdk"]
     assert len(sdk) == 1
@@ -254,7 +239,7 @@ def test_hard_time_limit_logs_exactly_one_failure(tasks_env: tuple[Any, Any, red
     result = module.hang.delay()
     with pytest.raises(TimeLimitExceeded):
         result.get(timeout=30)
-    _wait_for(lambda: "failed" in _events(_lifecycle(worker, result.id)), 10, "failed")
+    wait_for(lambda: "failed" in _events(_lifecycle(worker, result.id)), 10, "failed")
     # Let the main process finish with the killed job: Celery fires task_failure a second
     # time on that path. A later task completing means those events are behind us.
     assert module.chatty.delay("later", password="x").get(timeout=30) == "later"
@@ -269,15 +254,15 @@ def test_hard_time_limit_logs_exactly_one_failure(tasks_env: tuple[Any, Any, red
 def test_reject_and_revoke_are_logged_once(tasks_env: tuple[Any, Any, redis.Redis]) -> None:
     module, worker, client = tasks_env
     rejected = module.refuse.delay()
-    _wait_for(lambda: "rejected" in _events(_lifecycle(worker, rejected.id)), 15, "rejected")
+    wait_for(lambda: "rejected" in _events(_lifecycle(worker, rejected.id)), 15, "rejected")
     record = next(r for r in _lifecycle(worker, rejected.id) if r["event"] == "rejected")
     assert record["exc_type"] == "Reject"
     assert record["requeue"] is False
 
     running = module.sleepy.delay(20)
-    _wait_for(lambda: client.get("sleepy:started") == b"1", 15, "sleepy to start")
+    wait_for(lambda: client.get("sleepy:started") == b"1", 15, "sleepy to start")
     running.revoke(terminate=True)
-    _wait_for(lambda: "revoked" in _events(_lifecycle(worker, running.id)), 15, "revoked")
+    wait_for(lambda: "revoked" in _events(_lifecycle(worker, running.id)), 15, "revoked")
     events = _events(_lifecycle(worker, running.id))
     assert events.count("revoked") == 1
     revoked = next(r for r in _lifecycle(worker, running.id) if r["event"] == "revoked")

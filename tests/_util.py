@@ -1,0 +1,33 @@
+"""Helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``condition`` every 50 ms until it is true; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+def import_host_module(
+    monkeypatch: pytest.MonkeyPatch, directory: Path, name: str, env: dict[str, str]
+) -> ModuleType:
+    """Import a freshly written host module from ``directory``, as a publisher would."""
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.syspath_prepend(str(directory))
+    sys.modules.pop(name, None)
+    return importlib.import_module(name)
