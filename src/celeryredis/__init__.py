@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from celeryredis.app import ExplainRow, configure, explain, make_app
+from celeryredis.deadletter import DeadLetter, DeadLetterError, DeadLetterQueue
 from celeryredis.exceptions import CeleryRedisError, ConfigurationError
 from celeryredis.log import configure_logging
 from celeryredis.presets import Preset, Setting
@@ -24,6 +25,9 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "CeleryRedisError",
     "ConfigurationError",
+    "DeadLetter",
+    "DeadLetterError",
+    "DeadLetterQueue",
     "ExplainRow",
     "Preset",
     "RedisURL",

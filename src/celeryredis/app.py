@@ -93,9 +93,14 @@ def _declared_types() -> dict[str, str]:
     options = cast("Iterable[tuple[str, Any]]", flatten(NAMESPACES))
     types = {key: str(opt.type) for key, opt in options}
     for name, (default, _) in LIBRARY_SETTINGS.items():
-        types[name] = {bool: "bool", float: "float", str: "string", dict: "dict", tuple: "any"}[
-            type(default)
-        ]
+        types[name] = {
+            bool: "bool",
+            int: "int",
+            float: "float",
+            str: "string",
+            dict: "dict",
+            tuple: "any",
+        }[type(default)]
     # Celery declares these as bool/float but documents dicts and timedeltas for them.
     for name in ("broker_use_ssl", "redis_backend_use_ssl"):
         types[name] = "any"

@@ -4,7 +4,9 @@ Every error the library raises derives from :class:`CeleryRedisError`, so a host
 project can catch everything of ours with one ``except`` clause::
 
     CeleryRedisError
-    └── ConfigurationError (also a ValueError)
+    ├── ConfigurationError (also a ValueError)
+    ├── celeryredis.deadletter.DeadLetterError
+    └── celeryredis.testing.RedisServerError, WorkerProcessError
 
 Each error carries its context as attributes and a message that says what was
 wrong and how to fix it. Messages never contain secrets: URLs are redacted

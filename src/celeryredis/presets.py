@@ -85,6 +85,18 @@ LIBRARY_SETTINGS: Final[Mapping[str, tuple[Any, str]]] = MappingProxyType(
             False,
             "Explicit opt-in to pickle serialisation (refused by validation otherwise).",
         ),
+        "celeryredis_dead_letter": (
+            False,
+            "Keep tasks that fail for good (and poison messages) in the dead-letter queue.",
+        ),
+        "celeryredis_dead_letter_max_len": (
+            10_000,
+            "Most entries the dead-letter stream keeps (the oldest go first).",
+        ),
+        "celeryredis_dead_letter_max_age": (
+            7 * 86400.0,
+            "Seconds a dead-letter entry is kept.",
+        ),
         "celeryredis_sensitive_names": (
             (),
             "Extra words that make a task argument name sensitive (its value is shown as ***).",
@@ -232,6 +244,16 @@ _RELIABLE_DELIVERY = {
     ),
 }
 
+_DEAD_LETTERS = {
+    "celeryredis_dead_letter": _s(
+        True, "Tasks that fail for good and poison messages are kept, to look at and replay."
+    ),
+    "worker_consumer": _s(
+        "celeryredis.worker:Consumer",
+        "Celery's consumer plus dead-lettering of undecodable messages (Celery drops them).",
+    ),
+}
+
 _CONNECTION_SAFETY = {
     "broker_transport_options.socket_timeout": _s(
         10.0, "A dead or half-open broker connection raises instead of hanging forever."
@@ -285,6 +307,7 @@ PRODUCTION: Final = Preset(
         **_RELIABLE_DELIVERY,
         **_CONNECTION_SAFETY,
         **_JSON_ONLY,
+        **_DEAD_LETTERS,
         "worker_prefetch_multiplier": _s(
             1, "Reserve one task per process: short queues, fair spread, small VT term."
         ),
@@ -319,6 +342,7 @@ DEVELOPMENT: Final = Preset(
         **_RELIABLE_DELIVERY,
         **_CONNECTION_SAFETY,
         **_JSON_ONLY,
+        **_DEAD_LETTERS,
         "worker_prefetch_multiplier": _s(1, "Same delivery semantics as production."),
         "task_time_limit": _s(300, "Runaway tasks are killed after 5 min."),
         "task_soft_time_limit": _s(290, "Soft limit 10 s before the hard one."),
@@ -345,6 +369,7 @@ THROUGHPUT: Final = Preset(
     {
         **_CONNECTION_SAFETY,
         **_JSON_ONLY,
+        **_DEAD_LETTERS,
         "task_acks_late": _s(False, "Ack on receipt: fewer round trips; a crash loses the task."),
         "task_ignore_result": _s(True, "No result writes; use AsyncResult only where needed."),
         "worker_prefetch_multiplier": _s(16, "Keep each process fed between broker round trips."),
@@ -374,6 +399,7 @@ TESTING: Final = Preset(
         **_RELIABLE_DELIVERY,
         **_CONNECTION_SAFETY,
         **_JSON_ONLY,
+        **_DEAD_LETTERS,
         "worker_prefetch_multiplier": _s(1, "Same delivery semantics as production."),
         "task_time_limit": _s(30, "A stuck task fails the test in 30 s."),
         "task_soft_time_limit": _s(25, "Soft limit 5 s before the hard one."),

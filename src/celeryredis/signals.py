@@ -5,7 +5,8 @@
   main process with an empty ``self.request`` — still has queue, worker and ids.
 - ``task_revoked``: log the ``revoked`` lifecycle event.
 - ``task_failure`` with ``WorkerLostError`` (a pool process died and the task is not
-  retried): log ``failed``; Celery calls no ``on_failure`` on that path.
+  retried): log ``failed`` and dead-letter it; Celery calls no ``on_failure`` there.
+- ``task_unknown`` / ``task_rejected`` (poison messages): dead-letter them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 from billiard.exceptions import WorkerLostError
 from celery import Celery, signals
 
+from celeryredis.deadletter import dead_letter_message
 from celeryredis.tasks.base import Task, emit, remember_routing
 
 __all__ = ["install"]
@@ -35,6 +37,7 @@ def _routing(request: Any, task: Any = None) -> dict[str, Any]:
         "task_id": request.id,
         "task_name": name,
         "queue": delivery.get("routing_key"),
+        "priority": delivery.get("priority"),
         "retries": field("retries") or 0,
         "duration_s": None,
         "worker": getattr(request, "hostname", None),
@@ -62,7 +65,20 @@ def _on_revoked(
 def _on_failure(sender: Any = None, exception: Any = None, **kwargs: Any) -> None:
     task_id = kwargs.get("task_id")
     if isinstance(exception, WorkerLostError) and isinstance(sender, Task) and task_id:
-        sender.on_failure(exception, task_id, (), {}, kwargs.get("einfo"))
+        args, task_kwargs = kwargs.get("args") or (), kwargs.get("kwargs") or {}
+        sender.on_failure(exception, task_id, tuple(args), dict(task_kwargs), kwargs.get("einfo"))
+
+
+def _on_unknown(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    if app is not None and message is not None:
+        dead_letter_message(app, message, "unknown_task", exc)
+
+
+def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: Any) -> None:
+    app = getattr(sender, "app", None)
+    if app is not None and message is not None:
+        dead_letter_message(app, message, "content_rejected", exc)
 
 
 def install(app: Celery) -> None:
@@ -74,3 +90,5 @@ def install(app: Celery) -> None:
     signals.task_received.connect(_on_received, weak=False, dispatch_uid="celeryredis:received")
     signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="celeryredis:revoked")
     signals.task_failure.connect(_on_failure, weak=False, dispatch_uid="celeryredis:failure")
+    signals.task_unknown.connect(_on_unknown, weak=False, dispatch_uid="celeryredis:unknown")
+    signals.task_rejected.connect(_on_rejected, weak=False, dispatch_uid="celeryredis:rejected")

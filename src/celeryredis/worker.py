@@ -14,11 +14,13 @@ import logging
 from typing import Any
 
 from celery import Celery, bootsteps
+from celery.worker.consumer import Consumer as _CeleryConsumer
 
+from celeryredis.deadletter import dead_letter_message
 from celeryredis.exceptions import ConfigurationError
 from celeryredis.validation import enforce, run_checks
 
-__all__ = ["ValidationStep", "install"]
+__all__ = ["Consumer", "ValidationStep", "install"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +54,19 @@ class ValidationStep(bootsteps.StartStopStep):
         except ConfigurationError as exc:
             logger.critical("refusing to start: %s", exc)
             raise
+
+
+class Consumer(_CeleryConsumer):
+    """Celery's consumer, but a message whose body cannot be decoded is dead-lettered.
+
+    Celery only logs and acks such a message (``Consumer.on_decode_error``) and fires
+    no signal; the presets select this class with ``worker_consumer``.
+    """
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        """Dead-letter the message, then let Celery log and ack it."""
+        dead_letter_message(self.app, message, "decode_error", exc)
+        super().on_decode_error(message, exc)
 
 
 def install(app: Celery) -> None:

@@ -174,3 +174,19 @@ def test_task_context_reaches_third_party_records_and_does_not_leak() -> None:
     inside, after = records
     assert (inside.task_id, inside.task_name) == ("id-1", "proj.job")  # type: ignore[attr-defined]
     assert not getattr(after, "task_id", None)  # absent (or blanked by a formatter's filter)
+
+
+def test_default_retry_delay_stays_within_the_retry_budget() -> None:
+    # Celery uses default_retry_delay (180 s) as the countdown of retry() without one and
+    # of task_retry_on_worker_lost: it must fit the budget the visibility timeout covers.
+    testing = make_app("t1", broker_url=URL, preset="testing")
+    production = make_app("t2", broker_url=URL)
+
+    @testing.task(shared=False)
+    def a() -> None: ...
+
+    @production.task(shared=False)
+    def b() -> None: ...
+
+    assert a.default_retry_delay == 5.0
+    assert b.default_retry_delay == 180.0

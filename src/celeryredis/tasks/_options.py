@@ -23,6 +23,7 @@ __all__ = [
     "as_exception_types",
     "as_names",
     "as_non_negative_int",
+    "as_optional_bool",
     "as_positive_int",
     "as_seconds",
     "check_task_class",
@@ -71,6 +72,12 @@ def as_bool(name: str, value: Any) -> None:
     """Accept True or False."""
     if not isinstance(value, bool):
         raise _fail(name, "True or False", value)
+
+
+def as_optional_bool(name: str, value: Any) -> None:
+    """Accept None, True or False."""
+    if value is not None and not isinstance(value, bool):
+        raise _fail(name, "None, True or False", value)
 
 
 def as_seconds(name: str, value: Any) -> None:

@@ -30,6 +30,7 @@ publish, which Celery shows in its own log lines and events.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections import OrderedDict
@@ -45,12 +46,13 @@ from celeryredis.redaction import DEFAULT_SENSITIVE_NAMES, redact_call, summariz
 from celeryredis.tasks._options import (
     OptionCheck,
     as_names,
+    as_optional_bool,
     as_positive_int,
     check_task_class,
 )
 from celeryredis.validation import Finding, enforce
 
-__all__ = ["Task", "emit", "lifecycle_logger", "remember_routing"]
+__all__ = ["AppRetryBudget", "Task", "emit", "lifecycle_logger", "remember_routing"]
 
 #: The logger every lifecycle record goes to.
 lifecycle_logger = logging.getLogger("celeryredis.task")
@@ -82,6 +84,35 @@ def _first_time(task_id: str, retries: int, event: str) -> bool:
     return True
 
 
+#: The retry budget when the app sets none (Celery's own retry_backoff_max default).
+DEFAULT_BACKOFF_CAP = 600.0
+
+
+class AppRetryBudget:
+    """A class-attribute default that follows the app's ``celeryredis_retry_backoff_max``.
+
+    A descriptor rather than None, because Celery reads these attributes as numbers
+    (``retry_backoff_max`` with ``int()`` in celery/app/autoretry.py,
+    ``default_retry_delay`` as the countdown of ``retry()`` and of
+    ``task_retry_on_worker_lost``).
+
+    Args:
+        ceiling: Never more than this many seconds.
+    """
+
+    def __init__(self, ceiling: float | None = None) -> None:
+        self.ceiling = ceiling
+
+    def __get__(self, obj: Any, owner: type | None = None) -> float:
+        holder = obj if obj is not None else owner
+        try:
+            budget = holder.app.conf.get("celeryredis_retry_backoff_max")  # type: ignore[union-attr]
+        except AttributeError:
+            budget = None
+        value = float(budget or DEFAULT_BACKOFF_CAP)
+        return value if self.ceiling is None else min(self.ceiling, value)
+
+
 class Task(celery.Task[Any, Any]):
     """Celery task base with structured lifecycle logging and task context.
 
@@ -95,15 +126,26 @@ class Task(celery.Task[Any, Any]):
             to ``password``, ``token``, ``secret``, ``api_key``, ``authorization``
             and the app setting ``celeryredis_sensitive_names``.
         args_summary_max: Most characters of the argument summary in ``started``.
+        default_retry_delay: Celery's countdown for ``retry()`` without one and for
+            ``task_retry_on_worker_lost``: 180 s, or the app's
+            ``celeryredis_retry_backoff_max`` if that is smaller.
+        dead_letter: Keep tasks that fail for good in the dead-letter queue
+            (:class:`celeryredis.DeadLetterQueue`). None (the default) follows the app
+            setting ``celeryredis_dead_letter`` (on in every preset).
     """
 
     sensitive_names: ClassVar[Sequence[str]] = ()
     args_summary_max: ClassVar[int] = 500
+    dead_letter: ClassVar[bool | None] = None
+    # Celery's default is 180 s, also the countdown of task_retry_on_worker_lost: keep it
+    # within the app's retry budget, which the visibility timeout covers.
+    default_retry_delay = AppRetryBudget(ceiling=180.0)  # type: ignore[assignment]
 
     #: Option name -> checker, merged over the class hierarchy.
     celeryredis_options: ClassVar[Mapping[str, OptionCheck]] = {
         "sensitive_names": as_names,
         "args_summary_max": as_positive_int,
+        "dead_letter": as_optional_bool,
     }
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -166,13 +208,29 @@ class Task(celery.Task[Any, Any]):
         task_id = self.request.id
         if task_id is None:  # called directly as a function: no lifecycle, no context
             return super().__call__(*args, **kwargs)
+        request = self.request
         with task_context(task_id, self.name):
             try:
                 return super().__call__(*args, **kwargs)
             except Reject as exc:
                 requeue = bool(getattr(exc, "requeue", False))
                 self._log("rejected", logging.WARNING, exc=exc, requeue=requeue)
+                if not requeue:  # Celery calls no failure hook for Reject
+                    self._dead_letter("rejected", exc, task_id, args, kwargs)
                 raise
+            except TypeError:
+                if not self._arguments_fit(args, kwargs):
+                    request.celeryredis_reason = "bad_arguments"  # type: ignore[attr-defined]
+                raise
+
+    def _arguments_fit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        try:
+            inspect.signature(self.run).bind(*args, **kwargs)
+        except TypeError:
+            return False
+        except ValueError:  # no signature to check
+            return True
+        return True
 
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Log ``started`` and start the attempt's clock."""
@@ -221,9 +279,71 @@ class Task(celery.Task[Any, Any]):
         kwargs: dict[str, Any],
         einfo: Any,
     ) -> None:
-        """Log ``failed`` with the exception and its traceback (once per attempt)."""
+        """Log ``failed`` (once per attempt) and dead-letter the task."""
         self._log("failed", logging.ERROR, exc=exc, task_id=task_id, einfo=einfo)
+        reason = getattr(self.request, "celeryredis_reason", None) or self._failure_reason(exc)
+        if reason is not None:
+            self._dead_letter(reason, exc, task_id, args, kwargs, einfo=einfo)
         super().on_failure(exc, task_id, args, kwargs, einfo)
+
+    def _failure_reason(self, exc: BaseException) -> str | None:
+        name = type(exc).__name__
+        if name == "TimeLimitExceeded":
+            # Requeued rather than acked when acks_on_timeout is off: not final.
+            if self.acks_late and getattr(self, "acks_on_timeout", True) is False:
+                return None
+            return "time_limit"
+        if name == "WorkerLostError":
+            return "worker_lost"
+        return "failed"
+
+    # -- dead letters ----------------------------------------------------------------------
+
+    def dead_letter_enabled(self) -> bool:
+        """Whether failures of this task go to the dead-letter queue."""
+        if self.dead_letter is not None:
+            return bool(self.dead_letter)
+        return bool(self.app.conf.get("celeryredis_dead_letter", False))
+
+    def _dead_letter(
+        self,
+        reason: str,
+        exc: BaseException,
+        task_id: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        *,
+        einfo: Any = None,
+    ) -> None:
+        if not self.dead_letter_enabled() or not _first_time(task_id, -1, "dead_letter"):
+            return
+        from celeryredis.deadletter import DeadLetterError, DeadLetterQueue  # noqa: PLC0415
+
+        fields = self.lifecycle_fields(task_id)
+        request = self.request
+        headers = getattr(request, "headers", None) if request.id else None
+        try:
+            DeadLetterQueue(self.app).add(
+                reason=reason,
+                task_name=self.name,
+                task_id=task_id,
+                args=args,
+                kwargs=kwargs,
+                queue=fields.get("queue"),
+                priority=fields.get("priority"),
+                headers=headers or {},
+                exception=exc,
+                traceback=str(getattr(einfo, "traceback", "") or ""),
+                attempts=int(fields.get("retries") or 0) + 1,
+                worker=fields.get("worker"),
+            )
+        except DeadLetterError:
+            lifecycle_logger.exception(
+                "task %s[%s] failed for good (%s) and could NOT be dead-lettered",
+                self.name,
+                task_id,
+                reason,
+            )
 
     # -- records ---------------------------------------------------------------------------
 
@@ -244,6 +364,7 @@ class Task(celery.Task[Any, Any]):
             "task_id": task_id,
             "task_name": self.name,
             "queue": delivery.get("routing_key"),
+            "priority": delivery.get("priority"),
             "retries": request.retries or 0,
             "duration_s": None if started is None else time.monotonic() - started,
             "worker": request.hostname,

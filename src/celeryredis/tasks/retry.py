@@ -20,15 +20,12 @@ from celeryredis.tasks._options import (
     as_non_negative_int,
     as_seconds,
 )
-from celeryredis.tasks.base import Task
+from celeryredis.tasks.base import AppRetryBudget, Task
 from celeryredis.validation import Finding
 
 __all__ = ["TRANSIENT_ERRORS", "RetryTask"]
 
 logger = logging.getLogger(__name__)
-
-#: The backoff cap when neither the task nor the app sets one (Celery's own default).
-DEFAULT_BACKOFF_CAP = 600.0
 
 #: What :class:`RetryTask` retries by default: network and timeout errors.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
@@ -38,22 +35,6 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     redis.exceptions.TimeoutError,
     kombu.exceptions.OperationalError,
 )
-
-
-class _AppRetryBudget:
-    """Default of ``retry_backoff_max``: the app's ``celeryredis_retry_backoff_max``.
-
-    A descriptor rather than None because Celery reads ``retry_backoff_max`` with
-    ``int()`` from every task it creates (celery/app/autoretry.py).
-    """
-
-    def __get__(self, obj: Any, owner: type | None = None) -> float:
-        holder = obj if obj is not None else owner
-        try:
-            conf = holder.app.conf  # type: ignore[union-attr]
-            return float(conf.get("celeryredis_retry_backoff_max") or DEFAULT_BACKOFF_CAP)
-        except AttributeError:
-            return DEFAULT_BACKOFF_CAP
 
 
 class RetryTask(Task):
@@ -93,7 +74,7 @@ class RetryTask(Task):
     dont_retry_for: ClassVar[tuple[type[BaseException], ...]] = ()
     max_retries = 5
     retry_backoff: ClassVar[float] = 1.0
-    retry_backoff_max: ClassVar[float] = _AppRetryBudget()  # type: ignore[assignment]
+    retry_backoff_max: ClassVar[float] = AppRetryBudget()  # type: ignore[assignment]
     retry_jitter: ClassVar[bool] = True
     retry_backoff_min: ClassVar[float] = 0.1
 
@@ -121,7 +102,7 @@ class RetryTask(Task):
     def celeryredis_findings(cls, conf: Mapping[str, Any]) -> list[Finding]:
         """Check this task's backoff cap against the app's visibility-timeout budget."""
         findings = super().celeryredis_findings(conf)
-        if isinstance(inspect.getattr_static(cls, "retry_backoff_max"), _AppRetryBudget):
+        if isinstance(inspect.getattr_static(cls, "retry_backoff_max"), AppRetryBudget):
             return findings  # follows the app's budget
         cap = float(cls.retry_backoff_max)
         budget = conf.get("celeryredis_retry_backoff_max")
@@ -217,6 +198,7 @@ class RetryTask(Task):
                     type(exc).__name__,
                     exc,
                 )
+                request.celeryredis_reason = "retries_exhausted"  # type: ignore[attr-defined]
                 self.on_retries_exhausted(exc, request.id, args, kwargs)
                 raise
             delay = self.retry_delay(retries)

@@ -1,0 +1,77 @@
+"""``get_redis(app)``: one redis-py client per app, built from the broker's settings.
+
+celeryredis keeps its own keys in the broker's Redis (see :mod:`celeryredis.keys`).
+The client uses the broker URL and the socket options of
+``broker_transport_options`` (timeouts, keepalive, health checks), and follows a
+Sentinel master when the broker URL is ``sentinel://``. redis-py connection pools
+are fork-safe, so the client may be created before a prefork pool forks.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from typing import Any
+
+import redis
+from celery import Celery
+from redis.sentinel import Sentinel
+
+from celeryredis.exceptions import ConfigurationError
+from celeryredis.urls import RedisURL, parse_redis_url
+
+__all__ = ["get_redis"]
+
+_CLIENTS: weakref.WeakKeyDictionary[Celery, tuple[str, redis.Redis]] = weakref.WeakKeyDictionary()
+_LOCK = threading.Lock()
+_SOCKET_OPTIONS = (
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "health_check_interval",
+)
+
+
+def _client_for(url: RedisURL, options: dict[str, Any]) -> redis.Redis:
+    kwargs: dict[str, Any] = {k: options[k] for k in _SOCKET_OPTIONS if options.get(k) is not None}
+    if url.is_sentinel:
+        master = options.get("master_name")
+        if not master:
+            raise ConfigurationError(
+                "broker_url is a sentinel:// URL but broker_transport_options has no 'master_name'",
+                setting="broker_transport_options",
+            )
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(url.hosts), sentinel_kwargs=options.get("sentinel_kwargs") or {}, **kwargs
+        )
+        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            master, db=url.db, username=url.username, password=url.password, **kwargs
+        )
+        return client
+    if url.is_socket:
+        return redis.Redis(
+            unix_socket_path=url.socket_path,
+            db=url.db,
+            username=url.username,
+            password=url.password,
+            **{k: v for k, v in kwargs.items() if k != "socket_connect_timeout"},
+        )
+    return redis.Redis.from_url(url.geturl(), **kwargs)
+
+
+def get_redis(app: Celery) -> redis.Redis:
+    """Return the app's redis-py client for celeryredis's own keys (cached per app).
+
+    Raises:
+        ConfigurationError: The broker URL is not a Redis URL.
+    """
+    broker = app.conf.broker_url
+    with _LOCK:
+        cached = _CLIENTS.get(app)
+        if cached is not None and cached[0] == broker:
+            return cached[1]
+        url = parse_redis_url(broker, setting="broker_url")
+        options = dict(app.conf.broker_transport_options or {})
+        client = _client_for(url, options)
+        _CLIENTS[app] = (broker, client)
+        return client
