@@ -59,6 +59,7 @@ install-check: venv  ## pip install . into a fresh virtualenv; import it; check 
 	timeout $(SETUP_BUDGET) "$$d/venv/bin/pip" install -q --disable-pip-version-check . && \
 	"$$d/venv/bin/python" -c 'import importlib.resources as r, celeryredis; \
 	assert r.files("celeryredis").joinpath("py.typed").is_file(), "py.typed missing"; \
+	assert r.files("celeryredis._scripts").joinpath("gcra.lua").is_file(), "Lua missing"; \
 	print("install-check: celeryredis", celeryredis.__version__, "imports; py.typed installed")'
 
 demo: venv redis  ## The end-to-end tour (starts a throwaway redis-server unless a URL is configured).

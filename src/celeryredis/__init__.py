@@ -11,10 +11,11 @@ from importlib.metadata import PackageNotFoundError, version
 
 from celeryredis.app import ExplainRow, configure, explain, make_app
 from celeryredis.deadletter import DeadLetter, DeadLetterError, DeadLetterQueue
-from celeryredis.exceptions import CeleryRedisError, ConfigurationError
+from celeryredis.exceptions import CeleryRedisError, ConfigurationError, DuplicateTaskError
 from celeryredis.log import configure_logging
 from celeryredis.presets import Preset, Setting
-from celeryredis.tasks import RetryTask, Task
+from celeryredis.ratelimit import RateLimiter, rate_limiter
+from celeryredis.tasks import RateLimitedTask, RetryTask, Task, UniqueTask
 from celeryredis.urls import RedisURL, parse_redis_url
 
 try:
@@ -28,16 +29,21 @@ __all__ = [
     "DeadLetter",
     "DeadLetterError",
     "DeadLetterQueue",
+    "DuplicateTaskError",
     "ExplainRow",
     "Preset",
+    "RateLimitedTask",
+    "RateLimiter",
     "RedisURL",
     "RetryTask",
     "Setting",
     "Task",
+    "UniqueTask",
     "__version__",
     "configure",
     "configure_logging",
     "explain",
     "make_app",
     "parse_redis_url",
+    "rate_limiter",
 ]

@@ -5,6 +5,8 @@ project can catch everything of ours with one ``except`` clause::
 
     CeleryRedisError
     ├── ConfigurationError (also a ValueError)
+    ├── DuplicateTaskError
+    ├── celeryredis.locks.LockError
     ├── celeryredis.deadletter.DeadLetterError
     └── celeryredis.testing.RedisServerError, WorkerProcessError
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["CeleryRedisError", "ConfigurationError"]
+__all__ = ["CeleryRedisError", "ConfigurationError", "DuplicateTaskError"]
 
 
 class CeleryRedisError(Exception):
@@ -44,3 +46,22 @@ class ConfigurationError(CeleryRedisError, ValueError):
         super().__init__(message)
         self.setting = setting
         self.check_ids = tuple(check_ids)
+
+
+class DuplicateTaskError(CeleryRedisError):
+    """A unique task is already queued or running (``on_duplicate="raise"``).
+
+    Args:
+        message: What was refused.
+        task_id: The id of the task that holds the lock.
+        ttl: Seconds left on its lock, if known.
+        key: The lock key.
+    """
+
+    def __init__(
+        self, message: str, *, task_id: str, ttl: float | None = None, key: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.task_id = task_id
+        self.ttl = ttl
+        self.key = key

@@ -7,6 +7,11 @@ TTL or a bound:
 
 - ``{p}celeryredis:dlq`` — stream of dead-lettered tasks, bounded by ``MAXLEN``
   (``celeryredis_dead_letter_max_len``) and ``MINID`` (``celeryredis_dead_letter_max_age``).
+- ``{p}celeryredis:lock:{task}:{digest}`` — a unique task's lock (value: the owner's
+  task id), with a TTL (``unique_ttl`` while queued, ``unique_running_ttl`` while it
+  runs, renewed).
+- ``{p}celeryredis:rl:{name}`` — a rate limiter's next slot (GCRA), with a TTL of about
+  one burst window.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["NAMESPACE", "dead_letter_key", "prefix"]
+__all__ = ["NAMESPACE", "dead_letter_key", "lock_key", "lock_pattern", "prefix", "rate_limit_key"]
 
 #: Our namespace inside the broker's key prefix.
 NAMESPACE = "celeryredis:"
@@ -29,3 +34,18 @@ def prefix(conf: Mapping[str, Any]) -> str:
 def dead_letter_key(conf: Mapping[str, Any]) -> str:
     """The dead-letter stream."""
     return f"{prefix(conf)}dlq"
+
+
+def lock_key(conf: Mapping[str, Any], task_name: str, digest: str) -> str:
+    """A unique task's lock."""
+    return f"{prefix(conf)}lock:{task_name}:{digest}"
+
+
+def lock_pattern(conf: Mapping[str, Any], task_name: str | None = None) -> str:
+    """A ``SCAN MATCH`` pattern for the locks of one task (or of all tasks)."""
+    return f"{prefix(conf)}lock:{task_name + ':' if task_name else ''}*"
+
+
+def rate_limit_key(conf: Mapping[str, Any], name: str) -> str:
+    """A rate limiter's state."""
+    return f"{prefix(conf)}rl:{name}"

@@ -19,6 +19,7 @@ from celery import Celery, signals
 
 from celeryredis.deadletter import dead_letter_message
 from celeryredis.tasks.base import Task, emit, remember_routing
+from celeryredis.tasks.unique import UNIQUE_HEADER, UniqueTask
 
 __all__ = ["install"]
 
@@ -43,6 +44,7 @@ def _routing(request: Any, task: Any = None) -> dict[str, Any]:
         "worker": getattr(request, "hostname", None),
         "parent_id": field("parent_id"),
         "root_id": field("root_id"),
+        "unique_key": field(UNIQUE_HEADER),
     }
 
 
@@ -58,6 +60,8 @@ def _on_revoked(
     if request is None or not isinstance(sender, Task):
         return
     fields = _routing(request, sender)
+    if isinstance(sender, UniqueTask):
+        sender.unique_release(request.id, fields.get("unique_key"))
     fields.update(event="revoked", terminated=terminated, expired=bool(kwargs.get("expired")))
     emit(logging.WARNING, fields)
 

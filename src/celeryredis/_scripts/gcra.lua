@@ -1,0 +1,26 @@
+-- Generic cell rate algorithm: one decision per call, optionally reserving a slot.
+-- KEYS[1]: the limiter key (holds the theoretical arrival time, ms)
+-- ARGV[1]: emission interval in ms (1000 / rate per second)
+-- ARGV[2]: burst tolerance in ms ((burst - 1) * interval)
+-- ARGV[3]: 1 to reserve the next slot when over the limit, 0 to only ask
+-- ARGV[4]: longest wait in ms a reservation may take (beyond it nothing is reserved)
+-- Returns {allowed (1/0), wait_ms}: wait_ms is 0 when allowed now; when a slot was
+-- reserved, allowed is 2 and wait_ms is when that slot comes.
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local allow_at = tat - tolerance
+local ttl = math.ceil(tat - now + interval + tolerance) + 1000
+if allow_at <= now then
+  redis.call('SET', KEYS[1], tat + interval, 'PX', ttl + interval)
+  return {1, 0}
+end
+local wait = allow_at - now
+if ARGV[3] == '1' and wait <= tonumber(ARGV[4]) then
+  redis.call('SET', KEYS[1], tat + interval, 'PX', ttl + interval)
+  return {2, wait}
+end
+return {0, wait}

@@ -1,0 +1,191 @@
+"""Token locks that never get stuck: owner-only release and extend, a mandatory TTL.
+
+A lock's value is its owner's token (for task locks, the task id). Acquiring is
+re-entrant for the same token; releasing and extending check the token in one Lua
+script, so a lock is never released or extended by anyone but its owner — unlike a
+plain ``DEL`` (celery-once, celery-singleton). Every lock has a TTL: if its owner
+dies, it expires. A :class:`LockRenewer` thread extends the locks a process holds
+while it works, so a long task never loses its lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from celeryredis._scripts import source
+from celeryredis.exceptions import CeleryRedisError
+
+__all__ = ["LockError", "LockRenewer", "LockState", "TokenLock"]
+
+logger = logging.getLogger(__name__)
+
+
+class LockError(CeleryRedisError):
+    """A lock operation failed.
+
+    Attributes:
+        lock_name: The lock's key.
+    """
+
+    def __init__(self, message: str, *, lock_name: str) -> None:
+        super().__init__(message)
+        self.lock_name = lock_name
+
+
+@dataclass(frozen=True)
+class LockState:
+    """The outcome of an acquire.
+
+    Attributes:
+        acquired: The caller holds the lock now.
+        holder: The token of whoever holds it (the caller's when acquired).
+        ttl: Seconds left on the holder's lock (None when acquired).
+    """
+
+    acquired: bool
+    holder: str
+    ttl: float | None = None
+
+
+def _ms(seconds: float) -> int:
+    return max(1, int(seconds * 1000))
+
+
+class TokenLock:
+    """A lock on ``key`` owned by ``token``, with a mandatory TTL.
+
+    Args:
+        client: The redis-py client.
+        key: The lock key.
+        token: The owner's token.
+        ttl: Seconds the lock lives unless extended (> 0).
+        clock: A monotonic clock (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        key: str,
+        token: str,
+        ttl: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not ttl or ttl <= 0:
+            raise LockError(f"lock {key!r} needs a TTL > 0 s, not {ttl!r}", lock_name=key)
+        self.client = client
+        self.key = key
+        self.token = token
+        self.ttl = float(ttl)
+        self.clock = clock
+        self._acquire = client.register_script(source("lock_acquire"))
+        self._release = client.register_script(source("lock_release"))
+        self._extend = client.register_script(source("lock_extend"))
+
+    def acquire(self, ttl: float | None = None) -> LockState:
+        """Take the lock (or renew it, if this token holds it); one round trip."""
+        try:
+            reply = self._acquire(keys=[self.key], args=[self.token, _ms(ttl or self.ttl)])
+        except redis.RedisError as exc:
+            raise LockError(
+                f"could not acquire lock {self.key!r}: {exc}", lock_name=self.key
+            ) from exc
+        holder = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        if int(reply[0]) == 1:
+            return LockState(True, holder)
+        pttl = int(reply[2]) if len(reply) > 2 else -1
+        return LockState(False, holder, pttl / 1000 if pttl >= 0 else None)
+
+    def release(self) -> bool:
+        """Release the lock if this token holds it; True if it did."""
+        try:
+            return bool(self._release(keys=[self.key], args=[self.token]))
+        except redis.RedisError as exc:
+            raise LockError(
+                f"could not release lock {self.key!r}: {exc}", lock_name=self.key
+            ) from exc
+
+    def extend(self, ttl: float | None = None) -> bool:
+        """Make the lock live at least ``ttl`` more seconds (default: the lock's TTL).
+
+        Only by its owner; it never shortens the lock. Returns False if this token
+        does not hold the lock.
+        """
+        try:
+            return bool(self._extend(keys=[self.key], args=[self.token, _ms(ttl or self.ttl)]))
+        except redis.RedisError as exc:
+            raise LockError(
+                f"could not extend lock {self.key!r}: {exc}", lock_name=self.key
+            ) from exc
+
+    def holder(self) -> str | None:
+        """The token that holds the lock now, or None."""
+        value = self.client.get(self.key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def __repr__(self) -> str:
+        return f"<TokenLock {self.key!r} ttl={self.ttl:g}s>"
+
+
+class LockRenewer:
+    """A daemon thread that extends held locks every ``ttl / 3`` seconds.
+
+    It runs beside any pool (it does not need the worker's event loop). When the
+    process dies the renewals stop and each lock expires within its TTL.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[TokenLock, float]] = {}
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def add(self, lock: TokenLock) -> None:
+        """Keep extending ``lock`` until :meth:`discard`."""
+        with self._cond:
+            self._locks[(lock.key, lock.token)] = (lock, time.monotonic() + lock.ttl / 3)
+            if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+                self._pid = os.getpid()
+                self._thread = threading.Thread(
+                    target=self._run, name="celeryredis-lock-renewer", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify()
+
+    def discard(self, lock: TokenLock | Any) -> None:
+        """Stop extending ``lock``."""
+        with self._cond:
+            self._locks.pop((lock.key, lock.token), None)
+
+    def held(self) -> list[TokenLock]:
+        """The locks being renewed."""
+        with self._cond:
+            return [lock for lock, _ in self._locks.values()]
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [(k, lock) for k, (lock, at) in self._locks.items() if at <= now]
+                if not due:
+                    waits = [at - now for _, at in self._locks.values()]
+                    self._cond.wait(timeout=min(waits) if waits else 5.0)
+                    continue
+                for key, lock in due:
+                    self._locks[key] = (lock, now + lock.ttl / 3)
+            for key, lock in due:
+                try:
+                    if not lock.extend():
+                        logger.warning("lost lock %s while renewing it", lock.key)
+                        with self._cond:
+                            self._locks.pop(key, None)
+                except LockError:
+                    logger.warning("could not renew lock %s; retrying", lock.key, exc_info=True)

@@ -1,0 +1,103 @@
+"""``celeryredis.RateLimitedTask``: at most N per second across all workers."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from celery.exceptions import Ignore
+
+from celeryredis.exceptions import ConfigurationError
+from celeryredis.ratelimit import RateLimiter, parse_rate, rate_limiter
+from celeryredis.tasks._options import OptionCheck, as_positive_int
+from celeryredis.tasks.base import Task, emit
+
+__all__ = ["RESERVED_HEADER", "RateLimitedTask"]
+
+logger = logging.getLogger(__name__)
+
+#: Header of a message re-published for a reserved slot (the slot's epoch time): it runs
+#: without asking again. A running attempt finds the time it was granted in
+#: ``self.request.celeryredis_rate_slot``.
+RESERVED_HEADER = "celeryredis_rate_slot"
+
+
+def _rate(name: str, value: Any) -> None:
+    if value is not None:
+        parse_rate(value)
+
+
+class RateLimitedTask(Task):
+    """A task whose executions, over every worker, stay within ``distributed_rate_limit``.
+
+    Before an attempt starts, one Redis round trip decides. Over the limit, the task
+    reserves its next free slot (so deferred tasks do not all come back at the same
+    instant) and is re-published once, with a countdown to that slot — never through
+    ``retry()``, so no retry budget is used — and the worker does not sleep. A slot
+    further away than the app's ``celeryredis_eta_horizon`` is not reserved (the
+    visibility timeout covers countdowns only up to that horizon): the task comes back
+    after the horizon and asks again.
+
+    Attributes:
+        distributed_rate_limit: Celery's rate syntax: ``"100/m"``, ``"10/s"``.
+        rate_limit_burst: Executions allowed at once after a quiet spell (default 1).
+    """
+
+    distributed_rate_limit: ClassVar[str | None] = None
+    rate_limit_burst: ClassVar[int] = 1
+
+    celeryredis_options: ClassVar[Mapping[str, OptionCheck]] = {
+        "distributed_rate_limit": _rate,
+        "rate_limit_burst": as_positive_int,
+    }
+
+    def rate_limit_key(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
+        """The limit's key for a call, e.g. a customer id; None: one limit for the task."""
+        return None
+
+    def _limiter(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> RateLimiter:
+        if self.distributed_rate_limit is None:
+            raise ConfigurationError(
+                f"task {self.name!r} is a RateLimitedTask without distributed_rate_limit",
+                setting="distributed_rate_limit",
+            )
+        extra = self.rate_limit_key(args, kwargs)
+        name = self.name if extra is None else f"{self.name}:{extra}"
+        return rate_limiter(
+            self.app, name, self.distributed_rate_limit, burst=self.rate_limit_burst
+        )
+
+    def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Run now, or reserve the next slot, re-publish for it and skip this attempt."""
+        request = self.request
+        headers = getattr(request, "headers", None) or {}
+        slot = getattr(request, RESERVED_HEADER, None) or headers.get(RESERVED_HEADER)
+        if slot:
+            request.celeryredis_rate_slot = float(slot)  # type: ignore[attr-defined]
+            super().before_start(task_id, args, kwargs)
+            return
+        horizon = float(self.app.conf.get("celeryredis_eta_horizon") or 0.0)
+        decided_at = time.time()
+        decision = self._limiter(args, kwargs).acquire(reserve=True, max_wait=horizon)
+        if decision.allowed:
+            request.celeryredis_rate_slot = decided_at  # type: ignore[attr-defined]
+            super().before_start(task_id, args, kwargs)
+            return
+        countdown = decision.wait if decision.reserved else max(horizon, 0.1)
+        new_headers = {k: v for k, v in headers.items() if k != RESERVED_HEADER}
+        if decision.reserved:
+            new_headers[RESERVED_HEADER] = repr(decided_at + decision.wait)
+        self.apply_async(
+            args,
+            kwargs,
+            task_id=task_id,
+            countdown=countdown,
+            headers=new_headers,
+            retries=request.retries or 0,
+        )
+        fields = self.lifecycle_fields(task_id)
+        fields.update(event="deferred", delay_s=countdown, reserved=decision.reserved)
+        emit(logging.INFO, fields)
+        raise Ignore

@@ -1,0 +1,261 @@
+"""``celeryredis.UniqueTask``: don't queue or run the same work twice."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+from celery.exceptions import Ignore
+
+from celeryredis.connection import get_redis
+from celeryredis.exceptions import ConfigurationError, DuplicateTaskError
+from celeryredis.keys import lock_key
+from celeryredis.locks import LockRenewer, TokenLock
+from celeryredis.tasks._options import OptionCheck, as_names, as_seconds
+from celeryredis.tasks.base import Task
+
+__all__ = ["UNIQUE_HEADER", "UniqueTask"]
+
+logger = logging.getLogger(__name__)
+
+#: The message header that carries the lock key computed at publish.
+UNIQUE_HEADER = "celeryredis_unique_key"
+_MODES = ("until_executing", "until_executed", "while_executing")
+_ON_DUPLICATE = ("return", "raise", "ignore")
+_WHILE_EXECUTING = ("drop", "defer")
+_RENEWER = LockRenewer()
+
+
+def _one_of(choices: Sequence[str]) -> OptionCheck:
+    def check(name: str, value: Any) -> None:
+        if value not in choices:
+            raise ConfigurationError(
+                f"task option {name}={value!r} is not valid: expected one of "
+                f"{', '.join(map(repr, choices))}",
+                setting=name,
+            )
+
+    return check
+
+
+def _optional_names(name: str, value: Any) -> None:
+    if value is not None:
+        as_names(name, value)
+
+
+def _optional_seconds(name: str, value: Any) -> None:
+    if value is not None:
+        as_seconds(name, value)
+
+
+class UniqueTask(Task):
+    """A task that is not queued (or run) twice for the same arguments.
+
+    The lock key is the task name plus a digest of the canonical JSON (sorted keys) of
+    the arguments bound to their parameter names — all of them, the ``unique_on``
+    subset, or whatever :meth:`unique_key` returns. It is computed once at publish and
+    carried in the ``celeryredis_unique_key`` header. The lock's value is the task id
+    that holds it: a publish under the same id (a retry, a replay) is re-entrant.
+
+    Modes (``unique_mode``):
+
+    ``until_executing``
+        locked at publish, released when a worker starts the task;
+    ``until_executed`` (default)
+        locked at publish, released when the task finishes — success or final
+        failure — and held across its retries (and on revoke, released);
+    ``while_executing``
+        no publish lock; a copy that starts while another runs is dropped or
+        deferred (``unique_while_executing``).
+
+    On a duplicate publish (``on_duplicate``): ``"return"`` gives the existing task's
+    ``AsyncResult``; ``"raise"`` raises :class:`~celeryredis.DuplicateTaskError` with
+    the existing id and the time left; ``"ignore"`` returns None.
+
+    Attributes:
+        unique_mode: See above.
+        unique_on: Parameter names the key is built from (None: all).
+        on_duplicate: ``"return"``, ``"raise"`` or ``"ignore"``.
+        unique_ttl: Lock TTL while the message waits, in seconds (None: the app's
+            visibility timeout, which already covers ETAs and prefetch).
+        unique_running_ttl: Lock TTL while the task runs; the lock is renewed every
+            third of it, so after a crash it is free within this time.
+        unique_while_executing: ``"drop"`` or ``"defer"`` (while_executing mode).
+        unique_defer_delay: Seconds to defer a copy by in ``"defer"`` policy.
+    """
+
+    unique_mode: ClassVar[str] = "until_executed"
+    unique_on: ClassVar[Sequence[str] | None] = None
+    on_duplicate: ClassVar[str] = "return"
+    unique_ttl: ClassVar[float | None] = None
+    unique_running_ttl: ClassVar[float] = 60.0
+    unique_while_executing: ClassVar[str] = "drop"
+    unique_defer_delay: ClassVar[float] = 1.0
+
+    celeryredis_options: ClassVar[Mapping[str, OptionCheck]] = {
+        "unique_mode": _one_of(_MODES),
+        "unique_on": _optional_names,
+        "on_duplicate": _one_of(_ON_DUPLICATE),
+        "unique_ttl": _optional_seconds,
+        "unique_running_ttl": as_seconds,
+        "unique_while_executing": _one_of(_WHILE_EXECUTING),
+        "unique_defer_delay": as_seconds,
+    }
+
+    # -- the key ---------------------------------------------------------------------------
+
+    def unique_key(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """The data the lock is about (override for a custom key; must be JSON-able)."""
+        try:
+            bound = inspect.signature(self.run).bind(*args, **kwargs)
+            bound.apply_defaults()
+            data = dict(bound.arguments)
+        except (TypeError, ValueError):
+            data = {"args": list(args), "kwargs": dict(kwargs)}
+        if self.unique_on is not None:
+            missing = [name for name in self.unique_on if name not in data]
+            if missing:
+                raise ConfigurationError(
+                    f"task {self.name!r}: unique_on names {missing} that are not parameters",
+                    setting="unique_on",
+                )
+            data = {name: data[name] for name in self.unique_on}
+        return data
+
+    def unique_lock_key(self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> str:
+        """The lock key for a call: task name + SHA-256 of canonical JSON."""
+        material = self.unique_key(tuple(args or ()), dict(kwargs or {}))
+        canonical = json.dumps(material, sort_keys=True, separators=(",", ":"), default=repr)
+        digest = hashlib.sha256(canonical.encode()).hexdigest()[:32]
+        return lock_key(self.app.conf, self.name, digest)
+
+    def _queue_ttl(self) -> float:
+        if self.unique_ttl is not None:
+            return float(self.unique_ttl)
+        options = self.app.conf.get("broker_transport_options") or {}
+        return float(options.get("visibility_timeout") or 3600)
+
+    def _lock(self, key: str, token: str, ttl: float) -> TokenLock:
+        return TokenLock(get_redis(self.app), key, token, ttl)
+
+    # -- publishing ------------------------------------------------------------------------
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *rest: Any,
+        **options: Any,
+    ) -> Any:
+        """Publish unless an equal task is already queued or running (see ``on_duplicate``)."""
+        headers = dict(options.get("headers") or {})
+        key = headers.get(UNIQUE_HEADER) or self.unique_lock_key(args, kwargs)
+        headers[UNIQUE_HEADER] = key
+        options["headers"] = headers
+        if self.unique_mode == "while_executing":
+            return super().apply_async(args, kwargs, *rest, **options)
+        task_id = options.get("task_id") or str(uuid.uuid4())
+        options["task_id"] = task_id
+        lock = self._lock(key, task_id, self._queue_ttl())
+        state = lock.acquire()
+        if not state.acquired:
+            logger.info("task %s: duplicate of %s refused (%s)", self.name, state.holder, key)
+            if self.on_duplicate == "raise":
+                raise DuplicateTaskError(
+                    f"task {self.name} is already queued or running as {state.holder} "
+                    f"(lock {key}, {state.ttl or 0:.1f} s left)",
+                    task_id=state.holder,
+                    ttl=state.ttl,
+                    key=key,
+                )
+            if self.on_duplicate == "ignore":
+                return None
+            return self.AsyncResult(state.holder)
+        try:
+            return super().apply_async(args, kwargs, *rest, **options)
+        except BaseException:
+            lock.release()
+            raise
+
+    # -- running ---------------------------------------------------------------------------
+
+    def _request_key(self, request: Any = None) -> str | None:
+        request = request if request is not None else self.request
+        key = getattr(request, UNIQUE_HEADER, None)
+        if key is None:
+            key = (getattr(request, "headers", None) or {}).get(UNIQUE_HEADER)
+        return key
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Take or release the lock as the mode says, then run the body."""
+        request = self.request
+        task_id = request.id
+        if task_id is None:
+            return super().__call__(*args, **kwargs)
+        key = self._request_key(request) or self.unique_lock_key(args, kwargs)
+        lock = self._lock(key, task_id, float(self.unique_running_ttl))
+        if self.unique_mode == "until_executing":
+            lock.release()
+        elif self.unique_mode == "until_executed":
+            lock.acquire(self.unique_running_ttl)  # re-entrant: switch to the running TTL
+            _RENEWER.add(lock)
+        else:
+            state = lock.acquire()
+            if not state.acquired:
+                if self.unique_while_executing == "defer":
+                    logger.info("task %s[%s] deferred: %s runs", self.name, task_id, state.holder)
+                    self.apply_async(args, kwargs, countdown=self.unique_defer_delay)
+                else:
+                    logger.info("task %s[%s] dropped: %s runs", self.name, task_id, state.holder)
+                raise Ignore
+            _RENEWER.add(lock)
+        return super().__call__(*args, **kwargs)
+
+    def unique_release(self, task_id: str, key: str | None) -> None:
+        """Release this task's lock (finished, failed for good, or revoked)."""
+        if key is None or self.unique_mode == "until_executing":
+            return
+        lock = self._lock(key, task_id, float(self.unique_running_ttl))
+        _RENEWER.discard(lock)
+        lock.release()
+
+    def on_success(
+        self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Release the lock, then the other bases' hooks."""
+        self.unique_release(task_id, self._request_key())
+        super().on_success(retval, task_id, args, kwargs)
+
+    def on_retry(
+        self,
+        exc: Exception,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
+        """Keep the lock across the retry (the republish renewed it), stop renewing it."""
+        key = self._request_key()
+        if key is not None:
+            _RENEWER.discard(self._lock(key, task_id, float(self.unique_running_ttl)))
+        super().on_retry(exc, task_id, args, kwargs, einfo)
+
+    def on_failure(
+        self,
+        exc: Exception,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
+        """Release the lock after a final failure, then the other bases' hooks."""
+        key = self._request_key()
+        if key is None:  # a hard time limit: on_failure runs in the main process
+            key = self.lifecycle_fields(task_id).get("unique_key")
+        self.unique_release(task_id, key)
+        super().on_failure(exc, task_id, args, kwargs, einfo)

@@ -1,0 +1,195 @@
+"""UniqueTask and token locks against a real redis-server and real worker processes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import textwrap
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from celeryredis import DuplicateTaskError
+from celeryredis.locks import LockRenewer, TokenLock
+from tests._util import import_host_module, wait_for
+
+pytestmark = pytest.mark.integration
+
+TASKS = """
+import json
+import os
+import time
+
+import redis
+
+from celeryredis import UniqueTask, make_app
+
+URL = os.environ["UNIQ_URL"]
+PRESET = os.environ.get("UNIQ_PRESET", "testing")
+SETTINGS = json.loads(os.environ.get("UNIQ_SETTINGS", "{}"))
+app = make_app("uniqapp", broker_url=URL, preset=PRESET, **SETTINGS)
+client = redis.Redis.from_url(URL)
+RUNNING_TTL = float(os.environ.get("UNIQ_RUNNING_TTL", "60"))
+
+MAX = "local n = redis.call('INCR', KEYS[1]) " \\
+      "if n > tonumber(redis.call('GET', KEYS[2]) or 0) then redis.call('SET', KEYS[2], n) end " \\
+      "return n"
+
+
+def _run(name, seconds, task_id):
+    client.eval(MAX, 2, "running:" + name, "max:" + name)
+    try:
+        time.sleep(seconds)
+    finally:
+        client.decr("running:" + name)
+    client.rpush("runs:" + name, task_id)
+
+
+@app.task(base=UniqueTask, bind=True, shared=False, unique_running_ttl=RUNNING_TTL,
+          ignore_result=True)
+def build(self, report_id, seconds=0.2):
+    _run("build", seconds, self.request.id)
+
+
+@app.task(base=UniqueTask, bind=True, shared=False, on_duplicate="raise", unique_on=("user",))
+def notify(self, user, text):
+    _run("notify", 0.5, self.request.id)
+
+
+@app.task(base=UniqueTask, bind=True, shared=False, unique_mode="while_executing",
+          ignore_result=True)
+def exclusive(self, n):
+    _run("exclusive", 0.3, self.request.id)
+"""
+
+
+def _env(url: str, **extra: str) -> dict[str, str]:
+    return {"UNIQ_URL": url, **extra}
+
+
+@pytest.fixture
+def uniq(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    (tmp_path / "uniqapp.py").write_text(textwrap.dedent(TASKS))
+    return import_host_module(monkeypatch, tmp_path, "uniqapp", _env(redis_url))
+
+
+def test_until_executed_concurrent_publishers_never_overlap(
+    uniq: Any, redis_url: str, tmp_path: Path, celery_worker_process: Any
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    worker = celery_worker_process("uniqapp", cwd=tmp_path, env=_env(redis_url), concurrency=4)
+    worker.wait_ready()
+    returned: list[str] = []
+    lock = threading.Lock()
+
+    def publish() -> None:
+        ids = [uniq.build.delay(42).id for _ in range(500)]
+        with lock:
+            returned.extend(ids)
+
+    threads = [threading.Thread(target=publish) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert len(returned) == 4000
+    key = uniq.build.unique_lock_key((42,), {})
+    wait_for(lambda: not client.exists(key) and client.llen("celery") == 0, 60, "the last run")
+    runs = [r.decode() for r in client.lrange("runs:build", 0, -1)]
+    assert int(client.get("max:build")) == 1  # no two executions of one key overlapped
+    assert len(runs) == len(set(runs)) >= 1
+    assert set(returned) == set(runs)  # every publish returned a task that really ran
+    assert len(runs) < 4000
+
+
+def test_duplicate_raise_carries_the_existing_id_and_time_left(uniq: Any) -> None:
+    first = uniq.notify.delay("ann", "hello")
+    with pytest.raises(DuplicateTaskError) as excinfo:
+        uniq.notify.delay("ann", "a different text")  # unique_on=("user",)
+    assert excinfo.value.task_id == first.id
+    assert excinfo.value.ttl is not None
+    assert excinfo.value.ttl > 0
+    assert uniq.notify.delay("bob", "hello").id != first.id
+    # The holder itself (a retry, a replay under the same id) is re-entrant.
+    assert uniq.notify.apply_async(("ann", "hello"), task_id=first.id).id == first.id
+
+
+def test_while_executing_drop_keeps_concurrency_at_one(
+    uniq: Any, redis_url: str, tmp_path: Path, celery_worker_process: Any
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    worker = celery_worker_process("uniqapp", cwd=tmp_path, env=_env(redis_url), concurrency=4)
+    worker.wait_ready()
+    for _ in range(20):
+        uniq.exclusive.delay(1)
+
+    def dropped() -> int:
+        return worker.log_text().count("] dropped: ")
+
+    wait_for(
+        lambda: client.llen("runs:exclusive") + dropped() == 20, 60, "every copy to run or drop"
+    )
+    assert int(client.get("max:exclusive")) == 1
+    assert dropped() >= 1  # copies that arrived while one ran were dropped
+
+
+def test_lock_of_a_killed_worker_expires_and_the_task_completes(
+    redis_url: str, tmp_path: Path, celery_worker_process: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = {
+        "task_time_limit": 6,
+        "task_soft_time_limit": 5,
+        "celeryredis_eta_horizon": 0,
+        "celeryredis_retry_backoff_max": 1,
+    }
+    env = _env(
+        redis_url,
+        UNIQ_PRESET="production",
+        UNIQ_SETTINGS=json.dumps(settings),
+        UNIQ_RUNNING_TTL="2",
+    )
+    (tmp_path / "uniqapp.py").write_text(textwrap.dedent(TASKS))
+    uniq = import_host_module(monkeypatch, tmp_path, "uniqapp", env)
+    client = redis.Redis.from_url(redis_url)
+    w1 = celery_worker_process("uniqapp", cwd=tmp_path, env=env, hostname="w1@%h")
+    w1.wait_ready()
+    result = uniq.build.delay(7, 3)
+    key = uniq.build.unique_lock_key((7, 3), {})
+    wait_for(lambda: client.get("running:build") == b"1", 20, "the task to start")
+    assert client.get(key) == result.id.encode()
+    assert 0 < client.pttl(key) <= 2000  # the running TTL, renewed
+    killed_at = time.monotonic()
+    w1.kill(signal.SIGKILL)
+    wait_for(lambda: not client.exists(key), 2 + 3, "the dead worker's lock to expire")
+    assert time.monotonic() - killed_at <= 2 + 3
+    w2 = celery_worker_process("uniqapp", cwd=tmp_path, env=env, hostname="w2@%h")
+    w2.wait_ready()
+    # Redelivered after the visibility timeout, it re-takes its own lock and completes.
+    wait_for(lambda: client.llen("runs:build") == 1, 40, "the redelivered run")
+    assert [r.decode() for r in client.lrange("runs:build", 0, -1)] == [result.id]
+    wait_for(lambda: not client.exists(key), 10, "the lock's release")
+
+
+def test_release_by_a_non_owner_is_refused_and_renewal_outlives_the_ttl(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    mine = TokenLock(client, "t:lock", "owner-a", ttl=1.0)
+    theirs = TokenLock(client, "t:lock", "owner-b", ttl=1.0)
+    assert mine.acquire().acquired
+    state = theirs.acquire()
+    assert (state.acquired, state.holder) == (False, "owner-a")
+    assert theirs.release() is False
+    assert theirs.extend() is False
+    assert mine.holder() == "owner-a"
+    renewer = LockRenewer()
+    renewer.add(mine)
+    started = time.monotonic()
+    while time.monotonic() - started < 2.5:  # 2.5 x its TTL
+        assert mine.holder() == "owner-a", "the renewed lock expired"
+        time.sleep(0.05)
+    renewer.discard(mine)
+    assert mine.release() is True
+    assert mine.holder() is None
