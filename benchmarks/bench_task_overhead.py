@@ -17,6 +17,7 @@ import importlib
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -34,7 +35,7 @@ APP = """
 import os
 import celery
 import redis
-from celeryredis import RetryTask, Task, make_app
+from celeryredis import RateLimitedTask, RetryTask, Task, UniqueTask, make_app
 
 URL = os.environ["BENCH_URL"]
 app = make_app("benchapp", broker_url=URL, result_backend=None, preset="production")
@@ -43,19 +44,38 @@ BASES = {
     "plain celery.Task": celery.Task,
     "celeryredis.Task": Task,
     "celeryredis.RetryTask": RetryTask,
+    "celeryredis.UniqueTask": UniqueTask,
+    "celeryredis.RateLimitedTask": RateLimitedTask,
 }
 BASE = BASES[os.environ["BENCH_BASE"]]
+OPTIONS = {"distributed_rate_limit": "1000000/s"} if BASE is RateLimitedTask else {}
 
 
-@app.task(base=BASE, name="bench.noop", ignore_result=True)
-def noop():
+@app.task(base=BASE, name="bench.noop", ignore_result=True, **OPTIONS)
+def noop(i):
     client.incr("bench:done")
 """
 
-VARIANTS = ("plain celery.Task", "celeryredis.Task", "celeryredis.RetryTask")
+VARIANTS = (
+    "plain celery.Task",
+    "celeryredis.Task",
+    "celeryredis.RetryTask",
+    "celeryredis.UniqueTask",
+    "celeryredis.RateLimitedTask",
+)
 
 
-def drain(url: str, workdir: Path, base: str, n: int, loglevel: str) -> float:
+def _calls(client: redis.Redis) -> tuple[int, int]:
+    """All commands so far (those run inside Lua included), and EVALSHA/EVAL calls."""
+    stats = client.info("commandstats")
+    total = sum(int(v["calls"]) for v in stats.values())
+    keys = ("cmdstat_evalsha", "cmdstat_eval")
+    scripts = sum(int(stats.get(k, {}).get("calls", 0)) for k in keys)
+    return total, scripts
+
+
+def drain(url: str, workdir: Path, base: str, n: int, loglevel: str) -> tuple[float, float, float]:
+    """Drain rate (tasks/s), Redis commands and script calls per task during the drain."""
     env = {"BENCH_URL": url, "BENCH_BASE": base}
     client = redis.Redis.from_url(url)
     client.flushdb()
@@ -63,8 +83,9 @@ def drain(url: str, workdir: Path, base: str, n: int, loglevel: str) -> float:
     os.environ.update(env)
     benchapp: Any = importlib.import_module("benchapp")
 
-    for _ in range(n):
-        benchapp.noop.delay()
+    for i in range(n):
+        benchapp.noop.delay(i)
+    client.config_resetstat()
     worker = WorkerProcess(
         "benchapp",
         cwd=workdir,
@@ -77,14 +98,18 @@ def drain(url: str, workdir: Path, base: str, n: int, loglevel: str) -> float:
     try:
         deadline = time.monotonic() + 300
         first = None
+        polls = 0
         while time.monotonic() < deadline:
             done = int(client.get("bench:done") or 0)
+            polls += 1
             now = time.monotonic()
             if done and first is None:
                 first = (now, done)
             if done >= n:
                 assert first is not None
-                return (done - first[1]) / (now - first[0])
+                # Commands per task over the whole drain (the INCR poll loop excluded).
+                total, scripts = _calls(client)
+                return (done - first[1]) / (now - first[0]), (total - polls) / n, scripts / n
             time.sleep(0.005)
         raise RuntimeError(f"drain did not finish: {worker.log_text()[-2000:]}")
     finally:
@@ -92,6 +117,9 @@ def drain(url: str, workdir: Path, base: str, n: int, loglevel: str) -> float:
 
 
 def main() -> int:
+    # SIGTERM (timeout, kill) unwinds like Ctrl-C, so the redis-server and worker we
+    # started are stopped by their context managers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=3000)
     parser.add_argument("--runs", type=int, default=3)
@@ -100,28 +128,41 @@ def main() -> int:
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
     rates: dict[str, dict[str, list[float]]] = {}
+    commands: dict[str, dict[str, list[float]]] = {}
+    scripts: dict[str, dict[str, list[float]]] = {}
     with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         (workdir / "benchapp.py").write_text(textwrap.dedent(APP))
         sys.path.insert(0, str(workdir))
         for level in opts.loglevels.split(","):
             rates[level] = {v: [] for v in VARIANTS}
+            commands[level] = {v: [] for v in VARIANTS}
+            scripts[level] = {v: [] for v in VARIANTS}
             for run in range(opts.runs):
                 order = VARIANTS if run % 2 == 0 else tuple(reversed(VARIANTS))
                 for variant in order:
-                    rate = drain(server.url_for(1), workdir, variant, opts.n, level)
+                    rate, per_task, lua = drain(server.url_for(1), workdir, variant, opts.n, level)
                     rates[level][variant].append(rate)
-                    print(f"{level:8} run {run + 1}: {variant:24} {rate:8.0f} tasks/s", flush=True)
+                    commands[level][variant].append(per_task)
+                    scripts[level][variant].append(lua)
+                    print(
+                        f"{level:8} run {run + 1}: {variant:28} {rate:8.0f} tasks/s "
+                        f"{per_task:5.2f} Redis commands/task, {lua:4.2f} EVALSHA/task",
+                        flush=True,
+                    )
     lines = [
         "# Task base overhead (drain rate, one solo worker)",
         "",
-        f"N={opts.n} no-op tasks, {opts.runs} interleaved runs, median; ratio = median of "
-        "per-run ratios to plain celery.Task. "
+        f"N={opts.n} no-op tasks (each does one INCR), {opts.runs} interleaved runs, median; "
+        "ratio = median of per-run ratios to plain celery.Task; Redis commands per task "
+        "counted with INFO commandstats over the drain (the benchmark's own polling "
+        "excluded; commands run inside Lua count too); each EVALSHA is one round trip. "
         f"celeryredis {celeryredis.__version__}, Python {platform.python_version()}, "
         f"{platform.machine()}, `python benchmarks/bench_task_overhead.py`.",
         "",
-        "| worker log level | task base | tasks/s (median) | runs | ratio to plain |",
-        "|---|---|---|---|---|",
+        "| worker log level | task base | tasks/s (median) | runs | ratio to plain "
+        "| Redis commands/task | EVALSHA (round trips)/task | extra round trips vs plain |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     summary: dict[str, Any] = {"n": opts.n, "runs": opts.runs, "results": []}
     for level, by_variant in rates.items():
@@ -129,10 +170,24 @@ def main() -> int:
         for variant, values in by_variant.items():
             ratio = statistics.median(v / p for v, p in zip(values, plain, strict=True))
             med = statistics.median(values)
+            cmds = statistics.median(commands[level][variant])
+            lua = statistics.median(scripts[level][variant])
+            plain_lua = statistics.median(scripts[level][VARIANTS[0]])
             runs = ", ".join(f"{v:.0f}" for v in values)
-            lines.append(f"| {level} | {variant} | {med:.0f} | {runs} | {ratio:.3f} |")
+            lines.append(
+                f"| {level} | {variant} | {med:.0f} | {runs} | {ratio:.3f} | {cmds:.2f} "
+                f"| {lua:.2f} | {lua - plain_lua:+.2f} |"
+            )
             summary["results"].append(
-                {"loglevel": level, "base": variant, "median": med, "runs": values, "ratio": ratio}
+                {
+                    "loglevel": level,
+                    "base": variant,
+                    "median": med,
+                    "runs": values,
+                    "ratio": ratio,
+                    "commands_per_task": cmds,
+                    "evalsha_per_task": lua,
+                }
             )
     table = "\n".join(lines) + "\n"
     (out_dir / "task_overhead.md").write_text(table)

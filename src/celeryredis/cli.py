@@ -17,8 +17,10 @@ import click
 from celery import Celery
 
 from celeryredis.app import explain, format_explain
+from celeryredis.connection import get_redis
 from celeryredis.deadletter import DeadLetter, DeadLetterError, DeadLetterQueue
 from celeryredis.exceptions import CeleryRedisError
+from celeryredis.keys import lock_pattern
 from celeryredis.urls import redact_text
 
 __all__ = ["main", "redis_command"]
@@ -182,6 +184,71 @@ def dlq_purge(ctx: click.Context, task: str | None, yes: bool, as_json: bool) ->
         click.echo(f"removed {removed} entr{'y' if removed == 1 else 'ies'}")
 
 
+@redis_command.group("locks")
+def locks_command() -> None:
+    """List and clear unique-task locks."""
+
+
+def _locks(app: Celery, task: str | None) -> list[dict[str, Any]]:
+    client = get_redis(app)
+    rows = []
+    for key in client.scan_iter(match=lock_pattern(app.conf, task), count=500):
+        pipe = client.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.pttl(key)
+        holder, pttl = pipe.execute()
+        if holder is None:
+            continue
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        rows.append(
+            {
+                "key": name,
+                "task": name[len(lock_pattern(app.conf)) - 1 :].rsplit(":", 1)[0],
+                "held_by": holder.decode() if isinstance(holder, bytes) else holder,
+                "ttl_s": None if pttl < 0 else pttl / 1000,
+            }
+        )
+    return sorted(rows, key=lambda row: row["key"])
+
+
+@locks_command.command("list")
+@click.option("--task", default=None, help="Only locks of this task name.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def locks_list(ctx: click.Context, task: str | None, as_json: bool) -> None:
+    """Locks held now: key, task, holder (a task id) and time left."""
+    rows = _locks(_app(ctx), task)
+    if as_json:
+        _echo_json(rows)
+        return
+    header = ("task", "held by", "ttl (s)", "key")
+    body = [
+        (r["task"], r["held_by"], "-" if r["ttl_s"] is None else f"{r['ttl_s']:.1f}", r["key"])
+        for r in rows
+    ]
+    click.echo(_table([header, *body]))
+    click.echo(f"{len(rows)} lock(s)")
+
+
+@locks_command.command("clear")
+@click.option("--task", default=None, help="Only locks of this task name.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def locks_clear(ctx: click.Context, task: str | None, yes: bool, as_json: bool) -> None:
+    """Delete locks regardless of their owner (an operator's override)."""
+    app = _app(ctx)
+    rows = _locks(app, task)
+    what = f"{len(rows)} lock(s)" + (f" of task {task}" if task else "")
+    if rows and not yes and not click.confirm(f"Delete {what}? Their tasks may then run twice."):
+        raise click.Abort
+    removed = int(get_redis(app).delete(*[r["key"] for r in rows])) if rows else 0
+    if as_json:
+        _echo_json({"removed": removed})
+    else:
+        click.echo(f"removed {removed} lock(s)")
+
+
 @click.group(name="celeryredis", commands=redis_command.commands)
 @click.option("-A", "--app", "app_name", required=True, help="module[:attribute] of the app.")
 @click.pass_context
@@ -196,3 +263,7 @@ def main(ctx: click.Context, app_name: str) -> None:
         raise click.UsageError(f"cannot load app {app_name!r}: {exc}") from exc
     except CeleryRedisError as exc:
         raise click.ClickException(redact_text(str(exc))) from exc
+
+
+if __name__ == "__main__":  # python -m celeryredis.cli
+    main()

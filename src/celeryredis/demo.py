@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import sys
 import tempfile
 import textwrap
@@ -144,6 +145,8 @@ def _wait_until_consuming(app: Any, worker: Any, timeout: float = 60.0) -> None:
 
 def main() -> int:
     """Run the tour; return the process exit code."""
+    # SIGTERM unwinds like Ctrl-C, so the redis-server and worker we started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         with tempfile.TemporaryDirectory(prefix="celeryredis-demo-") as tmp, _redis_url() as url:
             _tour(url, Path(tmp))

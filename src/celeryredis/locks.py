@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,22 @@ class LockState:
     ttl: float | None = None
 
 
+_SCRIPTS: weakref.WeakKeyDictionary[redis.Redis, tuple[Any, Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def _scripts(client: redis.Redis) -> tuple[Any, Any, Any]:
+    """The lock scripts registered on ``client`` (once per client)."""
+    scripts = _SCRIPTS.get(client)
+    if scripts is None:
+        scripts = (
+            client.register_script(source("lock_acquire")),
+            client.register_script(source("lock_release")),
+            client.register_script(source("lock_extend")),
+        )
+        _SCRIPTS[client] = scripts
+    return scripts
+
+
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
 
@@ -67,7 +84,6 @@ class TokenLock:
         key: The lock key.
         token: The owner's token.
         ttl: Seconds the lock lives unless extended (> 0).
-        clock: A monotonic clock (injectable for tests).
     """
 
     def __init__(
@@ -76,8 +92,6 @@ class TokenLock:
         key: str,
         token: str,
         ttl: float,
-        *,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not ttl or ttl <= 0:
             raise LockError(f"lock {key!r} needs a TTL > 0 s, not {ttl!r}", lock_name=key)
@@ -85,10 +99,7 @@ class TokenLock:
         self.key = key
         self.token = token
         self.ttl = float(ttl)
-        self.clock = clock
-        self._acquire = client.register_script(source("lock_acquire"))
-        self._release = client.register_script(source("lock_release"))
-        self._extend = client.register_script(source("lock_extend"))
+        self._acquire, self._release, self._extend = _scripts(client)
 
     def acquire(self, ttl: float | None = None) -> LockState:
         """Take the lock (or renew it, if this token holds it); one round trip."""
@@ -140,25 +151,33 @@ class LockRenewer:
 
     It runs beside any pool (it does not need the worker's event loop). When the
     process dies the renewals stop and each lock expires within its TTL.
+
+    Args:
+        clock: The monotonic clock that schedules renewals (injectable for tests).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self._locks: dict[tuple[str, str], tuple[TokenLock, float]] = {}
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._pid = 0
+        self._wake_at = 0.0
 
     def add(self, lock: TokenLock) -> None:
         """Keep extending ``lock`` until :meth:`discard`."""
+        due = self.clock() + lock.ttl / 3
         with self._cond:
-            self._locks[(lock.key, lock.token)] = (lock, time.monotonic() + lock.ttl / 3)
+            self._locks[(lock.key, lock.token)] = (lock, due)
             if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
                 self._pid = os.getpid()
+                self._wake_at = due
                 self._thread = threading.Thread(
                     target=self._run, name="celeryredis-lock-renewer", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            elif due < self._wake_at:  # wake the thread only if it would sleep past this lock
+                self._cond.notify()
 
     def discard(self, lock: TokenLock | Any) -> None:
         """Stop extending ``lock``."""
@@ -173,11 +192,13 @@ class LockRenewer:
     def _run(self) -> None:
         while True:
             with self._cond:
-                now = time.monotonic()
+                now = self.clock()
                 due = [(k, lock) for k, (lock, at) in self._locks.items() if at <= now]
                 if not due:
                     waits = [at - now for _, at in self._locks.values()]
-                    self._cond.wait(timeout=min(waits) if waits else 5.0)
+                    timeout = min(waits) if waits else 5.0
+                    self._wake_at = now + timeout
+                    self._cond.wait(timeout=timeout)
                     continue
                 for key, lock in due:
                     self._locks[key] = (lock, now + lock.ttl / 3)

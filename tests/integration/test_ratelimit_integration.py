@@ -122,3 +122,11 @@ def test_bad_rates_are_refused() -> None:
     for bad in ("fast", "0/s", "-1/s", "10/d", ""):
         with pytest.raises(ConfigurationError):
             parse_rate(bad)
+
+
+@pytest.mark.parametrize("rate", ["1000000/s", "3/s", "7/m"])
+def test_any_rate_gives_decisions_not_script_errors(celeryredis_app: Any, rate: str) -> None:
+    limiter = rate_limiter(celeryredis_app, f"any-{rate}", rate)
+    decisions = [limiter.acquire(reserve=True, max_wait=3600) for _ in range(5)]
+    assert decisions[0].allowed
+    assert all(d.allowed or d.reserved for d in decisions)

@@ -282,3 +282,37 @@ def test_worker_start_refuses_a_backoff_cap_above_the_budget(
     celeryredis_app.conf.celeryredis_retry_backoff_max = 2.0  # changed after definition
     with pytest.raises(ConfigurationError, match="task-retry-backoff"):
         inprocess_worker(celeryredis_app)
+
+
+@pytest.mark.parametrize("pool", ["solo", "threads"])
+def test_context_under_solo_and_threads_pools(
+    celeryredis_app: Any, inprocess_worker: Any, pool: str
+) -> None:
+    import logging
+
+    seen: list[tuple[str, Any]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append((record.getMessage(), getattr(record, "task_id", None)))
+
+    sdk = logging.getLogger("thirdparty.pooltest")
+    handler = Keep()
+    sdk.addHandler(handler)
+    sdk.setLevel(logging.INFO)
+    try:
+
+        @celeryredis_app.task(shared=False)
+        def talk(n: int) -> int:
+            sdk.info("inside %s", n)
+            return n
+
+        inprocess_worker(celeryredis_app, pool=pool, concurrency=2)
+        results = [talk.delay(n) for n in range(4)]
+        assert [r.get(timeout=20) for r in results] == [0, 1, 2, 3]
+        sdk.info("after")
+    finally:
+        sdk.removeHandler(handler)
+    inside = {message: task_id for message, task_id in seen if message.startswith("inside")}
+    assert inside == {f"inside {n}": results[n].id for n in range(4)}  # no leak between tasks
+    assert dict(seen)["after"] in (None, "")

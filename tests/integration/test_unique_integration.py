@@ -193,3 +193,33 @@ def test_release_by_a_non_owner_is_refused_and_renewal_outlives_the_ttl(redis_ur
     renewer.discard(mine)
     assert mine.release() is True
     assert mine.holder() is None
+
+
+def test_cli_lists_and_clears_locks(uniq: Any, redis_url: str, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    first = uniq.notify.delay("carol", "hi")
+    env = {**os.environ, **_env(redis_url), "PYTHONPATH": str(tmp_path)}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "celeryredis.cli", "--app", "uniqapp", "locks", *args],
+            env=env,
+            cwd=tmp_path,
+            input="n\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    listed = run("list", "--task", "uniqapp.notify", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["task"], r["held_by"]) for r in rows] == [("uniqapp.notify", first.id)]
+    assert run("clear").returncode != 0  # declined at the prompt
+    cleared = run("clear", "--task", "uniqapp.notify", "--yes", "--json")
+    assert json.loads(cleared.stdout) == {"removed": 1}
+    assert json.loads(run("list", "--json").stdout) == []

@@ -13,14 +13,15 @@ local tolerance = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local allow_at = tat - tolerance
-local ttl = math.ceil(tat - now + interval + tolerance) + 1000
+-- PX takes whole milliseconds: the state lives one burst window past the next slot.
+local ttl = math.ceil(tat - now + 2 * interval + tolerance) + 1000
 if allow_at <= now then
-  redis.call('SET', KEYS[1], tat + interval, 'PX', ttl + interval)
+  redis.call('SET', KEYS[1], tat + interval, 'PX', ttl)
   return {1, 0}
 end
 local wait = allow_at - now
 if ARGV[3] == '1' and wait <= tonumber(ARGV[4]) then
-  redis.call('SET', KEYS[1], tat + interval, 'PX', ttl + interval)
-  return {2, wait}
+  redis.call('SET', KEYS[1], tat + interval, 'PX', ttl)
+  return {2, math.ceil(wait)}
 end
-return {0, wait}
+return {0, math.ceil(wait)}
