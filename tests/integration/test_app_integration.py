@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from celeryredis.presets import PRESETS
-from tests._util import import_host_module, wait_for
+from tests._util import FAST_PRODUCTION, import_host_module, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -135,13 +135,7 @@ def test_production_loses_no_task_when_its_worker_is_killed(
     celery_worker_process: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Small values that validation still accepts: VT derived = 0 + 1 + 1 x 6 = 7, +1 s.
-    settings = {
-        "task_time_limit": 6,
-        "task_soft_time_limit": 5,
-        "celeryredis_eta_horizon": 0,
-        "celeryredis_retry_backoff_max": 1,
-    }
+    settings = FAST_PRODUCTION
     hostapp, result, client, marker = _kill_mid_task(
         "production", settings, redis_url, hostapp_dir, celery_worker_process, monkeypatch
     )

@@ -15,7 +15,7 @@ import redis
 
 from celeryredis import DuplicateTaskError
 from celeryredis.locks import LockRenewer, TokenLock
-from tests._util import import_host_module, wait_for
+from tests._util import FAST_PRODUCTION, import_host_module, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -140,12 +140,7 @@ def test_while_executing_drop_keeps_concurrency_at_one(
 def test_lock_of_a_killed_worker_expires_and_the_task_completes(
     redis_url: str, tmp_path: Path, celery_worker_process: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings = {
-        "task_time_limit": 6,
-        "task_soft_time_limit": 5,
-        "celeryredis_eta_horizon": 0,
-        "celeryredis_retry_backoff_max": 1,
-    }
+    settings = FAST_PRODUCTION
     env = _env(
         redis_url,
         UNIQ_PRESET="production",
