@@ -55,6 +55,12 @@ def build(self, report_id, seconds=0.2):
     _run("build", seconds, self.request.id)
 
 
+@app.task(base=UniqueTask, bind=True, shared=False, unique_mode="until_executing",
+          ignore_result=True)
+def refresh(self, feed, seconds):
+    _run("refresh", seconds, self.request.id)
+
+
 @app.task(base=UniqueTask, bind=True, shared=False, on_duplicate="raise", unique_on=("user",))
 def notify(self, user, text):
     _run("notify", 0.5, self.request.id)
@@ -218,3 +224,32 @@ def test_cli_lists_and_clears_locks(uniq: Any, redis_url: str, tmp_path: Path) -
     cleared = run("clear", "--task", "uniqapp.notify", "--yes", "--json")
     assert json.loads(cleared.stdout) == {"removed": 1}
     assert json.loads(run("list", "--json").stdout) == []
+
+
+def test_revoke_releases_the_lock(
+    uniq: Any, redis_url: str, tmp_path: Path, celery_worker_process: Any
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    worker = celery_worker_process("uniqapp", cwd=tmp_path, env=_env(redis_url), concurrency=2)
+    worker.wait_ready()
+    result = uniq.build.delay(99, 20)
+    key = uniq.build.unique_lock_key((99, 20), {})
+    wait_for(lambda: client.get("running:build") == b"1", 20, "the task to start")
+    assert client.get(key) == result.id.encode()
+    result.revoke(terminate=True)
+    wait_for(lambda: not client.exists(key), 15, "the lock's release on revoke")
+    assert uniq.build.delay(99, 20).id != result.id  # a new copy is accepted at once
+
+
+def test_until_executing_unlocks_when_the_task_starts(
+    uniq: Any, redis_url: str, tmp_path: Path, celery_worker_process: Any
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    first = uniq.refresh.delay("news", 2)
+    assert uniq.refresh.delay("news", 2).id == first.id  # queued: a duplicate
+    worker = celery_worker_process("uniqapp", cwd=tmp_path, env=_env(redis_url), concurrency=2)
+    worker.wait_ready()
+    wait_for(lambda: client.get("running:refresh") == b"1", 20, "the task to start")
+    second = uniq.refresh.delay("news", 2)  # running, no longer queued: accepted
+    assert second.id != first.id
+    wait_for(lambda: client.llen("runs:refresh") == 2, 30, "both runs")
