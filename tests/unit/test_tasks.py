@@ -190,3 +190,23 @@ def test_default_retry_delay_stays_within_the_retry_budget() -> None:
 
     assert a.default_retry_delay == 5.0
     assert b.default_retry_delay == 180.0
+
+
+def test_rate_limit_key_gives_each_key_its_own_limiter(app: Celery) -> None:
+    from celeryredis import RateLimitedTask
+
+    class PerCustomer(RateLimitedTask):
+        distributed_rate_limit = "10/s"
+
+        def rate_limit_key(self, args: Any, kwargs: Any) -> str | None:
+            return str(kwargs["customer"])
+
+    @app.task(base=PerCustomer, shared=False)
+    def call(customer: str) -> None: ...
+
+    app.finalize(auto=True)
+    a = call._limiter((), {"customer": "c1"})
+    b = call._limiter((), {"customer": "c2"})
+    assert a.key.endswith("celeryredis:rl:tests.unit.test_tasks.call:c1")
+    assert b.key.endswith(":c2")
+    assert a.rate == 10.0
