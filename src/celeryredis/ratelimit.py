@@ -58,11 +58,14 @@ class Decision:
         allowed: You may proceed now.
         wait: Seconds until you may (0 when allowed).
         reserved: The slot ``wait`` seconds from now is yours (see ``reserve=True``).
+        slot: The granted or reserved slot, epoch seconds on the Redis server's clock
+            (None when refused).
     """
 
     allowed: bool
     wait: float
     reserved: bool = False
+    slot: float | None = None
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -112,7 +115,7 @@ class RateLimiter:
         """
         max_wait_ms = int(min(max_wait, 10**9) * 1000)
         try:
-            allowed, wait_ms = self._script(
+            allowed, wait_ms, slot_ms = self._script(
                 keys=[self.key],
                 args=[
                     f"{self.interval_ms:.3f}",
@@ -124,9 +127,10 @@ class RateLimiter:
         except redis.RedisError as exc:
             raise RateLimitError(f"rate limiter {self.key!r}: {exc}") from exc
         wait = max(0.0, float(wait_ms) / 1000)
+        slot = float(slot_ms) / 1000 if int(slot_ms) else None
         if int(allowed) == 1:
-            return Decision(True, 0.0)
-        return Decision(False, wait, reserved=int(allowed) == 2)
+            return Decision(True, 0.0, slot=slot)
+        return Decision(False, wait, reserved=int(allowed) == 2, slot=slot)
 
     __call__ = acquire
 

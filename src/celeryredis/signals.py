@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from billiard.exceptions import WorkerLostError
@@ -50,7 +51,9 @@ def _routing(request: Any, task: Any = None) -> dict[str, Any]:
 
 def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     if request is not None and isinstance(getattr(request, "task", None), Task):
-        remember_routing(request.id, _routing(request))
+        routing = _routing(request)
+        routing["receipt"] = uuid.uuid4().hex  # one per received message, for dedupe
+        remember_routing(request.id, routing)
 
 
 def _on_revoked(

@@ -207,6 +207,10 @@ def test_replay_after_the_fix_runs_to_success_exactly_once(
     entry = _one_entry(dlq, failed.id)
     assert dlq.replay([entry.id], dry_run=True)[0].id == failed.id
     assert len(dlq) == 1  # a dry run changes nothing
+    # Replayed before the fix, it fails again and is dead-lettered again (same task id).
+    dlq.replay([entry.id])
+    wait_for(lambda: len(dlq) == 1 and dlq.get(entry.id) is None, 20, "the second entry")
+    entry = _one_entry(dlq, failed.id)
     client.set("fixed", 1)
     results: list[Any] = []
     barrier = threading.Barrier(2)

@@ -4,8 +4,9 @@
 -- ARGV[2]: burst tolerance in ms ((burst - 1) * interval)
 -- ARGV[3]: 1 to reserve the next slot when over the limit, 0 to only ask
 -- ARGV[4]: longest wait in ms a reservation may take (beyond it nothing is reserved)
--- Returns {allowed (1/0), wait_ms}: wait_ms is 0 when allowed now; when a slot was
--- reserved, allowed is 2 and wait_ms is when that slot comes.
+-- Returns {allowed, wait_ms, slot_ms}: allowed is 1 (go now), 2 (a slot was reserved,
+-- wait_ms from now) or 0 (refused, wait_ms until a slot); slot_ms is the granted or
+-- reserved slot on the Redis clock (ms since the epoch), 0 when refused.
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 local interval = tonumber(ARGV[1])
@@ -17,11 +18,11 @@ local allow_at = tat - tolerance
 local ttl = math.ceil(tat - now + 2 * interval + tolerance) + 1000
 if allow_at <= now then
   redis.call('SET', KEYS[1], tat + interval, 'PX', ttl)
-  return {1, 0}
+  return {1, 0, now}
 end
 local wait = allow_at - now
 if ARGV[3] == '1' and wait <= tonumber(ARGV[4]) then
   redis.call('SET', KEYS[1], tat + interval, 'PX', ttl)
-  return {2, math.ceil(wait)}
+  return {2, math.ceil(wait), math.ceil(allow_at)}
 end
-return {0, math.ceil(wait)}
+return {0, math.ceil(wait), 0}

@@ -62,7 +62,7 @@ lifecycle_logger = logging.getLogger("celeryredis.task")
 _ROUTING: OrderedDict[str, dict[str, Any]] = OrderedDict()
 _ROUTING_MAX = 10_000
 # (task_id, retries, event) already logged by this process: at most once per attempt.
-_LOGGED: OrderedDict[tuple[str, int, str], None] = OrderedDict()
+_LOGGED: OrderedDict[tuple[Any, ...], None] = OrderedDict()
 _LOGGED_MAX = 10_000
 
 
@@ -74,8 +74,17 @@ def remember_routing(task_id: str, routing: dict[str, Any]) -> None:
         _ROUTING.popitem(last=False)
 
 
-def _first_time(task_id: str, retries: int, event: str) -> bool:
-    key = (task_id, retries, event)
+def _first_time(*key: Any) -> bool:
+    """True the first time this process sees ``key``.
+
+    Only hooks that run in the worker's main process (a hard time limit, a lost worker)
+    are deduplicated, by the receipt id that :mod:`celeryredis.signals` gives every
+    received message: Celery may fire ``task_failure`` twice for one receipt, while a
+    redelivery or a replay of the same task id is a new receipt. Hooks in the pool
+    process run once per attempt and are not deduplicated (their key has no receipt).
+    """
+    if key[1] is None:
+        return True
     if key in _LOGGED:
         return False
     _LOGGED[key] = None
@@ -315,11 +324,13 @@ class Task(celery.Task[Any, Any]):
         *,
         einfo: Any = None,
     ) -> None:
-        if not self.dead_letter_enabled() or not _first_time(task_id, -1, "dead_letter"):
+        if not self.dead_letter_enabled():
+            return
+        fields = self.lifecycle_fields(task_id)
+        if not _first_time(task_id, fields.pop("receipt", None), "dead_letter"):
             return
         from celeryredis.deadletter import DeadLetterError, DeadLetterQueue  # noqa: PLC0415
 
-        fields = self.lifecycle_fields(task_id)
         request = self.request
         headers = getattr(request, "headers", None) if request.id else None
         try:
@@ -385,8 +396,9 @@ class Task(celery.Task[Any, Any]):
         if not lifecycle_logger.isEnabledFor(level):
             return
         fields = self.lifecycle_fields(task_id)
+        receipt = fields.pop("receipt", None)
         if fields.get("task_id") is None or not _first_time(
-            fields["task_id"], fields.get("retries") or 0, event
+            fields["task_id"], receipt, fields.get("retries") or 0, event
         ):
             return
         if event == "failed" and fields.get("duration_s") is None:

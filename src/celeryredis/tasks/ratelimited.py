@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -18,9 +17,9 @@ __all__ = ["RESERVED_HEADER", "RateLimitedTask"]
 
 logger = logging.getLogger(__name__)
 
-#: Header of a message re-published for a reserved slot (the slot's epoch time): it runs
-#: without asking again. A running attempt finds the time it was granted in
-#: ``self.request.celeryredis_rate_slot``.
+#: Header of a message re-published for a reserved slot (the slot, epoch seconds on the
+#: Redis clock): it runs without asking again. A running attempt finds its granted slot
+#: in ``self.request.celeryredis_rate_slot``.
 RESERVED_HEADER = "celeryredis_rate_slot"
 
 
@@ -79,16 +78,15 @@ class RateLimitedTask(Task):
             super().before_start(task_id, args, kwargs)
             return
         horizon = float(self.app.conf.get("celeryredis_eta_horizon") or 0.0)
-        decided_at = time.time()
         decision = self._limiter(args, kwargs).acquire(reserve=True, max_wait=horizon)
         if decision.allowed:
-            request.celeryredis_rate_slot = decided_at  # type: ignore[attr-defined]
+            request.celeryredis_rate_slot = decision.slot  # type: ignore[attr-defined]
             super().before_start(task_id, args, kwargs)
             return
         countdown = decision.wait if decision.reserved else max(horizon, 0.1)
         new_headers = {k: v for k, v in headers.items() if k != RESERVED_HEADER}
         if decision.reserved:
-            new_headers[RESERVED_HEADER] = repr(decided_at + decision.wait)
+            new_headers[RESERVED_HEADER] = repr(decision.slot)
         self.apply_async(
             args,
             kwargs,
