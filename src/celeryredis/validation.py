@@ -200,7 +200,8 @@ def derive_visibility_timeout(conf: Mapping[str, Any]) -> float | None:
     required = required_visibility_timeout(conf)
     if required is None:
         return None
-    return float(math.ceil(required + max(1.0, 0.1 * required)))
+    derived = required + max(1.0, 0.1 * required)
+    return float(math.ceil(derived)) if math.isfinite(derived) else None
 
 
 # --- the checks ---------------------------------------------------------------------------
