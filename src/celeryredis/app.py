@@ -503,21 +503,45 @@ def configure(
         environ=os.environ,
     )
     enforce(run_checks(conf), mode, overrides, context=f"configure({app.main!r})")
+    prefix = _namespace_prefix(app)
+    if prefix:
+        # Celery looks a setting up under its prefixed name first, in every layer:
+        # an unprefixed value would lose to the host's own prefixed one.
+        conf = {prefix + key.upper(): value for key, value in conf.items()}
     app.conf.update(conf)
     _install(app, rows)
     return app
 
 
+def _namespace_prefix(app: Celery) -> str:
+    """``"CELERY_"`` for ``config_from_object(..., namespace="CELERY")``, else ``""``."""
+    prefix = getattr(app.conf, "prefix", None)
+    return prefix.upper() if isinstance(prefix, str) else ""
+
+
 def _host_settings(app: Celery) -> dict[str, Any]:
-    """The settings the host set on ``app`` itself (not Celery's defaults)."""
+    """The settings the host set on ``app`` itself (not Celery's defaults).
+
+    Under a namespace (Django's ``namespace="CELERY"``) the host's keys are
+    ``CELERY_TASK_TIME_LIMIT`` and so on: they are read without the prefix, in
+    lower case, as Celery itself reads them; a prefixed key beats a plain one.
+    """
     known = _known_settings() | set(old_setting_names())
     app.conf["task_serializer"]  # loads the host's pending (lazy) configuration
-    return {
-        key: value
-        for key, value in app.conf.without_defaults().items()
+    prefix = _namespace_prefix(app)
+    plain: dict[str, Any] = {}
+    prefixed: dict[str, Any] = {}
+    for key, value in app.conf.without_defaults().items():
+        if not isinstance(key, str):
+            continue
+        if prefix and key.upper().startswith(prefix):
+            name = key[len(prefix) :].lower()
+            if name in known and name not in _INTERNAL_KEYS:
+                prefixed[name] = value
         # A config *object* also exposes its dunder attributes and module-level names.
-        if isinstance(key, str) and key in known and key not in _INTERNAL_KEYS
-    }
+        elif key in known and key not in _INTERNAL_KEYS:
+            plain[key] = value
+    return plain | prefixed
 
 
 def _install(app: Celery, rows: tuple[ExplainRow, ...]) -> None:

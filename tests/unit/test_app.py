@@ -222,6 +222,33 @@ def test_configure_applies_presets_under_the_hosts_own_settings() -> None:
         configure(app)
 
 
+class DjangoSettings:
+    """A Django settings module read with ``namespace="CELERY"``."""
+
+    DEBUG = True
+    CELERY_BROKER_URL = "redis://127.0.0.1:6390/3"
+    CELERY_TASK_TIME_LIMIT = 600
+    CELERY_TASK_SOFT_TIME_LIMIT = 500
+    CELERY_TASK_ACKS_LATE = False
+    CELERY_TASK_SERIALIZER = "json"  # an old name without the prefix, a new one with it
+
+
+def test_configure_reads_namespaced_host_settings() -> None:
+    app = Celery("django_proj")
+    app.config_from_object(DjangoSettings, namespace="CELERY")
+    configure(app, worker_prefetch_multiplier=3, task_soft_time_limit=550)
+    assert app.conf.task_time_limit == 600
+    assert app.conf.task_acks_late is False
+    assert app.conf.broker_url == DjangoSettings.CELERY_BROKER_URL
+    assert app.conf.worker_prefetch_multiplier == 3  # from the preset's layer, under the prefix
+    assert app.conf.task_soft_time_limit == 550  # an argument beats the host's prefixed value
+    for name in ("task_time_limit", "task_acks_late", "broker_url"):
+        assert _source(app, name) == "app config", name
+    # The visibility timeout is derived from the host's limit, not the preset's.
+    vt = app.conf.broker_transport_options["visibility_timeout"]
+    assert vt > 600
+
+
 def test_configure_refuses_old_setting_names() -> None:
     app = Celery("old")
     app.config_from_object({"CELERY_TASK_SERIALIZER": "json", "BROKER_URL": URL})
