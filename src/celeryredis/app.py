@@ -532,8 +532,6 @@ def _host_settings(app: Celery) -> dict[str, Any]:
     plain: dict[str, Any] = {}
     prefixed: dict[str, Any] = {}
     for key, value in app.conf.without_defaults().items():
-        if not isinstance(key, str):
-            continue
         if prefix and key.upper().startswith(prefix):
             name = key[len(prefix) :].lower()
             if name in known and name not in _INTERNAL_KEYS:
