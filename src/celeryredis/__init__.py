@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from celeryredis.app import ExplainRow, configure, explain, make_app
+from celeryredis.bulk import BulkDuplicateError, BulkPublishError, enqueue_many
 from celeryredis.deadletter import DeadLetter, DeadLetterError, DeadLetterQueue
 from celeryredis.exceptions import CeleryRedisError, ConfigurationError, DuplicateTaskError
 from celeryredis.log import configure_logging
@@ -24,6 +25,8 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "BulkDuplicateError",
+    "BulkPublishError",
     "CeleryRedisError",
     "ConfigurationError",
     "DeadLetter",
@@ -42,6 +45,7 @@ __all__ = [
     "__version__",
     "configure",
     "configure_logging",
+    "enqueue_many",
     "explain",
     "make_app",
     "parse_redis_url",

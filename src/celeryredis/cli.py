@@ -10,13 +10,15 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TextIO
 
 import click
 from celery import Celery
 
 from celeryredis.app import explain, format_explain
+from celeryredis.bulk import BulkPublishError, enqueue_many
 from celeryredis.connection import get_redis
 from celeryredis.deadletter import DeadLetter, DeadLetterError, DeadLetterQueue
 from celeryredis.exceptions import CeleryRedisError
@@ -247,6 +249,101 @@ def locks_clear(ctx: click.Context, task: str | None, yes: bool, as_json: bool) 
         _echo_json({"removed": removed})
     else:
         click.echo(f"removed {removed} lock(s)")
+
+
+def _json_calls(lines: Iterable[str]) -> Iterator[Any]:
+    """Calls from JSON lines: ``[args...]`` or ``{"args": [...], "kwargs": {...}}``."""
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError as exc:
+            raise ValueError(f"line {number} is not JSON: {exc}") from None
+        if isinstance(value, list):
+            yield tuple(value)
+        elif isinstance(value, dict) and set(value) <= {"args", "kwargs"}:
+            yield (tuple(value.get("args") or ()), dict(value.get("kwargs") or {}))
+        else:
+            raise ValueError(
+                f'line {number}: expected [args...] or {{"args": [...], "kwargs": {{...}}}}'
+            )
+
+
+@redis_command.command("enqueue")
+@click.argument("task_name")
+@click.option(
+    "--file",
+    "source",
+    type=click.File("r"),
+    default="-",
+    show_default=True,
+    help='JSON lines, one call each: [args...] or {"args": [...], "kwargs": {...}}.',
+)
+@click.option("--queue", default=None, help="Queue (default: the app's routing).")
+@click.option("--priority", type=click.IntRange(0, 255), default=None, help="Message priority.")
+@click.option("--countdown", type=float, default=None, help="Seconds before the tasks may run.")
+@click.option("--chunk-size", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def enqueue_command(
+    ctx: click.Context,
+    task_name: str,
+    source: TextIO,
+    queue: str | None,
+    priority: int | None,
+    countdown: float | None,
+    chunk_size: int,
+    as_json: bool,
+) -> None:
+    """Publish many calls of TASK_NAME at pipeline speed (a progress bar on stderr)."""
+    app = _app(ctx)
+    app.loader.import_default_modules()
+    task = app.tasks.get(task_name)
+    if task is None:
+        raise click.UsageError(f"no task named {task_name!r} in app {app.main!r}")
+    options = {
+        k: v
+        for k, v in {"queue": queue, "priority": priority, "countdown": countdown}.items()
+        if v is not None
+    }
+    total: int | None = None
+    if source.seekable():
+        total = sum(1 for line in source if line.strip())
+        source.seek(0)
+    started = time.monotonic()
+    # A bar on a terminal; on a pipe or a log file, one line per chunk.
+    with click.progressbar(
+        length=total or 0, label=f"enqueue {task_name}", file=sys.stderr, show_pos=True
+    ) as bar:
+        done = 0
+        interactive = sys.stderr.isatty()
+
+        def progress(published: int, _total: int | None) -> None:
+            nonlocal done
+            if interactive:
+                bar.update(published - done)
+            else:
+                click.echo(f"enqueue {task_name}: {published}/{total or '?'}", err=True)
+            done = published
+
+        try:
+            results = enqueue_many(
+                task, _json_calls(source), chunk_size=chunk_size, progress=progress, **options
+            )
+        except BulkPublishError as exc:
+            raise click.ClickException(
+                redact_text(f"{exc} (resume from call {exc.next_index + 1} of the input)")
+            ) from exc
+    seconds = time.monotonic() - started
+    ids = [r.id for r in results if r is not None]
+    if as_json:
+        _echo_json({"task": task_name, "published": len(results), "seconds": seconds, "ids": ids})
+    else:
+        rate = len(results) / seconds if seconds > 0 else 0.0
+        click.echo(
+            f"published {len(results)} {task_name} task(s) in {seconds:.2f} s ({rate:.0f}/s)"
+        )
 
 
 @click.group(name="celeryredis", commands=redis_command.commands)

@@ -12,6 +12,8 @@ TTL or a bound:
   runs, renewed).
 - ``{p}celeryredis:rl:{name}`` — a rate limiter's next slot (GCRA), with a TTL of about
   one burst window.
+- ``{p}celeryredis:bulk:{batch}:{chunk}`` — written in the same transaction as one chunk
+  of a bulk enqueue, so a chunk whose reply was lost can be checked later; a TTL of a day.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["NAMESPACE", "dead_letter_key", "lock_key", "lock_pattern", "prefix", "rate_limit_key"]
+__all__ = [
+    "NAMESPACE",
+    "bulk_marker_key",
+    "dead_letter_key",
+    "lock_key",
+    "lock_pattern",
+    "prefix",
+    "rate_limit_key",
+]
 
 #: Our namespace inside the broker's key prefix.
 NAMESPACE = "celeryredis:"
@@ -49,3 +59,8 @@ def lock_pattern(conf: Mapping[str, Any], task_name: str | None = None) -> str:
 def rate_limit_key(conf: Mapping[str, Any], name: str) -> str:
     """A rate limiter's state."""
     return f"{prefix(conf)}rl:{name}"
+
+
+def bulk_marker_key(conf: Mapping[str, Any], batch_id: str, chunk: int) -> str:
+    """The marker of one published chunk of a bulk enqueue."""
+    return f"{prefix(conf)}bulk:{batch_id}:{chunk}"

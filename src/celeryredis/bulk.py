@@ -1,0 +1,563 @@
+"""Bulk enqueue: many calls of one task, one Redis transaction per chunk.
+
+A ``.delay()`` loop costs about a millisecond of client time per task: Celery's
+``send_task`` wrapper, kombu's per-publish routing and declare checks, a round trip
+for the ``LPUSH`` and another for the result backend's ``SUBSCRIBE``.
+:func:`enqueue_many` builds each message with Celery's own message API
+(:meth:`app.amqp.create_task_message <celery.app.amqp.AMQP.create_task_message>` and
+:meth:`~celery.app.amqp.AMQP.send_task_message`, so routing, signals and headers are
+Celery's), lets kombu's Redis channel route and envelope it, and sends each chunk in
+one ``MULTI``/``EXEC``. Workers cannot tell the messages from ``apply_async``'s.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+from celery import Celery, Signature
+from celery.result import AsyncResult
+from celery.utils.functional import maybe_list
+
+from celeryredis._kombu_batch import BatchProducer, Command
+from celeryredis._scripts import source
+from celeryredis.connection import get_redis
+from celeryredis.exceptions import CeleryRedisError, DuplicateTaskError
+from celeryredis.keys import bulk_marker_key
+from celeryredis.locks import TokenLock
+from celeryredis.tasks.unique import UNIQUE_HEADER, UniqueTask
+
+__all__ = ["BulkDuplicateError", "BulkPublishError", "Progress", "enqueue_many"]
+
+logger = logging.getLogger(__name__)
+
+#: ``progress(published, total)``: called after each chunk; ``total`` is None when
+#: ``calls`` has no length (a generator).
+Progress = Callable[[int, "int | None"], None]
+
+_MARKER_TTL = 86_400  # seconds a chunk's marker is kept
+
+
+class BulkPublishError(CeleryRedisError):
+    """A bulk enqueue stopped part-way; what was published is known exactly.
+
+    Chunks are published in order, each in one transaction. Calls before
+    :attr:`next_index` in the input are published (ids in :attr:`published_ids`); to
+    resume without duplicates, enqueue ``itertools.islice(calls, next_index, None)``
+    again. If the failure hit a chunk's transaction after it was sent, that chunk's
+    ids are :attr:`in_doubt_ids` and :attr:`next_index` points at its first call:
+    :meth:`resolve` asks Redis (once it is reachable) whether it was applied.
+
+    Attributes:
+        published_ids: Ids of the tasks known to be published, in input order
+            (None entries are duplicates a unique task refused).
+        unpublished_ids: Ids given to calls of the failing chunk that were not
+            published (empty when the chunk is in doubt).
+        in_doubt_ids: Ids of the chunk whose transaction's reply was lost.
+        next_index: Index in ``calls`` of the first call not known to be published.
+        marker_key: The key that exists if and only if the in-doubt chunk was applied.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        published_ids: Sequence[str | None] = (),
+        unpublished_ids: Sequence[str] = (),
+        in_doubt_ids: Sequence[str] = (),
+        next_index: int = 0,
+        marker_key: str | None = None,
+    ) -> None:
+        # Not super(): BulkDuplicateError also derives from DuplicateTaskError.
+        CeleryRedisError.__init__(self, message)
+        self.published_ids = list(published_ids)
+        self.unpublished_ids = list(unpublished_ids)
+        self.in_doubt_ids = list(in_doubt_ids)
+        self.next_index = next_index
+        self.marker_key = marker_key
+
+    @property
+    def published(self) -> int:
+        """How many calls are known to be published (refused duplicates included)."""
+        return len(self.published_ids)
+
+    def resolve(self, app: Celery) -> bool | None:
+        """Settle the in-doubt chunk: True if it was published, False if not.
+
+        On True its ids move to :attr:`published_ids` and :attr:`next_index` past it;
+        on False to :attr:`unpublished_ids`. None: nothing was in doubt, or Redis is
+        still unreachable (call again later; the marker lives a day).
+        """
+        if not self.in_doubt_ids or self.marker_key is None:
+            return None
+        try:
+            applied = bool(get_redis(app).exists(self.marker_key))
+        except (redis.RedisError, OSError):
+            return None
+        if applied:
+            self.published_ids.extend(self.in_doubt_ids)
+            self.next_index += len(self.in_doubt_ids)
+        else:
+            self.unpublished_ids = self.in_doubt_ids + self.unpublished_ids
+        self.in_doubt_ids = []
+        return applied
+
+
+class BulkDuplicateError(BulkPublishError, DuplicateTaskError):
+    """A unique task's batch holds a duplicate and ``on_duplicate="raise"``.
+
+    Nothing of the chunk that holds it was published (its locks are taken all or
+    nothing); earlier chunks were, as ``published_ids`` says.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        task_id: str,
+        ttl: float | None,
+        key: str,
+        published_ids: Sequence[str | None],
+        unpublished_ids: Sequence[str],
+        next_index: int,
+    ) -> None:
+        BulkPublishError.__init__(
+            self,
+            message,
+            published_ids=published_ids,
+            unpublished_ids=unpublished_ids,
+            next_index=next_index,
+        )
+        self.task_id = task_id
+        self.ttl = ttl
+        self.key = key
+
+
+@dataclass
+class _Call:
+    index: int
+    task_id: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    options: dict[str, Any]
+    lock_key: str | None = None
+    result: str | None = None  # the id the caller gets back (a holder's, for a duplicate)
+    publish: bool = True
+
+
+@dataclass
+class _Batch:
+    app: Celery
+    task: Any
+    options: dict[str, Any]
+    batch_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    published: list[str | None] = field(default_factory=list)
+    next_index: int = 0
+
+
+def enqueue_many(
+    task: Any,
+    calls: Iterable[Any],
+    *,
+    chunk_size: int = 1000,
+    progress: Progress | None = None,
+    **options: Any,
+) -> list[AsyncResult[Any] | None]:
+    """Publish many calls of ``task``, one Redis transaction per chunk.
+
+    Each message is what ``task.apply_async(args, kwargs, **options)`` would publish
+    (protocol 2 headers, the app's ``task_routes``, priorities, ``global_keyprefix``,
+    ``before_task_publish`` / ``after_task_publish`` signals). What differs:
+    ``apply_async`` overrides of the task class are not called (except that
+    :class:`~celeryredis.UniqueTask` locks are taken, for a chunk at a time, in one
+    script call); the result backend is not subscribed to at publish (``get()`` reads
+    the result when called); publishing is not retried — a failure raises
+    :class:`BulkPublishError`, which says exactly what was published.
+
+    Args:
+        task: A task of a Celery app (``@app.task``).
+        calls: Each item is a tuple of positional arguments, an ``(args, kwargs)`` pair
+            (a 2-tuple of a tuple/list and a dict), or a signature of ``task`` (its
+            own options win over ``**options``). Any iterable: only one chunk is held
+            in memory at a time.
+        chunk_size: Messages per transaction.
+        progress: Called as ``progress(published, total)`` after each chunk.
+        **options: As for ``apply_async``: ``queue``, ``priority``, ``countdown``,
+            ``eta``, ``expires``, ``headers``, ``ignore_result``, ``routing_key``,
+            ``exchange``, ``time_limit``, ``soft_time_limit``, ``link`` ...
+
+    Returns:
+        One :class:`~celery.result.AsyncResult` per call, in order (for a
+        :class:`~celeryredis.UniqueTask` duplicate: the holder's result, or None
+        with ``on_duplicate="ignore"``).
+
+    Raises:
+        BulkPublishError: A call is malformed, or Redis failed mid-batch; its
+            attributes say which ids were published and where to resume.
+        BulkDuplicateError: A :class:`~celeryredis.UniqueTask` with
+            ``on_duplicate="raise"`` met a duplicate.
+        ValueError: ``chunk_size`` is not a positive integer.
+    """
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, not {chunk_size!r}")
+    app: Celery = task.app
+    if app.conf.task_always_eager:
+        return [_eager(task, call, options) for call in calls]
+    total = len(calls) if isinstance(calls, Sized) else None
+    batch = _Batch(app, task, options)
+    results: list[AsyncResult[Any] | None] = []
+    with app.connection_for_write() as connection:
+        try:
+            channel = connection.default_channel
+        except connection.connection_errors as exc:
+            raise BulkPublishError(
+                f"enqueue_many({task.name}): cannot reach the broker: {exc!r}; nothing was "
+                "published",
+            ) from exc
+        producer = BatchProducer(channel)
+        iterator = iter(enumerate(calls))
+        chunk_no = 0
+        while True:
+            try:
+                items = list(itertools.islice(iterator, chunk_size))
+            except Exception as exc:  # the caller's iterable failed
+                raise _stopped(
+                    batch, f"enqueue_many({task.name}): reading the calls failed: {exc!r}", []
+                ) from exc
+            if not items:
+                break
+            chunk = _prepare(batch, items)
+            _publish_chunk(batch, producer, chunk, chunk_no, channel=channel, connection=connection)
+            chunk_no += 1
+            results.extend(
+                None if call.result is None else task.AsyncResult(call.result) for call in chunk
+            )
+            if progress is not None:
+                progress(len(batch.published), total)
+    return results
+
+
+def _eager(task: Any, call: Any, options: Mapping[str, Any]) -> AsyncResult[Any] | None:
+    args, kwargs, opts = _split(task, call, 0)
+    return task.apply_async(args, kwargs, **{**options, **opts})  # type: ignore[no-any-return]
+
+
+def _split(
+    task: Any, call: Any, index: int
+) -> tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]:
+    """``(args, kwargs, options)`` of one call, or a clear error."""
+    if isinstance(call, Signature):
+        if call.task != task.name:
+            raise TypeError(f"call #{index} is a signature of {call.task!r}, not of {task.name!r}")
+        return tuple(call.args or ()), dict(call.kwargs or {}), dict(call.options or {})
+    if (
+        isinstance(call, tuple)
+        and len(call) == 2
+        and isinstance(call[0], (tuple, list))
+        and isinstance(call[1], dict)
+    ):
+        return tuple(call[0]), dict(call[1]), {}
+    if isinstance(call, (tuple, list)):
+        return tuple(call), {}, {}
+    raise TypeError(
+        f"call #{index} is a {type(call).__name__}: give a tuple of arguments, an "
+        "(args, kwargs) pair or a signature of the task (a single argument is (x,))"
+    )
+
+
+def _prepare(batch: _Batch, items: list[tuple[int, Any]]) -> list[_Call]:
+    """Turn a chunk of the input into calls with ids (and unique locks' keys)."""
+    task = batch.task
+    chunk: list[_Call] = []
+    for index, call in items:
+        try:
+            args, kwargs, opts = _split(task, call, index)
+        except TypeError as exc:
+            raise _stopped(batch, f"enqueue_many({task.name}): {exc}", chunk) from exc
+        options = {**batch.options, **opts}
+        task_id = options.pop("task_id", None) or str(uuid.uuid4())
+        chunk.append(_Call(index, task_id, args, kwargs, options, result=task_id))
+    if isinstance(task, UniqueTask) and task.unique_mode != "while_executing":
+        _lock_chunk(batch, chunk)
+    elif isinstance(task, UniqueTask):
+        for call in chunk:
+            _set_unique_header(task, call)
+    return chunk
+
+
+def _set_unique_header(task: UniqueTask, call: _Call) -> str:
+    headers = dict(call.options.get("headers") or {})
+    key = headers.get(UNIQUE_HEADER) or task.unique_lock_key(call.args, call.kwargs)
+    headers[UNIQUE_HEADER] = key
+    call.options["headers"] = headers
+    call.lock_key = key
+    return str(key)
+
+
+def _lock_chunk(batch: _Batch, chunk: list[_Call]) -> None:
+    """Take the unique locks of a chunk in one script call (all or nothing for "raise")."""
+    task: UniqueTask = batch.task
+    strict = task.on_duplicate == "raise"
+    first: dict[str, _Call] = {}
+    for call in chunk:
+        key = _set_unique_header(task, call)
+        if key in first:  # the same work twice in one chunk
+            if strict:
+                raise _duplicate(batch, chunk, key, first[key].task_id, None)
+            call.publish = False
+            call.result = first[key].task_id if task.on_duplicate == "return" else None
+        else:
+            first[key] = call
+    client = get_redis(batch.app)
+    script = client.register_script(source("lock_acquire_many"))
+    keys = list(first)
+    tokens = [first[key].task_id for key in keys]
+    ttl_ms = max(1, int(task._queue_ttl() * 1000))
+    try:
+        replies = script(keys=keys, args=[ttl_ms, "1" if strict else "0", *tokens])
+    except (redis.RedisError, OSError) as exc:
+        raise _stopped(
+            batch, f"enqueue_many({task.name}): taking the unique locks failed: {exc!r}", chunk
+        ) from exc
+    for key, reply in zip(keys, replies, strict=True):
+        state = int(reply[0])
+        if state != 0:
+            continue
+        holder = _text(reply[1])
+        ttl = int(reply[2]) / 1000 if int(reply[2]) > 0 else None
+        if strict:
+            raise _duplicate(batch, chunk, key, holder, ttl)
+        call = first[key]
+        logger.info("task %s: duplicate of %s refused (%s)", task.name, holder, key)
+        call.publish = False
+        call.result = holder if task.on_duplicate == "return" else None
+        for other in chunk:  # copies of it later in the chunk follow the holder
+            if other.lock_key == key and other is not call:
+                other.result = call.result
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _duplicate(
+    batch: _Batch, chunk: list[_Call], key: str, holder: str, ttl: float | None
+) -> BulkDuplicateError:
+    return BulkDuplicateError(
+        f"enqueue_many({batch.task.name}): {key} is already queued or running as {holder}"
+        f"{f' ({ttl:.1f} s left)' if ttl else ''}; on_duplicate='raise', so chunk "
+        f"starting at call #{chunk[0].index} was not published ({len(batch.published)} "
+        "calls before it were)",
+        task_id=holder,
+        ttl=ttl,
+        key=key,
+        published_ids=batch.published,
+        unpublished_ids=[call.task_id for call in chunk],
+        next_index=batch.next_index,
+    )
+
+
+def _stopped(batch: _Batch, message: str, chunk: list[_Call]) -> BulkPublishError:
+    return BulkPublishError(
+        f"{message}; {len(batch.published)} calls before call #{batch.next_index} were "
+        "published, none after",
+        published_ids=batch.published,
+        unpublished_ids=[call.task_id for call in chunk],
+        next_index=batch.next_index,
+    )
+
+
+def _publish_chunk(
+    batch: _Batch,
+    producer: BatchProducer,
+    chunk: list[_Call],
+    chunk_no: int,
+    *,
+    channel: Any,
+    connection: Any,
+) -> None:
+    app, task = batch.app, batch.task
+    try:
+        for call in chunk:
+            if call.publish:
+                _send(app, task, producer, call)
+    except Exception as exc:
+        producer.take_commands()
+        _release_locks(batch, chunk)
+        raise _stopped(
+            batch, f"enqueue_many({task.name}): building call #{call.index} failed: {exc!r}", chunk
+        ) from exc
+    commands = producer.take_commands()
+    marker = bulk_marker_key(app.conf, batch.batch_id, chunk_no)
+    sent = False
+    try:
+        client = channel.client
+        pipe = client.pipeline(transaction=True)
+        _queue_commands(pipe, commands)
+        # The channel's client adds the broker's global_keyprefix itself.
+        prefix = getattr(client, "global_keyprefix", "") or ""
+        pipe.set(marker[len(prefix) :] if prefix else marker, 1, ex=_MARKER_TTL)
+        sent = True
+        pipe.execute()
+    except (redis.RedisError, OSError, *connection.connection_errors) as exc:
+        ids = [call.task_id for call in chunk if call.publish]
+        if sent and _maybe_sent(exc):
+            raise BulkPublishError(
+                f"enqueue_many({task.name}): Redis failed during the transaction of the chunk "
+                f"starting at call #{chunk[0].index}: {exc!r}; {len(batch.published)} calls "
+                f"before it are published; whether its {len(ids)} were is in doubt: call "
+                ".resolve(app) once Redis is back",
+                published_ids=batch.published,
+                in_doubt_ids=ids,
+                next_index=batch.next_index,
+                marker_key=marker,
+            ) from exc
+        _release_locks(batch, chunk)
+        raise _stopped(
+            batch, f"enqueue_many({task.name}): Redis refused the chunk: {exc!r}", chunk
+        ) from exc
+    batch.published.extend(call.result for call in chunk)
+    batch.next_index = chunk[-1].index + 1
+
+
+def _maybe_sent(exc: BaseException) -> bool:
+    """Whether the failure may have come after Redis received the transaction.
+
+    Only a failure to connect (redis-py: "Error N connecting to ...") proves that
+    nothing was sent; a broken or timed-out connection may have lost just the reply.
+    (kombu's clients do not retry a command: a transaction is never sent twice.)
+    """
+    return not (isinstance(exc, redis.ConnectionError) and " connecting to " in str(exc))
+
+
+def _queue_commands(pipe: Any, commands: list[Command]) -> None:
+    for name, args in commands:
+        getattr(pipe, name)(*args)
+
+
+def _release_locks(batch: _Batch, chunk: list[_Call]) -> None:
+    """Give back the unique locks a chunk took when it was not published."""
+    task = batch.task
+    if not isinstance(task, UniqueTask) or task.unique_mode == "while_executing":
+        return
+    client = get_redis(batch.app)
+    for call in chunk:
+        if call.publish and call.lock_key is not None:
+            try:
+                TokenLock(client, call.lock_key, call.task_id, 1.0).release()
+            except (redis.RedisError, OSError):
+                logger.warning(
+                    "enqueue_many(%s): lock %s of unpublished task %s not released; it expires "
+                    "on its own",
+                    task.name,
+                    call.lock_key,
+                    call.task_id,
+                )
+
+
+def _send(app: Celery, task: Any, producer: BatchProducer, call: _Call) -> None:
+    """Build one message as ``Task.apply_async`` + ``Celery.send_task`` do, and publish it.
+
+    The option handling follows Celery 5.7's ``send_task``; the test that compares a
+    message from each path field by field keeps it honest.
+    """
+    args, kwargs = call.args, call.kwargs
+    options = dict(call.options)
+    if task.typing:
+        check = getattr(task, "__header__", None)
+        if check is not None:
+            check(*args, **kwargs)
+    shadow = options.pop("shadow", None) or task.shadow_name(args, kwargs, options)
+    options = {**_exec_options(task), **options}
+    options.setdefault("ignore_result", task.ignore_result)
+    link = options.pop("link", None)
+    link_error = options.pop("link_error", None)
+    countdown = options.pop("countdown", None)
+    eta = options.pop("eta", None)
+    expires = options.pop("expires", None)
+    time_limit = options.pop("time_limit", None)
+    soft_time_limit = options.pop("soft_time_limit", None)
+    ignore_result = options.pop("ignore_result", None)
+    group_id = options.pop("group_id", None)
+    group_index = options.pop("group_index", None)
+    retries = options.pop("retries", 0)
+    chord = options.pop("chord", None)
+    reply_to = options.pop("reply_to", None)
+    root_id = options.pop("root_id", None)
+    parent_id = options.pop("parent_id", None)
+    chain = options.pop("chain", None)
+    replaced_task_nesting = options.pop("replaced_task_nesting", 0)
+    for unused in ("producer", "connection", "router", "result_cls", "add_to_parent"):
+        options.pop(unused, None)
+    options = app.amqp.router.route(options, task.name, args, kwargs, task)
+    if expires is not None:
+        options["expiration"] = _expiration_seconds(app, expires)
+    if not root_id or not parent_id:
+        parent = app.current_worker_task
+        if parent:
+            root_id = root_id or parent.request.root_id or parent.request.id
+            parent_id = parent_id or parent.request.id
+            if app.conf.task_inherit_parent_priority:
+                delivery_info = parent.request.delivery_info or {}
+                options.setdefault("priority", delivery_info.get("priority"))
+    message = app.amqp.create_task_message(
+        call.task_id,
+        task.name,
+        args,
+        kwargs,
+        countdown,
+        eta,
+        group_id,
+        group_index,
+        expires,
+        retries,
+        chord,
+        maybe_list(link),
+        maybe_list(link_error),
+        reply_to or app.thread_oid,
+        time_limit,
+        soft_time_limit,
+        app.conf.task_send_sent_event,
+        root_id,
+        parent_id,
+        shadow,
+        chain,
+        ignore_result=ignore_result,
+        replaced_task_nesting=replaced_task_nesting,
+        **options,
+    )
+    for stamp in options.pop("stamped_headers", None) or ():
+        options.pop(stamp, None)
+    options["retry"] = False  # a chunk either commits or is reported, never half-retried
+    app.amqp.send_task_message(producer, task.name, message, **options)
+
+
+def _exec_options(task: Any) -> dict[str, Any]:
+    """The task's own publish options (queue, priority, serializer ...), not None ones.
+
+    ``Task._get_exec_options`` is what Celery's ``apply_async`` and ``send_task`` use.
+    """
+    return {k: v for k, v in task._get_exec_options().items() if v is not None}
+
+
+def _expiration_seconds(app: Celery, expires: Any) -> float:
+    if isinstance(expires, str):
+        expires = datetime.fromisoformat(expires)
+    if isinstance(expires, datetime):
+        seconds = (_utc(expires) - _utc(app.now())).total_seconds()
+    else:
+        seconds = float(expires)
+    return max(0.0, seconds)
+
+
+def _utc(moment: datetime) -> datetime:
+    """Naive datetimes are UTC, as Celery reads them."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    return moment.astimezone(timezone.utc)
