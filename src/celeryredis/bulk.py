@@ -221,6 +221,7 @@ def enqueue_many(
                 "published",
             ) from exc
         producer = BatchProducer(channel)
+        sender = _Sender(app, task, producer)
         iterator = iter(enumerate(calls))
         chunk_no = 0
         while True:
@@ -233,7 +234,9 @@ def enqueue_many(
             if not items:
                 break
             chunk = _prepare(batch, items)
-            _publish_chunk(batch, producer, chunk, chunk_no, channel=channel, connection=connection)
+            _publish_chunk(
+                batch, sender, producer, chunk, chunk_no, channel=channel, connection=connection
+            )
             chunk_no += 1
             results.extend(
                 None if call.result is None else task.AsyncResult(call.result) for call in chunk
@@ -375,6 +378,7 @@ def _stopped(batch: _Batch, message: str, chunk: list[_Call]) -> BulkPublishErro
 
 def _publish_chunk(
     batch: _Batch,
+    sender: _Sender,
     producer: BatchProducer,
     chunk: list[_Call],
     chunk_no: int,
@@ -386,7 +390,7 @@ def _publish_chunk(
     try:
         for call in chunk:
             if call.publish:
-                _send(app, task, producer, call)
+                sender.send(call)
     except Exception as exc:
         producer.take_commands()
         _release_locks(batch, chunk)
@@ -461,81 +465,109 @@ def _release_locks(batch: _Batch, chunk: list[_Call]) -> None:
                 )
 
 
-def _send(app: Celery, task: Any, producer: BatchProducer, call: _Call) -> None:
-    """Build one message as ``Task.apply_async`` + ``Celery.send_task`` do, and publish it.
+class _Sender:
+    """Builds each message as ``Task.apply_async`` + ``Celery.send_task`` do, and publishes it.
 
     The option handling follows Celery 5.7's ``send_task``; the test that compares a
-    message from each path field by field keeps it honest.
+    message from each path field by field keeps it honest. What cannot change within
+    one call of :func:`enqueue_many` (the task's own options, the app's settings, the
+    parent task) is read once.
     """
-    args, kwargs = call.args, call.kwargs
-    options = dict(call.options)
-    if task.typing:
-        check = getattr(task, "__header__", None)
-        if check is not None:
-            check(*args, **kwargs)
-    shadow = options.pop("shadow", None) or task.shadow_name(args, kwargs, options)
-    options = {**_exec_options(task), **options}
-    options.setdefault("ignore_result", task.ignore_result)
-    link = options.pop("link", None)
-    link_error = options.pop("link_error", None)
-    countdown = options.pop("countdown", None)
-    eta = options.pop("eta", None)
-    expires = options.pop("expires", None)
-    time_limit = options.pop("time_limit", None)
-    soft_time_limit = options.pop("soft_time_limit", None)
-    ignore_result = options.pop("ignore_result", None)
-    group_id = options.pop("group_id", None)
-    group_index = options.pop("group_index", None)
-    retries = options.pop("retries", 0)
-    chord = options.pop("chord", None)
-    reply_to = options.pop("reply_to", None)
-    root_id = options.pop("root_id", None)
-    parent_id = options.pop("parent_id", None)
-    chain = options.pop("chain", None)
-    replaced_task_nesting = options.pop("replaced_task_nesting", 0)
-    for unused in ("producer", "connection", "router", "result_cls", "add_to_parent"):
-        options.pop(unused, None)
-    options = app.amqp.router.route(options, task.name, args, kwargs, task)
-    if expires is not None:
-        options["expiration"] = _expiration_seconds(app, expires)
-    if not root_id or not parent_id:
+
+    def __init__(self, app: Celery, task: Any, producer: BatchProducer) -> None:
+        self.app = app
+        self.task = task
+        self.producer = producer
+        self.exec_options = _exec_options(task)
+        self.ignore_result = task.ignore_result
+        self.check = getattr(task, "__header__", None) if task.typing else None
+        self.sent_event = app.conf.task_send_sent_event
+        self.thread_oid = app.thread_oid
+        self.route = app.amqp.router.route
+        self.create_message = app.amqp.create_task_message
+        self.send_message = app.amqp.send_task_message
+        self.root_id: str | None = None
+        self.parent_id: str | None = None
+        self.parent_priority: Any = None
+        self.inherit_priority = False
         parent = app.current_worker_task
         if parent:
-            root_id = root_id or parent.request.root_id or parent.request.id
-            parent_id = parent_id or parent.request.id
+            self.root_id = parent.request.root_id or parent.request.id
+            self.parent_id = parent.request.id
             if app.conf.task_inherit_parent_priority:
-                delivery_info = parent.request.delivery_info or {}
-                options.setdefault("priority", delivery_info.get("priority"))
-    message = app.amqp.create_task_message(
-        call.task_id,
-        task.name,
-        args,
-        kwargs,
-        countdown,
-        eta,
-        group_id,
-        group_index,
-        expires,
-        retries,
-        chord,
-        maybe_list(link),
-        maybe_list(link_error),
-        reply_to or app.thread_oid,
-        time_limit,
-        soft_time_limit,
-        app.conf.task_send_sent_event,
-        root_id,
-        parent_id,
-        shadow,
-        chain,
-        ignore_result=ignore_result,
-        replaced_task_nesting=replaced_task_nesting,
-        **options,
-    )
-    for stamp in options.pop("stamped_headers", None) or ():
-        options.pop(stamp, None)
-    options["retry"] = False  # a chunk either commits or is reported, never half-retried
-    app.amqp.send_task_message(producer, task.name, message, **options)
+                self.inherit_priority = True
+                self.parent_priority = (parent.request.delivery_info or {}).get("priority")
+
+    def send(self, call: _Call) -> None:
+        task = self.task
+        args, kwargs = call.args, call.kwargs
+        options = dict(call.options)
+        if self.check is not None:
+            self.check(*args, **kwargs)
+        shadow = options.pop("shadow", None) or task.shadow_name(args, kwargs, options)
+        options = {**self.exec_options, **options}
+        options.setdefault("ignore_result", self.ignore_result)
+        link = options.pop("link", None)
+        link_error = options.pop("link_error", None)
+        countdown = options.pop("countdown", None)
+        eta = options.pop("eta", None)
+        expires = options.pop("expires", None)
+        time_limit = options.pop("time_limit", None)
+        soft_time_limit = options.pop("soft_time_limit", None)
+        ignore_result = options.pop("ignore_result", None)
+        group_id = options.pop("group_id", None)
+        group_index = options.pop("group_index", None)
+        retries = options.pop("retries", 0)
+        chord = options.pop("chord", None)
+        reply_to = options.pop("reply_to", None)
+        root_id = options.pop("root_id", None)
+        parent_id = options.pop("parent_id", None)
+        inherit = self.inherit_priority and not (root_id and parent_id)
+        root_id = root_id or self.root_id
+        parent_id = parent_id or self.parent_id
+        chain = options.pop("chain", None)
+        replaced_task_nesting = options.pop("replaced_task_nesting", 0)
+        for unused in _NOT_MESSAGE_OPTIONS:
+            options.pop(unused, None)
+        options = self.route(options, task.name, args, kwargs, task)
+        if expires is not None:
+            options["expiration"] = _expiration_seconds(self.app, expires)
+        if inherit:
+            options.setdefault("priority", self.parent_priority)
+        message = self.create_message(
+            call.task_id,
+            task.name,
+            args,
+            kwargs,
+            countdown,
+            eta,
+            group_id,
+            group_index,
+            expires,
+            retries,
+            chord,
+            maybe_list(link),
+            maybe_list(link_error),
+            reply_to or self.thread_oid,
+            time_limit,
+            soft_time_limit,
+            self.sent_event,
+            root_id,
+            parent_id,
+            shadow,
+            chain,
+            ignore_result=ignore_result,
+            replaced_task_nesting=replaced_task_nesting,
+            **options,
+        )
+        for stamp in options.pop("stamped_headers", None) or ():
+            options.pop(stamp, None)
+        options["retry"] = False  # a chunk either commits or is reported, never half-retried
+        self.send_message(self.producer, task.name, message, **options)
+
+
+#: ``apply_async`` arguments that are about the call, not the message.
+_NOT_MESSAGE_OPTIONS = ("producer", "connection", "router", "result_cls", "add_to_parent")
 
 
 def _exec_options(task: Any) -> dict[str, Any]:
