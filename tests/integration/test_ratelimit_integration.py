@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,17 @@ def test_any_rate_gives_decisions_not_script_errors(celeryredis_app: Any, rate: 
     decisions = [limiter.acquire(reserve=True, max_wait=3600) for _ in range(5)]
     assert decisions[0].allowed
     assert all(d.allowed or d.reserved for d in decisions)
+
+
+def test_a_high_rate_is_not_capped_by_a_millisecond_clock(celeryredis_app: Any) -> None:
+    # 100,000/s is a 10 µs interval; one call costs a round trip (~100 µs), so every
+    # call is within the limit. A whole-millisecond clock refused all but one per ms.
+    limiter = rate_limiter(celeryredis_app, "high-rate", "100000/s")
+    decisions = [limiter() for _ in range(300)]
+    assert sum(not d.allowed for d in decisions) == 0
+    # And the limit still binds: a burst-1 limiter at 1,000/s lets ~1 per ms through.
+    slow = rate_limiter(celeryredis_app, "thousand", "1000/s")
+    started = time.monotonic()
+    allowed = sum(slow().allowed for _ in range(300))
+    elapsed_ms = (time.monotonic() - started) * 1000
+    assert allowed <= elapsed_ms + 2

@@ -8,7 +8,9 @@
 -- wait_ms from now) or 0 (refused, wait_ms until a slot); slot_ms is the granted or
 -- reserved slot on the Redis clock (ms since the epoch), 0 when refused.
 local t = redis.call('TIME')
-local now = t[1] * 1000 + math.floor(t[2] / 1000)
+-- Microsecond resolution: a whole-millisecond clock would let at most one call per
+-- millisecond through a burst-1 limiter, whatever its rate.
+local now = t[1] * 1000 + t[2] / 1000
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
@@ -16,13 +18,15 @@ if tat < now then tat = now end
 local allow_at = tat - tolerance
 -- PX takes whole milliseconds: the state lives one burst window past the next slot.
 local ttl = math.ceil(tat - now + 2 * interval + tolerance) + 1000
+-- Stored with '%.3f': Lua's default number format keeps 14 digits, 0.1 ms here.
+local next_tat = string.format('%.3f', tat + interval)
 if allow_at <= now then
-  redis.call('SET', KEYS[1], tat + interval, 'PX', ttl)
-  return {1, 0, now}
+  redis.call('SET', KEYS[1], next_tat, 'PX', ttl)
+  return {1, 0, math.floor(now)}
 end
 local wait = allow_at - now
 if ARGV[3] == '1' and wait <= tonumber(ARGV[4]) then
-  redis.call('SET', KEYS[1], tat + interval, 'PX', ttl)
+  redis.call('SET', KEYS[1], next_tat, 'PX', ttl)
   return {2, math.ceil(wait), math.ceil(allow_at)}
 end
 return {0, math.ceil(wait), 0}
