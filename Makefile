@@ -34,8 +34,8 @@ redis:  ## Make sure a redis-server binary is available (installs Debian's packa
 	timeout $(SETUP_BUDGET) scripts/ensure-redis.sh
 
 lint: venv  ## ruff check and ruff format --check.
-	timeout $(LINT_BUDGET) $(BIN)/ruff check src tests docs
-	timeout $(LINT_BUDGET) $(BIN)/ruff format --check src tests docs
+	timeout $(LINT_BUDGET) $(BIN)/ruff check src tests docs benchmarks
+	timeout $(LINT_BUDGET) $(BIN)/ruff format --check src tests docs benchmarks
 
 typecheck: venv  ## mypy --strict on src/ and tests/typing/.
 	timeout $(LINT_BUDGET) $(BIN)/mypy
@@ -65,8 +65,9 @@ install-check: venv  ## pip install . into a fresh virtualenv; import it; check 
 demo: venv redis  ## The end-to-end tour (starts a throwaway redis-server unless a URL is configured).
 	$(BIN)/python -m celeryredis.demo
 
-bench: venv redis  ## Benchmarks (not part of make test): results in benchmarks/results/.
-	$(BIN)/python benchmarks/bench_task_overhead.py
+bench: venv redis  ## Benchmarks (not part of make test): benchmarks/results/ and docs/benchmarks.md.
+	timeout $(SETUP_BUDGET) $(BIN)/python -m pip install -q --disable-pip-version-check --group bench
+	timeout 3600 $(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:  ## Remove the virtualenv and build output.
 	rm -rf $(VENV) docs/_build build dist .pytest_cache .mypy_cache .ruff_cache

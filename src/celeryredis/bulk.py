@@ -24,6 +24,7 @@ import redis
 from celery import Celery, Signature
 from celery.result import AsyncResult
 from celery.utils.functional import maybe_list
+from kombu.exceptions import OperationalError
 
 from celeryredis._kombu_batch import BatchProducer, Command
 from celeryredis._scripts import source
@@ -32,6 +33,7 @@ from celeryredis.exceptions import CeleryRedisError, DuplicateTaskError
 from celeryredis.keys import bulk_marker_key
 from celeryredis.locks import TokenLock
 from celeryredis.tasks.unique import UNIQUE_HEADER, UniqueTask
+from celeryredis.urls import redact_text
 
 __all__ = ["BulkDuplicateError", "BulkPublishError", "Progress", "enqueue_many"]
 
@@ -213,12 +215,16 @@ def enqueue_many(
     batch = _Batch(app, task, options)
     results: list[AsyncResult[Any] | None] = []
     with app.connection_for_write() as connection:
+        broker_errors: tuple[type[BaseException], ...] = (
+            OperationalError,
+            *connection.connection_errors,
+        )
         try:
             channel = connection.default_channel
-        except connection.connection_errors as exc:
+        except broker_errors as exc:
             raise BulkPublishError(
-                f"enqueue_many({task.name}): cannot reach the broker: {exc!r}; nothing was "
-                "published",
+                f"enqueue_many({task.name}): cannot reach the broker: "
+                f"{redact_text(str(exc))}; nothing was published",
             ) from exc
         producer = BatchProducer(channel)
         sender = _Sender(app, task, producer)

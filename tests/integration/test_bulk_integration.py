@@ -6,6 +6,7 @@ import base64
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -155,6 +156,19 @@ def test_bad_calls_raise_before_their_chunk_is_published(redis_url: str) -> None
         enqueue_many(app.tasks["bulk.add"], [], chunk_size=0)
 
 
+def test_an_unreachable_broker_is_one_clear_error() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = _app(f"redis://:{'pw-Secret'}@127.0.0.1:{port}/0")
+    started = time.monotonic()
+    with pytest.raises(BulkPublishError, match="cannot reach the broker") as info:
+        enqueue_many(app.tasks["bulk.add"], [(1,)] * 10)
+    assert time.monotonic() - started < 30  # kombu's connect retries, then the error
+    assert info.value.published == 0
+    assert "pw-Secret" not in str(info.value)
+
+
 def test_memory_is_bounded_by_the_chunk_not_the_input(redis_url: str) -> None:
     app = _app(redis_url)
     client = redis.Redis.from_url(redis_url)
@@ -202,6 +216,18 @@ def routed(x):
 @app.task(name="bulkwork.ordered", shared=False, ignore_result=True)
 def ordered(tag):
     app.backend.client.rpush("order", tag)
+
+
+@app.task(name="bulkwork.fanout", shared=False)
+def fanout(n):
+    from celeryredis import enqueue_many
+
+    return [r.id for r in enqueue_many(child, [(i,) for i in range(n)])]
+
+
+@app.task(name="bulkwork.child", shared=False, bind=True)
+def child(self, i):
+    return [self.request.parent_id, self.request.root_id]
 """
 
 
@@ -230,6 +256,13 @@ def test_a_real_worker_runs_bulk_messages_with_results_routing_and_priority(
         wait_for(lambda: client.llen("order") == 20, 60, "the prioritised backlog to run")
         order = [tag.decode() for tag in client.lrange("order", 0, -1)]
         assert order[:10].count("high") >= 9, order  # at most one prefetched low one first
+        # Called inside a task, the children carry its id as parent and root, as
+        # apply_async would set them.
+        parent = host.fanout.delay(3)
+        children = parent.get(timeout=60)
+        assert len(children) == 3
+        for child_id in children:
+            assert host.app.AsyncResult(child_id).get(timeout=60) == [parent.id, parent.id]
     finally:
         worker.stop()
 

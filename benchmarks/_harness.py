@@ -1,0 +1,215 @@
+"""Shared pieces of the benchmarks: the bench app, workers, medians, tables.
+
+Every benchmark runs against a throwaway redis-server started by ``run_all.py`` (or by
+the benchmark itself when run alone), never against a system Redis.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from celeryredis.testing import WorkerProcess
+
+#: The host module every Celery benchmark imports, configured by environment variables:
+#: BENCH_URL, BENCH_CONFIG ("celery-defaults" or a preset name), BENCH_BASE (task base).
+APP = """
+import os
+
+import celery
+import redis
+
+from celeryredis import RateLimitedTask, RetryTask, Task, UniqueTask, make_app
+
+URL = os.environ["BENCH_URL"]
+CONFIG = os.environ.get("BENCH_CONFIG", "production")
+RESULTS = os.environ.get("BENCH_RESULTS") == "1"  # results stored in the broker's Redis
+if CONFIG == "celery-defaults":
+    app = celery.Celery("benchapp", broker=URL, backend=URL if RESULTS else None)
+else:
+    app = make_app("benchapp", broker_url=URL, result_backend=URL if RESULTS else None,
+                   preset=CONFIG)
+client = redis.Redis.from_url(URL)
+BASES = {
+    "plain celery.Task": celery.Task,
+    "celeryredis.Task": Task,
+    "celeryredis.RetryTask": RetryTask,
+    "celeryredis.UniqueTask": UniqueTask,
+    "celeryredis.RateLimitedTask": RateLimitedTask,
+}
+BASE = BASES[os.environ.get("BENCH_BASE", "plain celery.Task")]
+OPTIONS = {"distributed_rate_limit": "1000000/s"} if BASE is RateLimitedTask else {}
+
+
+@app.task(base=BASE, name="bench.noop", ignore_result=True, **OPTIONS)
+def noop(i):
+    client.incr("bench:done")
+
+
+@app.task(name="bench.stamp", ignore_result=True)
+def stamp(published_at):
+    import time
+
+    client.rpush("bench:latency", repr(time.time() - published_at))
+
+
+@app.task(name="bench.add")
+def add(x, y):
+    return x + y
+"""
+
+
+@dataclass
+class Section:
+    """One benchmark's results: a Markdown table and its data."""
+
+    title: str
+    description: str
+    columns: Sequence[str]
+    rows: list[Sequence[str]] = field(default_factory=list)
+    data: list[dict[str, Any]] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        lines = [f"## {self.title}", "", self.description, ""]
+        lines.append("| " + " | ".join(self.columns) + " |")
+        lines.append("|" + "---|" * len(self.columns))
+        lines.extend("| " + " | ".join(row) + " |" for row in self.rows)
+        return "\n".join(lines) + "\n"
+
+
+def machine() -> dict[str, str]:
+    """What the figures were measured on."""
+    import celery  # noqa: PLC0415
+    import kombu  # noqa: PLC0415
+
+    import celeryredis  # noqa: PLC0415
+
+    server = subprocess.run(
+        ["redis-server", "--version"], capture_output=True, text=True, check=False
+    ).stdout.split()
+    version = next((w.split("=")[1] for w in server if w.startswith("v=")), "?")
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": f"{os.cpu_count()} cores, {cpu}",
+        "python": platform.python_version(),
+        "celery": celery.__version__,
+        "kombu": kombu.__version__,
+        "redis-py": redis.__version__,
+        "redis-server": version,
+        "celeryredis": celeryredis.__version__,
+    }
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def spread(values: Sequence[float], fmt: str = "{:,.0f}") -> str:
+    """``median (min–max)``."""
+    return f"{fmt.format(median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def ratio(values: Sequence[float], baseline: Sequence[float]) -> float:
+    """The median of per-run ratios (pairs measured in the same repetition)."""
+    return statistics.median(v / b for v, b in zip(values, baseline, strict=True))
+
+
+class BenchApp:
+    """The bench host module written into a directory and imported in this process."""
+
+    def __init__(self, workdir: Path, url: str) -> None:
+        self.workdir = workdir
+        self.url = url
+        (workdir / "benchapp.py").write_text(textwrap.dedent(APP))
+        if str(workdir) not in sys.path:
+            sys.path.insert(0, str(workdir))
+
+    def load(
+        self, config: str = "production", base: str = "plain celery.Task", *, results: bool = False
+    ) -> Any:
+        """A fresh import of the module under ``config`` and ``base``."""
+        os.environ.update(self.env(config, base))
+        os.environ["BENCH_RESULTS"] = "1" if results else "0"
+        sys.modules.pop("benchapp", None)
+        return importlib.import_module("benchapp")
+
+    def env(self, config: str = "production", base: str = "plain celery.Task") -> dict[str, str]:
+        return {"BENCH_URL": self.url, "BENCH_CONFIG": config, "BENCH_BASE": base}
+
+    def worker(
+        self,
+        config: str,
+        *,
+        pool: str = "solo",
+        concurrency: int = 1,
+        base: str = "plain celery.Task",
+        loglevel: str = "WARNING",
+    ) -> WorkerProcess:
+        return WorkerProcess(
+            "benchapp",
+            cwd=self.workdir,
+            env=self.env(config, base),
+            pool=pool,
+            concurrency=concurrency,
+            loglevel=loglevel,
+            extra_args=["--without-heartbeat"],
+            log_path=self.workdir / "worker.log",
+        )
+
+
+def drain_rate(
+    client: redis.Redis,
+    n: int,
+    start: Callable[[], Any],
+    stop: Callable[[Any], None],
+    polls: list[int] | None = None,
+) -> float:
+    """Tasks/s from the first completion seen to the last (start-up excluded).
+
+    ``start()`` starts a consumer of ``n`` pre-published tasks, each of which does one
+    ``INCR bench:done``; ``stop(handle)`` stops it. The number of ``GET`` polls this
+    made is appended to ``polls``.
+    """
+    client.delete("bench:done")
+    handle = start()
+    count = 0
+    try:
+        deadline = time.monotonic() + 600
+        first: tuple[float, int] | None = None
+        while time.monotonic() < deadline:
+            done = int(client.get("bench:done") or 0)
+            count += 1
+            now = time.monotonic()
+            if done and first is None:
+                first = (now, done)
+            if done >= n:
+                assert first is not None
+                if now == first[0]:
+                    raise RuntimeError("all tasks finished before the first poll")
+                return (done - first[1]) / (now - first[0])
+            time.sleep(0.005)
+        raise RuntimeError(f"drain of {n} tasks did not finish within 600 s")
+    finally:
+        stop(handle)
+        if polls is not None:
+            polls.append(count)

@@ -1,0 +1,88 @@
+"""Drain: one worker consuming N pre-published no-op tasks, Celery defaults vs each preset.
+
+Each task does one ``INCR`` so completion is visible; the rate runs from the first
+completion seen to the last (worker start-up excluded). Tasks are published with
+``enqueue_many`` before the worker starts. Configurations run interleaved in every
+repetition; ratios to Celery's defaults are medians of per-run ratios.
+
+Usage: python benchmarks/bench_drain.py [--n 5000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import redis
+
+from celeryredis import enqueue_many
+from celeryredis.testing import RedisServer, WorkerProcess
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import BenchApp, Section, drain_rate, median, ratio, spread
+
+CONFIGS = ("celery-defaults", "production", "development", "throughput", "testing")
+POOLS = (("solo", 1), ("prefork", 2))
+
+
+def run(url: str, workdir: Path, n: int = 5000, runs: int = 3) -> Section:
+    bench = BenchApp(workdir, url)
+    client = redis.Redis.from_url(url)
+    rates: dict[tuple[str, str], list[float]] = {}
+    for rep in range(runs):
+        order = CONFIGS if rep % 2 == 0 else tuple(reversed(CONFIGS))
+        for pool, concurrency in POOLS:
+            for config in order:
+                client.flushdb()
+                host = bench.load(config)
+                enqueue_many(host.noop, ((i,) for i in range(n)))
+
+                def start(
+                    config: str = config, pool: str = pool, concurrency: int = concurrency
+                ) -> WorkerProcess:
+                    return bench.worker(config, pool=pool, concurrency=concurrency)
+
+                rate = drain_rate(client, n, start, lambda w: w.stop())
+                rates.setdefault((pool, config), []).append(rate)
+                print(f"drain run {rep + 1}: {pool:8} {config:16} {rate:8,.0f} tasks/s", flush=True)
+    client.flushdb()
+    section = Section(
+        "Drain",
+        f"N = {n:,} pre-published no-op tasks (`ignore_result=True`, one `INCR` each), one "
+        "worker (`--without-heartbeat`, log level WARNING); Celery defaults = "
+        f"`Celery(broker=url)` with nothing else set. {runs} interleaved runs; tasks/s as "
+        "median (min–max); the ratio is to Celery's defaults on the same pool.",
+        ["pool", "configuration", "tasks/s", "× Celery defaults"],
+    )
+    for pool, concurrency in POOLS:
+        base = rates[(pool, "celery-defaults")]
+        for config in CONFIGS:
+            values = rates[(pool, config)]
+            label = f"{pool} -c {concurrency}" if pool == "prefork" else pool
+            section.rows.append([label, config, spread(values), f"{ratio(values, base):.2f}"])
+            section.data.append(
+                {
+                    "pool": label,
+                    "config": config,
+                    "median": median(values),
+                    "runs": values,
+                    "ratio_to_defaults": ratio(values, base),
+                }
+            )
+    return section
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=5000)
+    parser.add_argument("--runs", type=int, default=3)
+    opts = parser.parse_args()
+    with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
+        print(run(server.url_for(0), Path(tmp), opts.n, opts.runs).markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
