@@ -143,7 +143,7 @@ def _wait_until_consuming(app: Any, worker: Any, timeout: float = 60.0) -> None:
     raise CeleryRedisError(f"the worker did not answer within {timeout} s:\n{worker.log_text()}")
 
 
-def main() -> int:
+def main(*, as_json: bool = False) -> int:
     """Run the tour; return the process exit code."""
     # SIGTERM unwinds like Ctrl-C, so the redis-server and worker we started are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

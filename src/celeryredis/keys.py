@@ -12,6 +12,12 @@ TTL or a bound:
   runs, renewed).
 - ``{p}celeryredis:rl:{name}`` — a rate limiter's next slot (GCRA), with a TTL of about
   one burst window.
+- ``{p}celeryredis:hb:{worker}`` — a worker's heartbeat (JSON: hostname, pid, queues,
+  tasks done, age of its last completed poll of Redis), with a TTL of three heartbeat
+  intervals (``celeryredis_heartbeat_interval``).
+- ``{p}celeryredis:workers`` — sorted set of worker names by their last heartbeat (epoch
+  seconds); entries older than an hour are pruned at every beat, and the key expires a
+  day after the last beat.
 """
 
 from __future__ import annotations
@@ -19,7 +25,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["NAMESPACE", "dead_letter_key", "lock_key", "lock_pattern", "prefix", "rate_limit_key"]
+__all__ = [
+    "NAMESPACE",
+    "dead_letter_key",
+    "heartbeat_key",
+    "lock_key",
+    "lock_pattern",
+    "prefix",
+    "rate_limit_key",
+    "workers_key",
+]
 
 #: Our namespace inside the broker's key prefix.
 NAMESPACE = "celeryredis:"
@@ -49,3 +64,13 @@ def lock_pattern(conf: Mapping[str, Any], task_name: str | None = None) -> str:
 def rate_limit_key(conf: Mapping[str, Any], name: str) -> str:
     """A rate limiter's state."""
     return f"{prefix(conf)}rl:{name}"
+
+
+def heartbeat_key(conf: Mapping[str, Any], worker: str) -> str:
+    """A worker's heartbeat (``worker`` is Celery's node name, ``name@host``)."""
+    return f"{prefix(conf)}hb:{worker}"
+
+
+def workers_key(conf: Mapping[str, Any]) -> str:
+    """The index of workers seen by heartbeat (a sorted set scored by last beat)."""
+    return f"{prefix(conf)}workers"
