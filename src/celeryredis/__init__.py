@@ -12,6 +12,7 @@ from importlib.metadata import PackageNotFoundError, version
 from celeryredis.app import ExplainRow, configure, explain, make_app
 from celeryredis.deadletter import DeadLetter, DeadLetterError, DeadLetterQueue
 from celeryredis.exceptions import CeleryRedisError, ConfigurationError, DuplicateTaskError
+from celeryredis.health import HealthReport, check_health, check_worker, inspect_queues
 from celeryredis.log import configure_logging
 from celeryredis.presets import Preset, Setting
 from celeryredis.ratelimit import RateLimiter, rate_limiter
@@ -31,6 +32,7 @@ __all__ = [
     "DeadLetterQueue",
     "DuplicateTaskError",
     "ExplainRow",
+    "HealthReport",
     "Preset",
     "RateLimitedTask",
     "RateLimiter",
@@ -40,9 +42,12 @@ __all__ = [
     "Task",
     "UniqueTask",
     "__version__",
+    "check_health",
+    "check_worker",
     "configure",
     "configure_logging",
     "explain",
+    "inspect_queues",
     "make_app",
     "parse_redis_url",
     "rate_limiter",

@@ -1,13 +1,13 @@
 """Health checks, worker heartbeats and queue inspection.
 
-- :func:`check_health` answers "is this app healthy?" for probes and operators: the
+- :func:`celeryredis.check_health` answers "is this app healthy?" for probes and operators: the
   broker's and the result backend's Redis reachable (with round-trip latency), the
   Redis version, ``maxmemory-policy`` and memory use, the workers seen by heartbeat,
   queue depths and the dead-letter depth. Each part has a status (``ok``, ``warn``,
   ``fail``) and a reason; the report is JSON-serialisable.
-- :func:`check_worker` answers "is this one worker consuming?" from its heartbeat key,
+- :func:`celeryredis.check_worker` answers "is this one worker consuming?" from its heartbeat key,
   for a Kubernetes exec liveness probe.
-- :func:`inspect_queues` gives the depth of each queue including kombu's priority
+- :func:`celeryredis.inspect_queues` gives the depth of each queue including kombu's priority
   sub-queues, the messages reserved by workers but not acked, and the age of the oldest
   waiting message.
 
@@ -57,7 +57,7 @@ __all__ = [
 
 Status = Literal["ok", "warn", "fail"]
 
-#: The message header celeryredis stamps at publish: the send time (epoch seconds).
+#: The message header celeryredis stamps at publish, holding the send time in epoch seconds.
 SENT_AT_HEADER: Final = "celeryredis_sent_at"
 
 _RANK: Final[Mapping[str, int]] = {"ok": 0, "warn": 1, "fail": 2}
@@ -136,7 +136,7 @@ class WorkerHeartbeat:
         started_at: When the worker's consumer started (epoch seconds, its clock).
         state: ``consuming`` (polling Redis), ``busy`` (saturated) or ``stalled``
             (beating, not saturated, but no poll of Redis for
-            :func:`stall_after` seconds).
+            :func:`celeryredis.health.stall_after` seconds).
     """
 
     hostname: str
@@ -378,7 +378,7 @@ def check_worker(app: Celery, name: str, *, timeout: float = 5.0) -> HealthPart:
         (or is busy with every prefetch slot taken); ``fail`` when Redis cannot be
         reached, the heartbeat key has expired (the worker is dead, frozen or
         reconnecting) or the worker has not completed a poll of Redis for
-        :func:`stall_after` seconds.
+        :func:`celeryredis.health.stall_after` seconds.
     """
     conf = app.conf
     try:
@@ -490,7 +490,7 @@ def inspect_queues(
         workers: Live workers, if already read (for ``consumers``).
 
     Returns:
-        One :class:`QueueDepth` per queue, sorted by name.
+        One :class:`celeryredis.health.QueueDepth` per queue, sorted by name.
     """
     own = client is None
     client = client or new_redis(app)
