@@ -314,3 +314,22 @@ def test_heartbeat_key_lives_three_intervals(
     worker.stop()  # a clean shutdown deletes the heartbeat and the index entry
     assert not client.exists(key)
     assert check_health(module.app).part("workers").details["lost"] == []
+
+
+def test_demo_json_prints_its_summary_and_check_report_on_stdout(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"CELERY_BROKER_URL", "REDIS_URL"}}
+    proc = subprocess.run(
+        [sys.executable, "-m", "celeryredis.cli", "demo", "--json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert len(result["summary"]) == 7
+    assert result["check_exit_code"] == 0
+    assert result["check"]["status"] == "ok"
+    assert "throwaway redis-server" in proc.stderr  # the tour itself went to stderr
