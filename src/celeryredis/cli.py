@@ -195,6 +195,36 @@ def queues_command(
     click.echo(_table([_QUEUE_HEADER, *(_queue_row(q) for q in rows)]))
 
 
+@redis_command.command("exporter")
+@click.option("--port", default=9808, show_default=True, help="Port to serve /metrics on.")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--timeout", default=5.0, show_default=True, type=float, help="Seconds per call.")
+@click.option("--json", "as_json", is_flag=True, help="Print where it listens as JSON.")
+@click.pass_context
+def exporter_command(
+    ctx: click.Context, port: int, address: str, timeout: float, as_json: bool
+) -> None:
+    """Serve Prometheus metrics read from Redis (needs celeryredis[prometheus])."""
+    try:
+        from celeryredis.metrics import serve  # noqa: PLC0415 - an optional extra
+    except ImportError as exc:
+        raise click.ClickException(
+            "the exporter needs prometheus-client: pip install 'celeryredis[prometheus]'"
+        ) from exc
+    app = _app(ctx)
+    server = serve(app, port=port, address=address, timeout=timeout)
+    where = {"url": f"http://{address}:{server.server_port}/metrics"}
+    if as_json:
+        _echo_json(where)
+    else:
+        click.echo(f"serving metrics on {where['url']}")
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        server.shutdown()
+
+
 @redis_command.command("demo")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (tour on stderr).")
 def demo_command(as_json: bool) -> None:

@@ -436,8 +436,25 @@ def _transport(conf: Mapping[str, Any]) -> tuple[str, str, tuple[int, ...], str]
     )
 
 
-def _queue_names(app: Celery, workers: Sequence[WorkerHeartbeat]) -> list[str]:
+def _bound_queues(client: redis.Redis, conf: Mapping[str, Any]) -> set[str]:
+    """Queues kombu has bound in Redis (declared by a publisher or a worker)."""
+    keyprefix, sep, _, _ = _transport(conf)
+    head = f"{keyprefix}_kombu.binding."
+    names: set[str] = set()
+    for key in client.scan_iter(match=f"{head}*", count=1000):
+        exchange = _text(key)[len(head) :]
+        if "pidbox" in exchange or exchange.startswith("celeryev"):
+            continue  # control and event fanouts, not task queues
+        for member in client.smembers(key):
+            queue = _text(member).split(sep)[-1]
+            if queue:
+                names.add(queue)
+    return names
+
+
+def _queue_names(app: Celery, workers: Sequence[WorkerHeartbeat], client: redis.Redis) -> list[str]:
     names = {str(app.conf.task_default_queue or "celery")}
+    names.update(_bound_queues(client, app.conf))
     with contextlib.suppress(Exception):  # a host's odd task_queues must not break a probe
         names.update(str(name) for name in app.amqp.queues)
     for worker in workers:
@@ -482,8 +499,9 @@ def inspect_queues(
 
     Args:
         app: The app.
-        queues: Queue names; by default the app's configured queues plus every queue
-            a live worker consumes.
+        queues: Queue names; by default the app's configured queues, every queue kombu
+            has bound in Redis (published to or consumed) and every queue a live
+            worker consumes.
         client: A client on the broker's Redis (a new one by default).
         sample: How many of the oldest messages of each priority sub-queue to read
             for their age.
@@ -498,7 +516,7 @@ def inspect_queues(
         conf = app.conf
         if workers is None:
             workers = read_heartbeats(client, conf)[0]
-        names = list(queues) if queues else _queue_names(app, workers)
+        names = list(queues) if queues else _queue_names(app, workers, client)
         keyprefix, sep, steps, unacked_key = _transport(conf)
         # The consuming end is the right (BRPOP), so the oldest messages are the last.
         first, last = (-sample, -1) if sample > 0 else (1, 0)

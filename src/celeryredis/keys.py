@@ -18,6 +18,9 @@ TTL or a bound:
 - ``{p}celeryredis:workers`` — sorted set of worker names by their last heartbeat (epoch
   seconds); entries older than an hour are pruned at every beat, and the key expires a
   day after the last beat.
+- ``{p}celeryredis:stats`` — hash of event counters for metrics (``retries:{task}``,
+  ``rate_limit_deferrals:{task}``, ``duplicate_refusals:{task}``), bounded by the number
+  of task names.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ __all__ = [
     "lock_pattern",
     "prefix",
     "rate_limit_key",
+    "stats_key",
     "workers_key",
 ]
 
@@ -74,3 +78,8 @@ def heartbeat_key(conf: Mapping[str, Any], worker: str) -> str:
 def workers_key(conf: Mapping[str, Any]) -> str:
     """The index of workers seen by heartbeat (a sorted set scored by last beat)."""
     return f"{prefix(conf)}workers"
+
+
+def stats_key(conf: Mapping[str, Any]) -> str:
+    """The event counters read by the metrics exporter."""
+    return f"{prefix(conf)}stats"
