@@ -356,13 +356,10 @@ def read_heartbeats(
     return live, lost
 
 
-def _match(name: str, candidates: Iterable[str]) -> str | None:
+def _match(name: str, candidates: Iterable[str]) -> list[str]:
     if "@" in name:
-        return name
-    for candidate in sorted(candidates):
-        if candidate.split("@", 1)[0] == name:
-            return candidate
-    return None
+        return [name]
+    return sorted(c for c in candidates if c.split("@", 1)[0] == name)
 
 
 def check_worker(app: Celery, name: str, *, timeout: float = 5.0) -> HealthPart:
@@ -377,22 +374,31 @@ def check_worker(app: Celery, name: str, *, timeout: float = 5.0) -> HealthPart:
         A part named ``worker:<name>``: ``ok`` while the worker beats and polls Redis
         (or is busy with every prefetch slot taken); ``fail`` when Redis cannot be
         reached, the heartbeat key has expired (the worker is dead, frozen or
-        reconnecting) or the worker has not completed a poll of Redis for
-        :func:`celeryredis.health.stall_after` seconds.
+        reconnecting), the worker has not completed a poll of Redis for
+        :func:`celeryredis.health.stall_after` seconds, or a short ``name`` matches
+        more than one recent worker.
     """
     conf = app.conf
     try:
         client = new_redis(app, timeout=timeout)
         try:
             started = time.monotonic()
-            full = _match(name, (_text(n) for n in client.zrange(workers_key(conf), 0, -1)))
-            beat = _read_one(client, conf, full) if full else None
+            found = _match(name, (_text(n) for n in client.zrange(workers_key(conf), 0, -1)))
+            beat = _read_one(client, conf, found[0]) if len(found) == 1 else None
             latency = time.monotonic() - started
         finally:
             client.close()
     except redis.RedisError as exc:
         return HealthPart(
             f"worker:{name}", "fail", f"broker Redis unreachable: {_error(exc)}", None, {}
+        )
+    if len(found) > 1:
+        return HealthPart(
+            f"worker:{name}",
+            "fail",
+            f"{name!r} matches {', '.join(found)}: give the full name@host",
+            latency,
+            {"matches": found},
         )
     if beat is None:
         return HealthPart(

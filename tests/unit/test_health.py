@@ -13,6 +13,7 @@ from celeryredis.health import (
     HealthReport,
     QueueDepth,
     _heartbeat_from,
+    _match,
     stall_after,
 )
 from celeryredis.keys import heartbeat_key, workers_key
@@ -95,3 +96,11 @@ def test_a_long_heartbeat_interval_warns(caplog: pytest.LogCaptureFixture) -> No
     with caplog.at_level(logging.WARNING):
         make_app("t", broker_url=URL, celeryredis_heartbeat_interval=300)
     assert "heartbeat-interval" in caplog.text
+
+
+def test_a_short_worker_name_matches_by_the_part_before_the_at() -> None:
+    names = ["celery@a", "celery@b", "mail@a"]
+    assert _match("mail", names) == ["mail@a"]
+    assert _match("celery", names) == ["celery@a", "celery@b"]  # ambiguous: the probe fails
+    assert _match("celery@b", names) == ["celery@b"]
+    assert _match("none", names) == []
