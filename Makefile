@@ -67,6 +67,7 @@ demo: venv redis  ## The end-to-end tour (starts a throwaway redis-server unless
 
 bench: venv redis  ## Benchmarks (not part of make test): results in benchmarks/results/.
 	$(BIN)/python benchmarks/bench_task_overhead.py
+	$(BIN)/python benchmarks/bench_probe.py
 
 clean:  ## Remove the virtualenv and build output.
 	rm -rf $(VENV) docs/_build build dist .pytest_cache .mypy_cache .ruff_cache
