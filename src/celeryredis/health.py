@@ -603,7 +603,11 @@ def _backend_part(app: Celery, timeout: float) -> HealthPart:
 
 
 def _server_parts(client: redis.Redis) -> list[HealthPart]:
-    info: Mapping[str, Any] = client.info("server") | client.info("memory")
+    try:
+        info: Mapping[str, Any] = client.info("server") | client.info("memory")
+    except redis.ResponseError as exc:  # INFO is in ACL category @dangerous
+        reason = f"INFO refused ({_error(exc)}): version, maxmemory-policy and memory unknown"
+        return [HealthPart("redis", "warn", reason)]
     version = str(info.get("redis_version", "?"))
     policy = info.get("maxmemory_policy")
     if policy is None:

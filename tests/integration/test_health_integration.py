@@ -333,3 +333,22 @@ def test_demo_json_prints_its_summary_and_check_report_on_stdout(tmp_path: Path)
     assert result["check_exit_code"] == 0
     assert result["check"]["status"] == "ok"
     assert "throwaway redis-server" in proc.stderr  # the tour itself went to stderr
+
+
+def test_check_tolerates_an_acl_user_without_info_or_config(
+    redis_server_factory: Any, opsapp: Any
+) -> None:
+    server = redis_server_factory(password=SECRET)
+    server.client().acl_setuser(
+        "app", enabled=True, passwords=[f"+{SECRET}"], keys=["*"], channels=["*"],
+        commands=["+@all", "-@dangerous"],
+    )  # fmt: skip
+    url = f"redis://app:{SECRET}@127.0.0.1:{server.port}/0"
+    module = opsapp(url)
+    report = check_health(module.app, timeout=2)
+    assert report.part("broker").status == "ok"
+    assert report.part("redis").status == "warn"
+    assert "INFO refused" in report.part("redis").reason
+    assert report.part("dead_letters").status == "ok"
+    assert report.exit_code == 1  # a warning, not a failure
+    assert SECRET not in report.to_json()
