@@ -60,7 +60,7 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 @click.group(name="redis")
 @click.pass_context
 def redis_command(ctx: click.Context) -> None:
-    """celeryredis: configuration and dead letters of a Celery app on Redis."""
+    """celeryredis: settings, health, queues, dead letters and locks of a Celery app on Redis."""
 
 
 @redis_command.command("config")
@@ -414,7 +414,7 @@ def locks_clear(ctx: click.Context, task: str | None, yes: bool, as_json: bool) 
 @click.option("-A", "--app", "app_name", default=None, help="module[:attribute] of the app.")
 @click.pass_context
 def main(ctx: click.Context, app_name: str | None) -> None:
-    """celeryredis: configuration and dead letters of a Celery app on Redis."""
+    """celeryredis: settings, health, queues, dead letters and locks of a Celery app on Redis."""
     from celery.app.utils import find_app  # noqa: PLC0415
 
     if app_name is None:  # `celeryredis demo` needs none; the other commands say so
