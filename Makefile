@@ -68,6 +68,7 @@ demo: venv redis  ## The end-to-end tour (starts a throwaway redis-server unless
 bench: venv redis  ## Benchmarks (not part of make test): benchmarks/results/ and docs/benchmarks.md.
 	timeout $(SETUP_BUDGET) $(BIN)/python -m pip install -q --disable-pip-version-check --group bench
 	timeout 3600 $(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_probe.py
 
 clean:  ## Remove the virtualenv and build output.
 	rm -rf $(VENV) docs/_build build dist .pytest_cache .mypy_cache .ruff_cache

@@ -36,7 +36,7 @@ html_static_path: list[str] = []
 # Only names that are not ours: every public celeryredis name must resolve.
 nitpick_ignore_regex = [
     # Third-party: Celery, kombu, redis-py (annotations such as ``Celery`` or ``redis.Redis``).
-    (r"py:.*", r"(celery|kombu|redis)(\..*)?"),
+    (r"py:.*", r"(celery|kombu|redis|prometheus_client)(\..*)?"),
     (r"py:.*", r"Celery"),
     # The standard library.
     (r"py:.*", r"(collections\.abc|typing|types|pathlib|re|logging|contextvars)\..*"),

@@ -13,6 +13,7 @@ from celeryredis.app import ExplainRow, configure, explain, make_app
 from celeryredis.bulk import BulkDuplicateError, BulkPublishError, enqueue_many
 from celeryredis.deadletter import DeadLetter, DeadLetterError, DeadLetterQueue
 from celeryredis.exceptions import CeleryRedisError, ConfigurationError, DuplicateTaskError
+from celeryredis.health import HealthReport, check_health, check_worker, inspect_queues
 from celeryredis.log import configure_logging
 from celeryredis.presets import Preset, Setting
 from celeryredis.ratelimit import RateLimiter, rate_limiter
@@ -34,6 +35,7 @@ __all__ = [
     "DeadLetterQueue",
     "DuplicateTaskError",
     "ExplainRow",
+    "HealthReport",
     "Preset",
     "RateLimitedTask",
     "RateLimiter",
@@ -43,10 +45,13 @@ __all__ = [
     "Task",
     "UniqueTask",
     "__version__",
+    "check_health",
+    "check_worker",
     "configure",
     "configure_logging",
     "enqueue_many",
     "explain",
+    "inspect_queues",
     "make_app",
     "parse_redis_url",
     "rate_limiter",

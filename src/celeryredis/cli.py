@@ -15,13 +15,15 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 import click
+import redis
 from celery import Celery
 
 from celeryredis.app import explain, format_explain
 from celeryredis.bulk import BulkPublishError, enqueue_many
-from celeryredis.connection import get_redis
+from celeryredis.connection import get_redis, new_redis
 from celeryredis.deadletter import DeadLetter, DeadLetterError, DeadLetterQueue
 from celeryredis.exceptions import CeleryRedisError
+from celeryredis.health import HealthPart, QueueDepth, check_health, check_worker, inspect_queues
 from celeryredis.keys import lock_pattern
 from celeryredis.urls import redact_text
 
@@ -60,7 +62,7 @@ def _table(rows: list[tuple[str, ...]]) -> str:
 @click.group(name="redis")
 @click.pass_context
 def redis_command(ctx: click.Context) -> None:
-    """celeryredis: configuration and dead letters of a Celery app on Redis."""
+    """celeryredis: settings, health, queues, dead letters and locks of a Celery app on Redis."""
 
 
 @redis_command.command("config")
@@ -73,6 +75,165 @@ def config_command(ctx: click.Context, as_json: bool) -> None:
         _echo_json([row.__dict__ for row in rows])
     else:
         click.echo(redact_text(format_explain(rows)))
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _part_row(part: HealthPart) -> tuple[str, ...]:
+    latency = "-" if part.latency_s is None else f"{part.latency_s * 1000:.1f}"
+    return (part.status.upper(), part.name, latency, part.reason)
+
+
+def _queue_row(queue: QueueDepth) -> tuple[str, ...]:
+    by_priority = " ".join(f"{step}:{n}" for step, n in sorted(queue.by_priority.items()))
+    return (
+        queue.name,
+        str(queue.depth),
+        by_priority,
+        str(queue.unacked),
+        _age(queue.oldest_age_s),
+        str(queue.unknown_age),
+        ",".join(queue.consumers) or "-",
+    )
+
+
+_QUEUE_HEADER = ("queue", "waiting", "by priority", "unacked", "oldest", "unknown age", "consumers")
+
+
+@redis_command.command("check")
+@click.option(
+    "--worker",
+    "worker",
+    default=None,
+    metavar="NAME",
+    help="Only this worker's heartbeat (name@host, or name): a liveness probe. Exit 0 or 2.",
+)
+@click.option(
+    "--timeout", default=5.0, show_default=True, type=float, help="Seconds per Redis call."
+)
+@click.option("--queue", "queues", multiple=True, help="Queues to report (default: all known).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def check_command(
+    ctx: click.Context, worker: str | None, timeout: float, queues: tuple[str, ...], as_json: bool
+) -> None:
+    """Health of broker, backend, Redis, workers, queues and dead letters; exit 0/1/2.
+
+    Exit code 0 means ok, 1 warn, 2 fail. With --worker NAME, only that worker's
+    heartbeat is checked: 0 while it consumes (or is busy), 2 when it is dead,
+    frozen, not consuming or Redis is unreachable.
+    """
+    app = _app(ctx)
+    if worker:
+        part = check_worker(app, worker, timeout=timeout)
+        if as_json:
+            _echo_json(part.to_dict())
+        else:
+            click.echo(redact_text(f"{part.status.upper()}  {part.name}  {part.reason}"))
+        ctx.exit(0 if part.status == "ok" else 2)
+    report = check_health(app, timeout=timeout, queues=queues or None)
+    if as_json:
+        _echo_json(report.to_dict())
+        ctx.exit(report.exit_code)
+    header = ("status", "part", "ms", "reason")
+    click.echo(redact_text(_table([header, *(_part_row(p) for p in report.parts)])))
+    if report.workers:
+        click.echo("")
+        rows: list[tuple[str, ...]] = [
+            ("worker", "state", "last beat", "last poll", "done", "active", "queues")
+        ]
+        rows += [
+            (
+                w.hostname,
+                w.state,
+                _age(w.beat_age_s),
+                _age(w.poll_age_s),
+                str(w.tasks_done),
+                str(w.active),
+                ",".join(w.queues),
+            )
+            for w in report.workers
+        ]
+        click.echo(_table(rows))
+    click.echo(f"\n{report.status.upper()} (exit {report.exit_code})")
+    ctx.exit(report.exit_code)
+
+
+@redis_command.command("queues")
+@click.option("--queue", "queues", multiple=True, help="Queues to show (default: all known).")
+@click.option(
+    "--sample",
+    default=1000,
+    show_default=True,
+    help="Oldest messages read per priority sub-queue for their age.",
+)
+@click.option("--timeout", default=5.0, show_default=True, type=float, help="Seconds per call.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def queues_command(
+    ctx: click.Context, queues: tuple[str, ...], sample: int, timeout: float, as_json: bool
+) -> None:
+    """Waiting messages per queue and priority, unacked messages, oldest message's age."""
+    app = _app(ctx)
+    try:
+        client = new_redis(app, timeout=timeout)
+        try:
+            rows = inspect_queues(app, queues or None, client=client, sample=sample)
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        raise click.ClickException(redact_text(f"broker Redis unreachable: {exc}")) from exc
+    if as_json:
+        _echo_json([q.to_dict() for q in rows])
+        return
+    click.echo(_table([_QUEUE_HEADER, *(_queue_row(q) for q in rows)]))
+
+
+@redis_command.command("exporter")
+@click.option("--port", default=9808, show_default=True, help="Port to serve /metrics on.")
+@click.option("--address", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--timeout", default=5.0, show_default=True, type=float, help="Seconds per call.")
+@click.option("--json", "as_json", is_flag=True, help="Print where it listens as JSON.")
+@click.pass_context
+def exporter_command(
+    ctx: click.Context, port: int, address: str, timeout: float, as_json: bool
+) -> None:
+    """Serve Prometheus metrics read from Redis (needs celeryredis[prometheus])."""
+    try:
+        from celeryredis.metrics import serve  # noqa: PLC0415 - an optional extra
+    except ImportError as exc:
+        raise click.ClickException(
+            "the exporter needs prometheus-client: pip install 'celeryredis[prometheus]'"
+        ) from exc
+    app = _app(ctx)
+    server = serve(app, port=port, address=address, timeout=timeout)
+    where = {"url": f"http://{address}:{server.server_port}/metrics"}
+    if as_json:
+        _echo_json(where)
+    else:
+        click.echo(f"serving metrics on {where['url']}")
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        server.shutdown()
+
+
+@redis_command.command("demo")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (tour on stderr).")
+def demo_command(as_json: bool) -> None:
+    """The end-to-end tour (starts a throwaway redis-server unless a URL is configured)."""
+    from celeryredis.demo import main as demo_main  # noqa: PLC0415
+
+    sys.exit(demo_main(as_json=as_json))
 
 
 @redis_command.group("dlq")
@@ -347,12 +508,14 @@ def enqueue_command(
 
 
 @click.group(name="celeryredis", commands=redis_command.commands)
-@click.option("-A", "--app", "app_name", required=True, help="module[:attribute] of the app.")
+@click.option("-A", "--app", "app_name", default=None, help="module[:attribute] of the app.")
 @click.pass_context
-def main(ctx: click.Context, app_name: str) -> None:
-    """celeryredis: configuration and dead letters of a Celery app on Redis."""
+def main(ctx: click.Context, app_name: str | None) -> None:
+    """celeryredis: settings, health, queues, dead letters and locks of a Celery app on Redis."""
     from celery.app.utils import find_app  # noqa: PLC0415
 
+    if app_name is None:  # `celeryredis demo` needs none; the other commands say so
+        return
     sys.path.insert(0, "")
     try:
         ctx.obj = _Context(find_app(app_name))

@@ -20,7 +20,7 @@ from redis.sentinel import Sentinel
 from celeryredis.exceptions import ConfigurationError
 from celeryredis.urls import RedisURL, parse_redis_url
 
-__all__ = ["get_redis"]
+__all__ = ["get_redis", "new_redis"]
 
 _CLIENTS: weakref.WeakKeyDictionary[Celery, tuple[str, redis.Redis]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
@@ -75,3 +75,25 @@ def get_redis(app: Celery) -> redis.Redis:
         client = _client_for(url, options)
         _CLIENTS[app] = (broker, client)
         return client
+
+
+def new_redis(app: Celery, *, url: str | None = None, timeout: float | None = None) -> redis.Redis:
+    """Return a new (uncached) redis-py client; the caller closes it.
+
+    Args:
+        app: The app whose broker settings (URL, transport options) are used.
+        url: Another Redis URL to connect to with the same options (the result
+            backend's, say); the broker's by default.
+        timeout: Socket and connect timeout in seconds, overriding the transport
+            options' (for probes that must answer in time).
+
+    Raises:
+        ConfigurationError: The URL is not a Redis URL.
+    """
+    setting = "broker_url" if url is None else "result_backend"
+    parsed = parse_redis_url(url or app.conf.broker_url, setting=setting)
+    options = dict(app.conf.broker_transport_options or {})
+    if timeout is not None:
+        options["socket_timeout"] = timeout
+        options["socket_connect_timeout"] = timeout
+    return _client_for(parsed, options)

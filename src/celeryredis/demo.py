@@ -1,34 +1,51 @@
-"""The end-to-end tour behind ``make demo`` (``python -m celeryredis.demo``).
+"""The end-to-end tour behind ``make demo`` (``python -m celeryredis.demo``, ``celeryredis demo``).
 
 It builds a host-style app with :func:`celeryredis.make_app`, starts a real
-``celery worker`` subprocess, publishes tasks and prints their results, then
-shows where the key settings came from. Unless ``CELERY_BROKER_URL`` or
-``REDIS_URL`` is set, it starts a throwaway ``redis-server`` on a free loopback
-port and stops it at the end: it never writes to a Redis it did not start
-unless told to.
+``celery worker`` subprocess and walks through every feature: where the settings
+came from, a retried task and its backoff, a dead-lettered task replayed after a
+fix, a unique task refusing a duplicate, a rate-limited burst, a bulk publish of
+10,000 tasks with a progress bar and the queue inspector, then a summary table and
+the output of ``celeryredis check``. Unless ``CELERY_BROKER_URL`` or ``REDIS_URL`` is
+set, it starts a throwaway ``redis-server`` on a free loopback port and stops it at
+the end: it never writes to a Redis it did not start unless told to.
+
+With ``--json`` (``main(as_json=True)``) the tour goes to stderr and stdout gets one
+JSON document: the summary and the ``check`` report.
 """
 
 from __future__ import annotations
 
 import importlib
+import itertools
+import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from celeryredis.exceptions import CeleryRedisError
 from celeryredis.urls import redact_text
 
 __all__ = ["main"]
 
+#: How many tasks the bulk step publishes.
+BULK = 10_000
+#: The demo's own bookkeeping keys (deleted at the end).
+_KEYS = "celeryredis-demo:"
+
 _HOSTAPP = """
-from celeryredis import make_app
+import time
+
+import redis
+
+from celeryredis import RateLimitedTask, RetryTask, UniqueTask, make_app
 
 # A host project's app: production preset, with limits that suit a short demo.
 app = make_app(
@@ -38,7 +55,10 @@ app = make_app(
     task_soft_time_limit=50,
     celeryredis_eta_horizon=30,
     celeryredis_retry_backoff_max=30,
+    celeryredis_heartbeat_interval=1.0,
 )
+# The demo's bookkeeping (attempt times), in the same Redis.
+store = redis.Redis.from_url(app.conf.broker_url)
 
 
 @app.task
@@ -46,9 +66,37 @@ def add(x, y):
     return x + y
 
 
+@app.task(base=RetryTask, max_retries=4, retry_backoff=0.25, retry_jitter=False)
+def fetch_rates(currency):
+    store.rpush("celeryredis-demo:fetch", time.time())
+    attempt = store.llen("celeryredis-demo:fetch")
+    if attempt < 3:
+        raise ConnectionError(f"rates service timed out (attempt {attempt})")
+    return f"{currency} rates fetched on attempt {attempt}"
+
+
 @app.task
-def shout(word):
-    return word.upper() + "!"
+def charge(order_id):
+    if not store.get("celeryredis-demo:card-fixed"):
+        raise ValueError(f"card declined for order {order_id}")
+    return f"order {order_id} charged"
+
+
+@app.task(base=UniqueTask, on_duplicate="raise")
+def build_report(report_id):
+    time.sleep(0.5)
+    return f"report {report_id} built"
+
+
+@app.task(base=RateLimitedTask, distributed_rate_limit="5/s")
+def notify_partner(n):
+    store.rpush("celeryredis-demo:notify", time.time())
+    return n
+
+
+@app.task(ignore_result=True, queue="bulk")  # a queue the demo's worker does not consume
+def record_click(n):
+    return None
 """
 
 _SHOWN = (
@@ -60,11 +108,14 @@ _SHOWN = (
     "broker_transport_options.visibility_timeout",
     "broker_transport_options.socket_timeout",
     "accept_content",
+    "celeryredis_heartbeat_interval",
 )
+
+_out: TextIO = sys.stdout
 
 
 def _say(text: str = "") -> None:
-    print(text, flush=True)
+    print(text, file=_out, flush=True)
 
 
 @contextmanager
@@ -91,65 +142,259 @@ def _redis_url() -> Iterator[str]:
     _say(f"Stopped the throwaway redis-server (pid {pid}).")
 
 
-def _tour(url: str, workdir: Path) -> None:
+class _Summary:
+    """The rows of the closing table: step, what happened, seconds."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, float]] = []
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[list[str]]:
+        _say(f"\n{len(self.rows) + 1}. {title}")
+        outcome: list[str] = []
+        started = time.monotonic()
+        yield outcome
+        self.rows.append((title, "; ".join(outcome), time.monotonic() - started))
+
+    def table(self) -> str:
+        header = ("#", "step", "what happened", "s")
+        rows = [header] + [
+            (str(i), title, outcome, f"{seconds:.1f}")
+            for i, (title, outcome, seconds) in enumerate(self.rows, 1)
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        return "\n".join(
+            "   " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            for row in rows
+        )
+
+
+def _progress(done: int, total: int, started: float) -> None:
+    """A progress bar: redrawn in place on a terminal, every fifth of the way otherwise."""
+    tty = _out.isatty()
+    if not tty and done % (total // 5 or 1) and done != total:
+        return
+    width = 30
+    filled = width * done // total
+    rate = done / max(time.monotonic() - started, 1e-9)
+    bar = f"   [{'#' * filled}{'.' * (width - filled)}] {done:>6,}/{total:,} ({rate:,.0f}/s)"
+    print(
+        ("\r" if tty else "") + bar,
+        end="\n" if done == total or not tty else "",
+        file=_out,
+        flush=True,
+    )
+
+
+def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise CeleryRedisError(f"the demo waited {timeout} s for {what}")
+        time.sleep(0.05)
+
+
+def _show_settings(app: Any, out: list[str]) -> None:
     from celeryredis import explain  # noqa: PLC0415
+
+    rows = {r.setting: r for r in explain(app)}
+    for name in _SHOWN:
+        row = rows[name]
+        _say(f"   {name:<46} {row.value!r:<34} {row.source}")
+    out.append(f"{len(rows)} settings, each with its source")
+
+
+def _start_worker(hostapp: Any, url: str, workdir: Path, stack: ExitStack, out: list[str]) -> None:
+    from celeryredis.health import check_worker  # noqa: PLC0415
     from celeryredis.testing import WorkerProcess  # noqa: PLC0415
 
+    worker = WorkerProcess(
+        "demo_app",
+        cwd=workdir,
+        env={"REDIS_URL": url},
+        pool="prefork",
+        concurrency=2,
+        hostname="demo@%h",
+        loglevel="WARNING",
+        log_path=workdir / "worker.log",
+        extra_args=["--without-heartbeat"],
+    )
+    stack.callback(worker.stop)
+    _wait_until_consuming(hostapp.app, worker)
+    part = check_worker(hostapp.app, "demo")
+    _say(f"   worker pid {worker.pid}: {part.name[len('worker:') :]} {part.reason}")
+    _say(f"   add.delay(2, 3).get() -> {hostapp.add.delay(2, 3).get(timeout=30)}")
+    out.append("consuming (by its heartbeat)")
+
+
+def _retry(hostapp: Any, out: list[str]) -> None:
+    result = hostapp.fetch_rates.delay("EUR").get(timeout=30)
+    times = [float(t) for t in hostapp.store.lrange(f"{_KEYS}fetch", 0, -1)]
+    for attempt, (before, after) in enumerate(itertools.pairwise(times), 1):
+        _say(f"   attempt {attempt}: ConnectionError -> retried after {after - before:.2f} s")
+    _say(f"   attempt {len(times)}: {result!r}")
+    gaps = ", ".join(f"{b - a:.2f}" for a, b in itertools.pairwise(times))
+    out.append(f"{len(times)} attempts, waits {gaps} s")
+
+
+def _dead_letter(hostapp: Any, out: list[str]) -> None:
+    from celeryredis import DeadLetterQueue  # noqa: PLC0415
+
+    dlq = DeadLetterQueue(hostapp.app)
+    failed = hostapp.charge.delay(42)
+    failed.get(timeout=30, propagate=False)  # the caller sees the failure
+    _wait(lambda: len(dlq) > 0, 30, "the failed charge to be dead-lettered")
+    (entry,) = dlq.list(1)
+    _say(
+        f"   charge(42) failed for good: dead-letter entry {entry.id} "
+        f"(reason {entry.reason!r}, {entry.exception_type}: {entry.exception_message})"
+    )
+    hostapp.store.set(f"{_KEYS}card-fixed", 1)
+    _say("   ...the card is fixed; dlq.replay([entry.id]) (same task id):")
+    (replayed,) = dlq.replay([entry.id])
+    _say(
+        f"   {replayed.id} (was {failed.id[:8]}...) -> {replayed.get(timeout=30)!r}; "
+        f"dead letters left: {len(dlq)}"
+    )
+    out.append(f"reason {entry.reason}, replayed under the same id, then succeeded")
+
+
+def _unique(hostapp: Any, out: list[str]) -> None:
+    from celeryredis import DuplicateTaskError  # noqa: PLC0415
+
+    first = hostapp.build_report.delay(7)
+    try:
+        hostapp.build_report.delay(7)
+    except DuplicateTaskError as exc:
+        _say(f"   build_report.delay(7) again -> DuplicateTaskError: {exc}")
+        out.append(f"duplicate refused (held by {exc.task_id[:8]}...)")
+    else:
+        raise CeleryRedisError("the duplicate build_report(7) was not refused")
+    _say(f"   the first one -> {first.get(timeout=30)!r}")
+
+
+def _rate_limited(hostapp: Any, out: list[str]) -> None:
+    started = time.monotonic()
+    burst = [hostapp.notify_partner.delay(i) for i in range(10)]
+    done = [r.get(timeout=60) for r in burst]
+    runs = sorted(float(t) for t in hostapp.store.lrange(f"{_KEYS}notify", 0, -1))
+    span = runs[-1] - runs[0]
+    _say(
+        f"   10 published at once; all {len(done)} ran within "
+        f"{time.monotonic() - started:.1f} s, first to last run {span:.2f} s "
+        f"(5/s allows 10 in no less than {9 / 5:.1f} s)"
+    )
+    out.append(f"10 runs spread over {span:.1f} s")
+
+
+def _bulk(hostapp: Any, out: list[str]) -> None:
+    from celeryredis.bulk import enqueue_many  # noqa: PLC0415
+    from celeryredis.health import inspect_queues  # noqa: PLC0415
+
+    started = time.monotonic()
+    enqueue_many(
+        hostapp.record_click,
+        ((i,) for i in range(BULK)),
+        progress=lambda done, total: _progress(done, BULK, started),
+    )
+    took = time.monotonic() - started
+    (bulk,) = inspect_queues(hostapp.app, ["bulk"])
+    age = "-" if bulk.oldest_age_s is None else f"{bulk.oldest_age_s:.1f} s"
+    _say(
+        f"   queues: 'bulk' has {bulk.depth:,} waiting, the oldest {age} old, "
+        f"{bulk.unknown_age} of unknown age (no worker consumes 'bulk')"
+    )
+    with hostapp.app.connection_for_write() as conn:
+        purged = conn.default_channel.queue_purge("bulk")
+    _say(f"   purged {purged:,} messages from 'bulk'")
+    out.append(f"{BULK:,} published in {took:.1f} s ({BULK / took:,.0f}/s) with enqueue_many")
+
+
+def _check(url: str, workdir: Path) -> tuple[int, dict[str, Any]]:
+    as_json = _out is sys.stderr
+    check = subprocess.run(  # noqa: S603 - our own CLI, fixed arguments
+        [sys.executable, "-m", "celeryredis.cli", "--app", "demo_app", "check"]
+        + (["--json"] if as_json else []),
+        cwd=workdir,
+        env={**os.environ, "REDIS_URL": url, "PYTHONPATH": str(workdir)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    _say(textwrap.indent(redact_text(check.stdout.rstrip()), "   "))
+    if check.returncode == 2 or not check.stdout:
+        raise CeleryRedisError(f"check failed:\n{redact_text(check.stderr)}")
+    return check.returncode, json.loads(check.stdout) if as_json else {}
+
+
+def _tour(url: str, workdir: Path, summary: _Summary) -> dict[str, Any]:
     (workdir / "demo_app.py").write_text(textwrap.dedent(_HOSTAPP))
     sys.path.insert(0, str(workdir))
     hostapp: Any = importlib.import_module("demo_app")
 
-    _say("\n1. The app: make_app('demo_app', preset='production', ...) — where settings came from:")
-    rows = {r.setting: r for r in explain(hostapp.app)}
-    for name in _SHOWN:
-        row = rows[name]
-        _say(f"   {name:<46} {row.value!r:<34} {row.source}")
-
-    _say("\n2. A real worker: celery -A demo_app worker -P prefork -c 2")
-    started = time.monotonic()
+    with summary.step("The app: make_app('demo_app', preset='production', ...)") as out:
+        _show_settings(hostapp.app, out)
     with ExitStack() as stack:
-        worker = WorkerProcess(
-            "demo_app",
-            cwd=workdir,
-            env={"REDIS_URL": url},
-            pool="prefork",
-            concurrency=2,
-            hostname="demo@%h",
-            loglevel="WARNING",
-            log_path=workdir / "worker.log",
-            extra_args=["--without-heartbeat"],
-        )
-        stack.callback(worker.stop)
-        _wait_until_consuming(hostapp.app, worker)
-        _say(f"   worker pid {worker.pid} is consuming ({time.monotonic() - started:.1f} s)")
-
-        _say("\n3. Tasks published and their results:")
-        _say(f"   add.delay(2, 3).get()            -> {hostapp.add.delay(2, 3).get(timeout=30)}")
-        results = [hostapp.add.delay(i, i) for i in range(5)]
-        _say(f"   5 x add.delay(i, i)              -> {[r.get(timeout=30) for r in results]}")
-        delayed = hostapp.shout.apply_async(("celery",), countdown=1)
-        _say(f"   shout.apply_async(countdown=1)   -> {delayed.get(timeout=30)!r}")
-    _say("\n4. Worker stopped by process group; nothing is left running.")
+        with summary.step("A real worker: celery -A demo_app worker -P prefork -c 2") as out:
+            _start_worker(hostapp, url, workdir, stack, out)
+        with summary.step("A retried task: RetryTask, backoff 0.25 s x 2^n, no jitter") as out:
+            _retry(hostapp, out)
+        with summary.step("A dead-lettered task, replayed after the fix") as out:
+            _dead_letter(hostapp, out)
+        with summary.step("A unique task refusing a duplicate: UniqueTask") as out:
+            _unique(hostapp, out)
+        with summary.step("A rate-limited burst: RateLimitedTask at 5/s across workers") as out:
+            _rate_limited(hostapp, out)
+        with summary.step(f"A bulk publish of {BULK:,} tasks, then the queue inspector") as out:
+            _bulk(hostapp, out)
+        _say("\nSummary:")
+        _say(summary.table())
+        _say("\nceleryredis --app demo_app check:")
+        code, report = _check(url, workdir)
+    leftovers = list(hostapp.store.scan_iter(match=f"{_KEYS}*"))
+    if leftovers:
+        hostapp.store.delete(*leftovers)
+    _say("\nWorker stopped by process group; nothing is left running.")
+    return {
+        "summary": [
+            {"step": title, "outcome": outcome, "seconds": round(seconds, 2)}
+            for title, outcome, seconds in summary.rows
+        ],
+        "check_exit_code": code,
+        "check": report,
+    }
 
 
 def _wait_until_consuming(app: Any, worker: Any, timeout: float = 60.0) -> None:
-    """Poll the worker with Celery's own ping until it answers (or fail with its log)."""
+    """Wait for the worker's heartbeat to say it consumes (or fail with its log)."""
+    from celeryredis.health import check_worker  # noqa: PLC0415
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if worker.returncode is not None:
             raise CeleryRedisError(f"the worker exited early; its log:\n{worker.log_text()}")
-        if app.control.ping(timeout=0.5):
+        if check_worker(app, "demo", timeout=2.0).status == "ok":
             return
+        time.sleep(0.1)
     raise CeleryRedisError(f"the worker did not answer within {timeout} s:\n{worker.log_text()}")
 
 
-def main() -> int:
-    """Run the tour; return the process exit code."""
+def main(*, as_json: bool = False) -> int:
+    """Run the tour; return the process exit code.
+
+    Args:
+        as_json: Write the tour to stderr and one JSON document (the summary and the
+            ``check`` report) to stdout.
+    """
+    global _out  # noqa: PLW0603 - one switch for every line the tour prints
+    _out = sys.stderr if as_json else sys.stdout
     # SIGTERM unwinds like Ctrl-C, so the redis-server and worker we started are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    summary = _Summary()
     try:
         with tempfile.TemporaryDirectory(prefix="celeryredis-demo-") as tmp, _redis_url() as url:
-            _tour(url, Path(tmp))
+            result = _tour(url, Path(tmp), summary)
     except KeyboardInterrupt:
         _say("\nInterrupted; everything the demo started has been stopped.")
         return 130
@@ -157,8 +402,10 @@ def main() -> int:
         print(f"\ndemo failed: {redact_text(str(exc))}", file=sys.stderr)
         return 1
     _say("\nDone.")
+    if as_json:
+        print(redact_text(json.dumps(result, indent=2, sort_keys=True)))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(as_json="--json" in sys.argv[1:]))

@@ -14,6 +14,15 @@ TTL or a bound:
   one burst window.
 - ``{p}celeryredis:bulk:{batch}:{chunk}`` — written in the same transaction as one chunk
   of a bulk enqueue, so a chunk whose reply was lost can be checked later; a TTL of a day.
+- ``{p}celeryredis:hb:{worker}`` — a worker's heartbeat (JSON: hostname, pid, queues,
+  tasks done, age of its last completed poll of Redis), with a TTL of three heartbeat
+  intervals (``celeryredis_heartbeat_interval``).
+- ``{p}celeryredis:workers`` — sorted set of worker names by their last heartbeat (epoch
+  seconds); entries older than an hour are pruned at every beat, and the key expires a
+  day after the last beat.
+- ``{p}celeryredis:stats`` — hash of event counters for metrics (``retries:{task}``,
+  ``rate_limit_deferrals:{task}``, ``duplicate_refusals:{task}``), bounded by the number
+  of task names.
 """
 
 from __future__ import annotations
@@ -25,10 +34,13 @@ __all__ = [
     "NAMESPACE",
     "bulk_marker_key",
     "dead_letter_key",
+    "heartbeat_key",
     "lock_key",
     "lock_pattern",
     "prefix",
     "rate_limit_key",
+    "stats_key",
+    "workers_key",
 ]
 
 #: Our namespace inside the broker's key prefix.
@@ -64,3 +76,18 @@ def rate_limit_key(conf: Mapping[str, Any], name: str) -> str:
 def bulk_marker_key(conf: Mapping[str, Any], batch_id: str, chunk: int) -> str:
     """The marker of one published chunk of a bulk enqueue."""
     return f"{prefix(conf)}bulk:{batch_id}:{chunk}"
+
+
+def heartbeat_key(conf: Mapping[str, Any], worker: str) -> str:
+    """A worker's heartbeat (``worker`` is Celery's node name, ``name@host``)."""
+    return f"{prefix(conf)}hb:{worker}"
+
+
+def workers_key(conf: Mapping[str, Any]) -> str:
+    """The index of workers seen by heartbeat (a sorted set scored by last beat)."""
+    return f"{prefix(conf)}workers"
+
+
+def stats_key(conf: Mapping[str, Any]) -> str:
+    """The event counters read by the metrics exporter."""
+    return f"{prefix(conf)}stats"

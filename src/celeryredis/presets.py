@@ -97,6 +97,11 @@ LIBRARY_SETTINGS: Final[Mapping[str, tuple[Any, str]]] = MappingProxyType(
             7 * 86400.0,
             "Seconds a dead-letter entry is kept.",
         ),
+        "celeryredis_heartbeat_interval": (
+            5.0,
+            "Seconds between a worker's heartbeats (its key lives three intervals); 0 turns "
+            "the heartbeat off.",
+        ),
         "celeryredis_sensitive_names": (
             (),
             "Extra words that make a task argument name sensitive (its value is shown as ***).",
@@ -328,6 +333,9 @@ PRODUCTION: Final = Preset(
             True, "Cancel unackable tasks on broker loss (Celery 6 default); they redeliver."
         ),
         "worker_max_tasks_per_child": _s(1000, "Recycle pool processes to bound memory leaks."),
+        "celeryredis_heartbeat_interval": _s(
+            5.0, "A probe sees a dead, frozen or disconnected worker within 15 s."
+        ),
         "worker_soft_shutdown_timeout": _s(
             30.0, "On SIGTERM, give running tasks 30 s to finish before requeueing them."
         ),
@@ -355,6 +363,7 @@ DEVELOPMENT: Final = Preset(
         "result_extended": _s(True, "Results keep task name, args and queue for debugging."),
         "task_track_started": _s(True, "A running task reports STARTED."),
         "worker_send_task_events": _s(True, "Events on, so Flower and `celery events` work."),
+        "celeryredis_heartbeat_interval": _s(5.0, "Same liveness probe as production."),
         "worker_cancel_long_running_tasks_on_connection_loss": _s(
             True, "Celery 6 behaviour, same as production."
         ),
@@ -386,6 +395,7 @@ THROUGHPUT: Final = Preset(
         ),
         "broker_transport_options.unacked_restore_throttle": _s(1, "Scan on every sweep."),
         "result_expires": _s(3600, "Results that are stored expire after an hour."),
+        "celeryredis_heartbeat_interval": _s(5.0, "Same liveness probe as production."),
         "worker_cancel_long_running_tasks_on_connection_loss": _s(True, "Celery 6 behaviour."),
     },
 )
@@ -422,6 +432,9 @@ TESTING: Final = Preset(
         "result_extended": _s(True, "Results keep task name and args for assertions."),
         "task_track_started": _s(True, "Tests can observe STARTED."),
         "worker_hijack_root_logger": _s(False, "Leave the test runner's logging alone."),
+        "celeryredis_heartbeat_interval": _s(
+            1.0, "Tests see a dead or frozen worker's heartbeat expire within 3 s."
+        ),
         "worker_cancel_long_running_tasks_on_connection_loss": _s(
             True, "Celery 6 behaviour, same as production."
         ),

@@ -7,11 +7,16 @@
 - ``task_failure`` with ``WorkerLostError`` (a pool process died and the task is not
   retried): log ``failed`` and dead-letter it; Celery calls no ``on_failure`` there.
 - ``task_unknown`` / ``task_rejected`` (poison messages): dead-letter them.
+- ``before_task_publish`` (the publishing process): stamp the send time into the message
+  headers (``celeryredis_sent_at``), so ``celeryredis queues`` can tell the age of the
+  oldest waiting message. Every publish of this process is stamped: ``apply_async``,
+  retries, ``send_task`` and dead-letter replays (each with its own send time).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -19,6 +24,7 @@ from billiard.exceptions import WorkerLostError
 from celery import Celery, signals
 
 from celeryredis.deadletter import dead_letter_message
+from celeryredis.health import SENT_AT_HEADER
 from celeryredis.tasks.base import Task, emit, remember_routing
 from celeryredis.tasks.unique import UNIQUE_HEADER, UniqueTask
 
@@ -88,6 +94,11 @@ def _on_rejected(sender: Any = None, message: Any = None, exc: Any = None, **_: 
         dead_letter_message(app, message, "content_rejected", exc)
 
 
+def _on_before_publish(headers: Any = None, **_: Any) -> None:
+    if isinstance(headers, dict):
+        headers[SENT_AT_HEADER] = time.time()
+
+
 def install(app: Celery) -> None:
     """Connect celeryredis's receivers (once per process; they serve every app).
 
@@ -99,3 +110,6 @@ def install(app: Celery) -> None:
     signals.task_failure.connect(_on_failure, weak=False, dispatch_uid="celeryredis:failure")
     signals.task_unknown.connect(_on_unknown, weak=False, dispatch_uid="celeryredis:unknown")
     signals.task_rejected.connect(_on_rejected, weak=False, dispatch_uid="celeryredis:rejected")
+    signals.before_task_publish.connect(
+        _on_before_publish, weak=False, dispatch_uid="celeryredis:sent_at"
+    )

@@ -437,6 +437,27 @@ def _check_worker_lost_loop(conf: Mapping[str, Any]) -> Iterable[Finding]:
         )
 
 
+def _check_heartbeat_interval(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    value = conf.get("celeryredis_heartbeat_interval", 5.0)
+    interval = _num(value)
+    if interval is None or interval < 0 or (0 < interval < 0.1):
+        yield Finding(
+            "heartbeat-interval",
+            "error",
+            f"celeryredis_heartbeat_interval={value!r} is not valid: give seconds between "
+            "worker heartbeats of at least 0.1 (5 is the default), or 0 to turn them off.",
+            ("celeryredis_heartbeat_interval",),
+        )
+    elif interval > 60:
+        yield Finding(
+            "heartbeat-interval",
+            "warning",
+            f"celeryredis_heartbeat_interval={interval:g} s: a liveness probe notices a dead "
+            f"or frozen worker only after {3 * interval:g} s; 5 to 30 s is usual.",
+            ("celeryredis_heartbeat_interval",),
+        )
+
+
 def _per_task_only(conf: Mapping[str, Any]) -> Iterable[Finding]:
     """Checks evaluated per task class (``celeryredis_findings``) have no settings part."""
     return ()
@@ -532,6 +553,13 @@ CHECKS: Final[Mapping[str, Check]] = MappingProxyType(
                 "task_reject_on_worker_lost should come with task_retry_on_worker_lost.",
                 "A task that kills its worker is requeued forever.",
                 _check_worker_lost_loop,
+            ),
+            Check(
+                "heartbeat-interval",
+                "error",
+                "celeryredis_heartbeat_interval must be 0 (off) or at least 0.1 s (over 60 warns).",
+                "Heartbeats too tight load Redis; too loose ones make probes slow to notice.",
+                _check_heartbeat_interval,
             ),
         )
     }

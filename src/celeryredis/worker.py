@@ -6,21 +6,34 @@ after :func:`celeryredis.make_app` (a later ``conf.update``, a config module,
 command-line options) are checked too. Celery's signal receivers cannot refuse
 anything (``Signal.send`` swallows their exceptions), so this is a bootstep: its
 failure stops the worker before it consumes a single message.
+
+:class:`HeartbeatStep` (a consumer bootstep) writes the worker's heartbeat key every
+``celeryredis_heartbeat_interval`` seconds from the consumer's own timer, which the
+worker's event loop runs: a frozen loop or a consumer that is reconnecting to Redis
+writes none, and the key expires (see :mod:`celeryredis.health`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import time
 from typing import Any
 
+import redis
 from celery import Celery, bootsteps
+from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer as _CeleryConsumer
 
+from celeryredis.connection import new_redis
 from celeryredis.deadletter import dead_letter_message
 from celeryredis.exceptions import ConfigurationError
+from celeryredis.health import remove_heartbeat, write_heartbeat
+from celeryredis.urls import redact_text
 from celeryredis.validation import enforce, run_checks
 
-__all__ = ["Consumer", "ValidationStep", "install"]
+__all__ = ["Consumer", "HeartbeatStep", "ValidationStep", "install"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +82,98 @@ class Consumer(_CeleryConsumer):
         super().on_decode_error(message, exc)
 
 
+class HeartbeatStep(bootsteps.StartStopStep):
+    """Write the worker's heartbeat key from the consumer's timer.
+
+    Each beat (one pipelined round trip to the broker's Redis) holds the node name,
+    pid, queues consumed, tasks done, tasks active and reserved, whether every
+    prefetch slot is taken, and the age of the consumer's last completed poll of
+    Redis. The key lives three intervals. The step stops beating while the consumer
+    reconnects (Celery stops consumer steps on a lost connection) and deletes the key
+    at a clean shutdown.
+
+    Off when ``celeryredis_heartbeat_interval`` is 0. A failed write is logged and
+    retried at the next beat; it never stops the worker.
+    """
+
+    label = "celeryredis heartbeat"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        self.interval = float(parent.app.conf.get("celeryredis_heartbeat_interval") or 0)
+        self.enabled = self.interval > 0
+        self._tref: Any = None
+        self._client: redis.Redis | None = None
+        self._started_at = time.time()
+        self._failing = False
+        super().__init__(parent, **kwargs)
+
+    def start(self, parent: Any) -> None:
+        """Beat once now, then every interval."""
+        if self._client is None:
+            # Short timeouts: a beat runs on the event loop and must not block it long.
+            self._client = new_redis(parent.app, timeout=min(max(self.interval, 0.5), 5.0))
+        self.beat(parent)
+        self._tref = parent.timer.call_repeatedly(self.interval, self.beat, (parent,), priority=10)
+
+    def stop(self, parent: Any) -> None:
+        """Stop beating (the consumer is reconnecting or shutting down)."""
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+
+    def shutdown(self, parent: Any) -> None:
+        """Stop beating and delete the heartbeat (a clean shutdown is not a lost worker)."""
+        self.stop(parent)
+        if self._client is not None:
+            with contextlib.suppress(redis.RedisError):
+                remove_heartbeat(self._client, parent.app.conf, parent.hostname)
+            self._client.close()
+            self._client = None
+
+    def payload(self, parent: Any) -> dict[str, Any]:
+        """The beat: what a probe and ``celeryredis check`` read."""
+        consumer = getattr(parent, "task_consumer", None)
+        channel = getattr(consumer, "channel", None)
+        # kombu's Redis channel records when it sent its current BRPOP; the previous one
+        # completed just before. Private attribute, read only (see the operations docs).
+        sent = getattr(channel, "_brpop_sent_at", None)
+        qos = getattr(channel, "qos", None)
+        can_consume = getattr(qos, "can_consume", None)
+        active = len(worker_state.active_requests)
+        return {
+            "hostname": parent.hostname,
+            "pid": os.getpid(),
+            "queues": sorted(q.name for q in getattr(consumer, "queues", None) or ()),
+            "tasks_done": max(0, sum(worker_state.total_count.values()) - active),
+            "active": active,
+            "reserved": max(0, len(worker_state.reserved_requests) - active),
+            "saturated": bool(callable(can_consume) and not can_consume()),
+            "poll_age_s": None
+            if not isinstance(sent, float)
+            else round(max(0.0, time.monotonic() - sent), 3),
+            "interval": self.interval,
+            "beat_at": time.time(),
+            "started_at": self._started_at,
+        }
+
+    def beat(self, parent: Any) -> None:
+        """Write one heartbeat; log (once per outage) and carry on if Redis refuses."""
+        if self._client is None:
+            return
+        try:
+            write_heartbeat(self._client, parent.app.conf, self.payload(parent), self.interval)
+        except redis.RedisError as exc:
+            if not self._failing:
+                logger.warning("celeryredis heartbeat not written: %s", redact_text(str(exc)))
+            self._failing = True
+        else:
+            self._failing = False
+
+
 def install(app: Celery) -> None:
-    """Add celeryredis's worker bootsteps to ``app`` (idempotent)."""
+    """Add celeryredis's worker and consumer bootsteps to ``app`` (idempotent)."""
     if ValidationStep not in app.steps["worker"]:
         app.steps["worker"].add(ValidationStep)
+    if HeartbeatStep not in app.steps["consumer"]:
+        app.steps["consumer"].add(HeartbeatStep)

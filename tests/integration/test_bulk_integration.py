@@ -23,6 +23,7 @@ from celery import Celery
 
 from celeryredis import DuplicateTaskError, UniqueTask, make_app
 from celeryredis.bulk import BulkPublishError, enqueue_many
+from celeryredis.health import SENT_AT_HEADER
 from tests._util import import_host_module, wait_for
 
 pytestmark = pytest.mark.integration
@@ -69,6 +70,8 @@ def _comparable(key: str, message: dict[str, Any]) -> dict[str, Any]:
     headers = message["headers"]
     for name in ("id", "root_id", "origin"):
         headers.pop(name)
+    # The send time our before_task_publish receiver stamps: present on both paths.
+    assert isinstance(headers.pop(SENT_AT_HEADER), float)
     props = message["properties"]
     for name in ("correlation_id", "delivery_tag"):
         props.pop(name)

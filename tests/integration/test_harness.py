@@ -141,7 +141,22 @@ def test_demo_runs_on_an_embedded_redis_and_stops_it() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "throwaway redis-server" in proc.stdout
-    assert "add.delay(2, 3).get()            -> 5" in proc.stdout
+    assert "add.delay(2, 3).get() -> 5" in proc.stdout
+    # The tour: retry with backoff, dead letter replayed, duplicate refused, rate-limited
+    # burst, bulk publish seen by the queue inspector, summary table, then `check`.
+    for line in (
+        "attempt 3: 'EUR rates fetched on attempt 3'",
+        "-> 'order 42 charged'; dead letters left: 0",
+        "DuplicateTaskError",
+        "all 10 ran within",
+        "'bulk' has 10,000 waiting",
+        "purged 10,000 messages",
+        "Summary:",
+        "OK      workers",
+        "OK (exit 0)",
+        "Done.",
+    ):
+        assert line in proc.stdout, line
     match = re.search(r"\(pid (\d+)\); it is stopped at the end", proc.stdout)
     assert match
     assert not _alive(int(match.group(1)))

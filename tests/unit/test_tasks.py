@@ -54,6 +54,14 @@ def test_bad_options_fail_when_the_class_is_created(
         app.finalize(auto=True)
 
 
+def test_celerys_publish_options_are_accepted_in_the_decorator(app: Celery) -> None:
+    @app.task(shared=False, queue="bulk", routing_key="bulk", exchange="bulk", compression="gzip")
+    def routed() -> None: ...
+
+    app.finalize(auto=True)
+    assert routed.queue == "bulk"
+
+
 def test_subclass_options_are_checked_too() -> None:
     with pytest.raises(ConfigurationError, match="retry_backoff"):
 

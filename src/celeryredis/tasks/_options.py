@@ -54,6 +54,15 @@ _CELERY_CLASS_KEYS: Final = frozenset(
         "retry_backoff",
         "retry_backoff_max",
         "retry_jitter",
+        # Celery's publish options read from the task class (celery/app/task.py,
+        # extract_exec_options) that celery.Task does not define itself.
+        "queue",
+        "routing_key",
+        "exchange",
+        "delivery_mode",
+        "compression",
+        "immediate",
+        "mandatory",
         # pydantic integration keywords.
         "pydantic_strict",
         "pydantic_context",

@@ -43,6 +43,7 @@ from celery.exceptions import Reject
 
 from celeryredis.log import task_context
 from celeryredis.redaction import DEFAULT_SENSITIVE_NAMES, redact_call, summarize_call
+from celeryredis.stats import count
 from celeryredis.tasks._options import (
     OptionCheck,
     as_names,
@@ -278,6 +279,7 @@ class Task(celery.Task[Any, Any]):
             aware = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
             delay = max(0.0, (aware - datetime.now(timezone.utc)).total_seconds())
         self._log("retrying", logging.WARNING, exc=exc, delay_s=delay)
+        count(self.app, "retries", self.name)
         super().on_retry(exc, task_id, args, kwargs, einfo)
 
     def on_failure(

@@ -10,6 +10,7 @@ from celery.exceptions import Ignore
 
 from celeryredis.exceptions import ConfigurationError
 from celeryredis.ratelimit import RateLimiter, parse_rate, rate_limiter
+from celeryredis.stats import count
 from celeryredis.tasks._options import OptionCheck, as_positive_int
 from celeryredis.tasks.base import Task, emit
 
@@ -98,4 +99,5 @@ class RateLimitedTask(Task):
         fields = self.lifecycle_fields(task_id)
         fields.update(event="deferred", delay_s=countdown, reserved=decision.reserved)
         emit(logging.INFO, fields)
+        count(self.app, "rate_limit_deferrals", self.name)
         raise Ignore

@@ -16,6 +16,7 @@ from celeryredis.connection import get_redis
 from celeryredis.exceptions import ConfigurationError, DuplicateTaskError
 from celeryredis.keys import lock_key
 from celeryredis.locks import LockRenewer, TokenLock
+from celeryredis.stats import count
 from celeryredis.tasks._options import OptionCheck, as_names, as_seconds
 from celeryredis.tasks.base import Task
 
@@ -165,6 +166,7 @@ class UniqueTask(Task):
         state = lock.acquire()
         if not state.acquired:
             logger.info("task %s: duplicate of %s refused (%s)", self.name, state.holder, key)
+            count(self.app, "duplicate_refusals", self.name)
             if self.on_duplicate == "raise":
                 raise DuplicateTaskError(
                     f"task {self.name} is already queued or running as {state.holder} "
@@ -212,6 +214,7 @@ class UniqueTask(Task):
                     self.apply_async(args, kwargs, countdown=self.unique_defer_delay)
                 else:
                     logger.info("task %s[%s] dropped: %s runs", self.name, task_id, state.holder)
+                    count(self.app, "duplicate_refusals", self.name)
                 raise Ignore
             _RENEWER.add(lock)
         return super().__call__(*args, **kwargs)

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 import redis
 
@@ -73,6 +74,8 @@ class RedisServer:
         directory: Working directory for its files; a new temporary one by default.
         databases: Number of logical databases.
         start_timeout: Seconds to wait for the first PING.
+        password: Start it with ``--requirepass``; :attr:`url` and :meth:`client` then
+            carry the password (it never appears in a repr).
 
     The server is started by :meth:`start` (or on entering a ``with`` block) and
     stopped by :meth:`stop`, by PID. It runs in its own session so that signals
@@ -87,8 +90,10 @@ class RedisServer:
         directory: str | Path | None = None,
         databases: int = 16,
         start_timeout: float = 10.0,
+        password: str | None = None,
     ) -> None:
         self.extra_args = tuple(extra_args)
+        self.password = password
         self.appendonly = appendonly
         self.databases = databases
         self.start_timeout = start_timeout
@@ -115,12 +120,15 @@ class RedisServer:
         return self.directory / "redis.log"
 
     def url_for(self, db: int) -> str:
-        """Return the URL of database ``db`` on this server."""
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        """Return the URL of database ``db`` on this server (with its password, if any)."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
 
     def client(self, db: int = 0) -> redis.Redis:
         """Return a new redis-py client for database ``db``."""
-        return redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=10)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, db=db, socket_timeout=10, password=self.password
+        )
 
     def _command(self) -> list[str]:
         return [
@@ -133,6 +141,7 @@ class RedisServer:
             "--dir", str(self.directory),
             "--logfile", str(self.logfile),
             "--databases", str(self.databases),
+            *(["--requirepass", self.password] if self.password else []),
             *self.extra_args,
         ]  # fmt: skip
 
@@ -167,7 +176,9 @@ class RedisServer:
 
     def _wait_ping(self) -> bool:
         deadline = time.monotonic() + self.start_timeout
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=1, password=self.password
+        )
         try:
             while time.monotonic() < deadline:
                 if self._process is None or self._process.poll() is not None:
