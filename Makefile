@@ -13,10 +13,12 @@ STAMP := $(VENV)/.installed
 # Per-stage budgets in seconds (CI runs the whole of `make test` under 15 minutes).
 SETUP_BUDGET ?= 420
 LINT_BUDGET ?= 180
-TEST_BUDGET ?= 540
+TEST_BUDGET ?= 780
+# `make faults` (not part of CI): every scenario twice, Celery's defaults and production.
+FAULTS_BUDGET ?= 1800
 DOCS_BUDGET ?= 180
 
-.PHONY: help venv redis lint typecheck imports test unit integration docs demo install-check bench clean
+.PHONY: help venv redis lint typecheck imports test unit integration docs demo install-check bench faults clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -67,6 +69,12 @@ demo: venv redis  ## The end-to-end tour (starts a throwaway redis-server unless
 
 bench: venv redis  ## Benchmarks (not part of make test): results in benchmarks/results/.
 	$(BIN)/python benchmarks/bench_task_overhead.py
+
+faults: venv redis  ## Fault scenarios under Celery's defaults and production; rewrites docs/reliability.md.
+	rm -f build/faults.json && mkdir -p build
+	CELERYREDIS_FAULTS_DEFAULTS=1 CELERYREDIS_FAULTS_REPORT=$(CURDIR)/build/faults.json \
+	  timeout $(FAULTS_BUDGET) $(BIN)/pytest tests/faults -m faults -q -p no:cacheprovider -rA --durations=20
+	$(BIN)/python scripts/faults_report.py build/faults.json docs/reliability.md
 
 clean:  ## Remove the virtualenv and build output.
 	rm -rf $(VENV) docs/_build build dist .pytest_cache .mypy_cache .ruff_cache

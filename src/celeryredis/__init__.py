@@ -11,7 +11,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 from celeryredis.app import ExplainRow, configure, explain, make_app
 from celeryredis.deadletter import DeadLetter, DeadLetterError, DeadLetterQueue
-from celeryredis.exceptions import CeleryRedisError, ConfigurationError, DuplicateTaskError
+from celeryredis.exceptions import (
+    CeleryRedisError,
+    ConfigurationError,
+    DuplicateTaskError,
+    PublishError,
+)
 from celeryredis.log import configure_logging
 from celeryredis.presets import Preset, Setting
 from celeryredis.ratelimit import RateLimiter, rate_limiter
@@ -32,6 +37,7 @@ __all__ = [
     "DuplicateTaskError",
     "ExplainRow",
     "Preset",
+    "PublishError",
     "RateLimitedTask",
     "RateLimiter",
     "RedisURL",

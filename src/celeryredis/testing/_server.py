@@ -73,6 +73,8 @@ class RedisServer:
         directory: Working directory for its files; a new temporary one by default.
         databases: Number of logical databases.
         start_timeout: Seconds to wait for the first PING.
+        password: The ``requirepass`` password (``--requirepass`` is added); used by
+            :meth:`client` and the start-up PING, never shown in :attr:`url` or reprs.
 
     The server is started by :meth:`start` (or on entering a ``with`` block) and
     stopped by :meth:`stop`, by PID. It runs in its own session so that signals
@@ -87,8 +89,10 @@ class RedisServer:
         directory: str | Path | None = None,
         databases: int = 16,
         start_timeout: float = 10.0,
+        password: str | None = None,
     ) -> None:
         self.extra_args = tuple(extra_args)
+        self.password = password
         self.appendonly = appendonly
         self.databases = databases
         self.start_timeout = start_timeout
@@ -120,7 +124,9 @@ class RedisServer:
 
     def client(self, db: int = 0) -> redis.Redis:
         """Return a new redis-py client for database ``db``."""
-        return redis.Redis(host="127.0.0.1", port=self.port, db=db, socket_timeout=10)
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, db=db, socket_timeout=10, password=self.password
+        )
 
     def _command(self) -> list[str]:
         return [
@@ -133,6 +139,7 @@ class RedisServer:
             "--dir", str(self.directory),
             "--logfile", str(self.logfile),
             "--databases", str(self.databases),
+            *(["--requirepass", self.password] if self.password else []),
             *self.extra_args,
         ]  # fmt: skip
 
@@ -167,7 +174,9 @@ class RedisServer:
 
     def _wait_ping(self) -> bool:
         deadline = time.monotonic() + self.start_timeout
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
+        client = redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=1, password=self.password
+        )
         try:
             while time.monotonic() < deadline:
                 if self._process is None or self._process.poll() is not None:
