@@ -79,14 +79,30 @@ def record():
     return _record
 
 
-@app.task(name="faults.work", shared=False)
-def work(i, duration=0.0):
-    record().hincrby("faults:started", str(i), 1)
-    time.sleep(duration)
-    pipe = record().pipeline()
+def _write(fn):
+    # The counters live on the server a scenario may restart: retry for a while.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return fn(record())
+        except redis.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _done(client, i):
+    pipe = client.pipeline()
     pipe.hincrby("faults:done", str(i), 1)
     pipe.hset("faults:done_at", str(i), repr(time.time()))
     pipe.execute()
+
+
+@app.task(name="faults.work", shared=False)
+def work(i, duration=0.0):
+    _write(lambda client: client.hincrby("faults:started", str(i), 1))
+    time.sleep(duration)
+    _write(lambda client: _done(client, i))
     return i
 """
 
