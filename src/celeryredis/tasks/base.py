@@ -219,9 +219,12 @@ class Task(celery.Task[Any, Any]):
             if not _is_connection_failure(exc):
                 raise
             elapsed = time.monotonic() - started
+            root: BaseException = exc
+            while root.__cause__ is not None:
+                root = root.__cause__
             raise PublishError(
                 f"could not publish task {self.name!r}: Redis did not answer for {elapsed:.1f} s "
-                f"({type(exc).__name__}: {redact_text(str(exc))}); the task was not sent. "
+                f"({type(root).__name__}: {redact_text(str(root))}); the task was not sent. "
                 "Retry later, or lengthen task_publish_retry_policy and "
                 "result_backend_transport_options['retry_policy'] to wait longer",
                 task_name=self.name,
