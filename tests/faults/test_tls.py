@@ -52,7 +52,8 @@ def _certificates(directory: Path) -> Path:
     directory.mkdir()
     for ca in ("ca", "wrong-ca"):
         _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                 "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-subj", f"/CN={ca}", cwd=directory)  # fmt: skip
+                 "-keyout", f"{ca}.key", "-out", f"{ca}.crt", "-subj", f"/CN={ca}",
+                 cwd=directory)  # fmt: skip
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
              "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=directory)  # fmt: skip
     (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
@@ -122,9 +123,7 @@ def test_tls_verified_works_wrong_ca_fails_fast_unverified_is_refused(
 
     # 3. rediss:// without verification is refused before anything connects.
     for query in ("", "?ssl_cert_reqs=none"):
-        with pytest.raises(
-            ConfigurationError, match="tls-without-verification|verification"
-        ) as refused:
+        with pytest.raises(ConfigurationError, match="certificate verification") as refused:
             make_app(
                 "tls-unverified",
                 broker_url=f"rediss://:{FAULT_PASSWORD}@127.0.0.1:{tls_port}/0{query}",
