@@ -246,6 +246,93 @@ class Rig:
         return "\n".join(w.log_text() for w in self.workers)
 
 
+PUBLISHER = """
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.getcwd())
+import faultapp  # noqa: E402
+
+out = Path(sys.argv[1])
+stop = Path(sys.argv[2])
+i = 0
+with out.open("a") as log:
+    while not stop.exists():
+        try:
+            faultapp.work.delay(i, 0.05)
+        except Exception as exc:
+            row = {"i": i, "error": f"{type(exc).__name__}: {exc}", "at": time.time()}
+        else:
+            row = {"i": i, "at": time.time()}
+        log.write(json.dumps(row) + "\\n")
+        log.flush()
+        i += 1
+        time.sleep(0.1)
+# Skip interpreter teardown: Celery's AsyncResult.__del__ would reconnect to a Redis
+# the scenario may already have stopped, with retries.
+os._exit(0)
+"""
+
+
+class Publisher:
+    """A publishing loop in a subprocess: ``work.delay(i)`` every 0.1 s until stopped.
+
+    It runs in its own process so that Celery's result-consumer clean-up (which
+    reconnects, with retries, from ``AsyncResult.__del__``) can never block the test.
+    """
+
+    def __init__(self, rig: Rig) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.out = rig.directory / "publisher.jsonl"
+        self.stop_file = rig.directory / "publisher.stop"
+        script = rig.directory / "publisher.py"
+        script.write_text(PUBLISHER)
+        env = {**os.environ, **rig.publish_env}
+        with (rig.directory / "publisher.log").open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, str(script), str(self.out), str(self.stop_file)],
+                cwd=rig.directory,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def rows(self) -> list[dict[str, Any]]:
+        if not self.out.exists():
+            return []
+        return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+
+    def accepted(self) -> dict[int, float]:
+        """Task number -> when its publish returned."""
+        return {r["i"]: r["at"] for r in self.rows() if "error" not in r}
+
+    def failed(self) -> list[str]:
+        return [r["error"] for r in self.rows() if "error" in r]
+
+    def stop(self, timeout: float = 60.0) -> None:
+        import subprocess
+
+        self.stop_file.touch()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
 def scan_for_secrets(texts: Mapping[str, str], secrets: tuple[str, ...]) -> None:
     """Fail the test if any of ``secrets`` appears in any captured text."""
     leaked = [(where, s) for where, text in texts.items() for s in secrets if s in text]
