@@ -72,9 +72,10 @@ bench: venv redis  ## Benchmarks (not part of make test): results in benchmarks/
 
 faults: venv redis  ## Fault scenarios under Celery's defaults and production; rewrites docs/reliability.md.
 	rm -f build/faults.json && mkdir -p build
-	CELERYREDIS_FAULTS_DEFAULTS=1 CELERYREDIS_FAULTS_REPORT=$(CURDIR)/build/faults.json \
-	  timeout $(FAULTS_BUDGET) $(BIN)/pytest tests/faults -m faults -q -p no:cacheprovider -rA --durations=20
-	$(BIN)/python scripts/faults_report.py build/faults.json docs/reliability.md
+	status=0; CELERYREDIS_FAULTS_DEFAULTS=1 CELERYREDIS_FAULTS_REPORT=$(CURDIR)/build/faults.json \
+	  timeout $(FAULTS_BUDGET) $(BIN)/pytest tests/faults -m faults -q -p no:cacheprovider -rA \
+	  --durations=20 || status=$$?; \
+	$(BIN)/python scripts/faults_report.py build/faults.json docs/reliability.md; exit $$status
 
 clean:  ## Remove the virtualenv and build output.
 	rm -rf $(VENV) docs/_build build dist .pytest_cache .mypy_cache .ruff_cache

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import pytest
 
 from tests._util import wait_for
-from tests.faults._harness import Outcome
+from tests.faults._harness import Outcome, Publisher
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -26,25 +25,7 @@ def test_redis_restart_loses_no_accepted_publish(
     rig, server, _proxy = make_rig(config, appendonly=True, extra_args=["--appendfsync", "always"])
     worker = rig.worker("r", concurrency=2)
     worker.wait_ready()
-    work = rig.module.work
-    accepted: list[int] = []
-    failed: list[str] = []
-    stop = threading.Event()
-
-    def publish() -> None:
-        i = 0
-        while not stop.is_set():
-            try:
-                work.delay(i, 0.05)
-            except Exception as exc:
-                failed.append(f"{type(exc).__name__}: {exc}")
-            else:
-                accepted.append(i)
-            i += 1
-            time.sleep(0.1)
-
-    publisher = threading.Thread(target=publish, daemon=True)
-    publisher.start()
+    publisher = Publisher(rig)
     try:
         wait_for(lambda: len(rig.done()) >= 5, 30, "tasks before the restart")
         server.stop()  # SIGTERM: Redis fsyncs the AOF and exits
@@ -52,9 +33,11 @@ def test_redis_restart_loses_no_accepted_publish(
         server.start()
         restarted = time.time()
         time.sleep(PUBLISH_S - DOWN_S)
+        publisher.stop()
     finally:
-        stop.set()
-        publisher.join(60)
+        publisher.kill()
+    accepted = sorted(publisher.accepted())
+    failed = publisher.failed()
     for text in failed:
         secret_scan.add("publish error", text)
 
