@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 # Per-stage budgets in seconds (CI runs the whole of `make test` under 15 minutes).
 SETUP_BUDGET ?= 420
 LINT_BUDGET ?= 180
-TEST_BUDGET ?= 780
+TEST_BUDGET ?= 720
 # `make faults` (not part of CI): every scenario twice, Celery's defaults and production.
 FAULTS_BUDGET ?= 1800
 DOCS_BUDGET ?= 180
