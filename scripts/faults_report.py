@@ -53,6 +53,16 @@ NOTES = """\
   derived from the time limits, unacked sweep on every 10 s pass) every task runs; the
   time is the visibility timeout (8 s here; with real limits it scales with
   `task_time_limit`) plus up to one sweep.
+- **2. Redis restart.** Redis (AOF, `appendfsync always`) is stopped with SIGTERM for 3 s
+  and started again on the same port while a publisher sends a task every 0.1 s. Workers
+  reconnect on Celery's fixed backoff (2 s, 4 s). Under `production` the publishes made
+  while Redis is down wait in the publish retry policy and succeed (0 raised); with the
+  defaults some raise. A task published at the very instant of the stop can be lost
+  under either configuration (seen in 1 of about 8 production runs): BRPOP removed it on
+  the server, whose reply the stopping server never delivered — the same kombu window as
+  scenario 4, for the reliable transport (issue 9) to close. A Redis restart could also
+  stop an acks-late worker for good (kombu closing a collected connection raised
+  `AttributeError`); celeryredis's consumer now absorbs that.
 - **3. Partition.** The proxy stops forwarding for 30 s with its sockets open; tasks are
   sent during it. Both configurations recover: nothing is sent on a silent connection.
 - **4. Half-open connections.** The proxy turns every open worker connection into a
@@ -64,6 +74,23 @@ NOTES = """\
   window: BRPOP removed the message from the queue on Redis, but the reply (or the
   book-keeping write that records it in `unacked`) went over a dead connection. That
   figure is reported, not hidden; the reliable transport (issue 9) is to drive it to 0.
+- **5. Sentinel.** One master, one replica, three sentinels (`down-after-milliseconds`
+  1000); the master is SIGKILLed while a publisher sends a task every 0.1 s. Sentinel
+  promotes the replica after about 2.3 s and the worker is back after its 2 s + 4 s
+  reconnect backoff. With the defaults the first publish after the kill fails (3 retries
+  of 0.2 s); under `production` none does — after a fix: kombu counts one retry per
+  sentinel host and sleeps only once per round, so `make_app()` multiplies the preset's
+  publish retries by the number of hosts. A publish acknowledged by the old master just
+  before the kill and not yet copied to the replica is lost (asynchronous replication;
+  seen once in about 6 runs).
+- **6. TLS.** A worker and a publisher over `rediss://` with CA verification run a task;
+  a publisher given the wrong CA raises `PublishError` (`CERTIFICATE_VERIFY_FAILED`)
+  after the retry policy (the time column), instead of Celery's 19 s `RuntimeError`;
+  `rediss://` without `ssl_cert_reqs` or with `ssl_cert_reqs=none` is refused by
+  `make_app()`.
+- **7. ACL.** A user created with exactly the rule `celery -A app redis acl` prints runs
+  tasks, stores results, answers `inspect ping`, dead-letters and takes unique-task locks
+  with no `ACL LOG` denial; a key outside the prefix and `FLUSHALL` are refused.
 - **8. Publisher with Redis down.** With Celery's defaults `.delay()` raises either a
   bare `RuntimeError` after about 19 s (the result backend's 20 subscribe retries,
   when the publisher never reached Redis) or kombu's `OperationalError` after 0.6 s
