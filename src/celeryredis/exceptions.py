@@ -71,7 +71,7 @@ class DuplicateTaskError(CeleryRedisError):
 class PublishError(CeleryRedisError, ConnectionError):
     """A task could not be published: Redis (broker or result backend) is unreachable.
 
-    Raised by :meth:`celeryredis.Task.apply_async` (and so ``.delay()``) once
+    Raised by ``celeryredis.Task.apply_async()`` (and so ``.delay()``) once
     Celery's own retries are used up: the result backend's
     ``result_backend_transport_options["retry_policy"]`` (it subscribes to the
     task's result channel first) and then ``task_publish_retry_policy``. The task

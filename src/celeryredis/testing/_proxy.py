@@ -104,7 +104,7 @@ class FaultProxy:
     Args:
         upstream_port: The port of the server to forward to (a ``redis-server``).
         upstream_host: Its host; loopback by default.
-        listen_port: The port to listen on; 0 picks a free one (see :attr:`port`).
+        listen_port: The port to listen on; 0 picks a free one (then read ``proxy.port``).
 
     The proxy starts on :meth:`start` (or entering a ``with`` block) and stops,
     closing every connection, on :meth:`stop`. Fault methods return at once; the
