@@ -106,6 +106,24 @@ LIBRARY_SETTINGS: Final[Mapping[str, tuple[Any, str]]] = MappingProxyType(
             (),
             "Extra words that make a task argument name sensitive (its value is shown as ***).",
         ),
+        "celeryredis_transport": (
+            "stock",
+            "Which kombu transport consumes: 'reliable' (celeryredis's atomic batched fetch "
+            "with leases, wire-compatible with stock) or 'stock' (kombu's BRPOP transport).",
+        ),
+        "celeryredis_lease_seconds": (
+            30.0,
+            "Reliable transport: seconds a held message's lease lasts (renewed every third); "
+            "a dead worker's messages return this long after its last renewal.",
+        ),
+        "celeryredis_lease_sweep_interval": (
+            1.0,
+            "Reliable transport: seconds between sweeps that requeue expired leases.",
+        ),
+        "celeryredis_fetch_batch_max": (
+            64,
+            "Reliable transport: most messages one fetch pops (the prefetch window bounds it too).",
+        ),
         "celeryredis_validate": (
             "error",
             "What a failed validation check does: 'error', 'warn' or 'ignore'.",

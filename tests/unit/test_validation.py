@@ -41,6 +41,7 @@ BAD: dict[str, dict[str, Any]] = {
     },
     "worker-lost-redelivery-loop": {"task_retry_on_worker_lost": False},
     "heartbeat-interval": {"celeryredis_heartbeat_interval": 0.01},
+    "transport": {"celeryredis_transport": "reliable", "celeryredis_lease_seconds": 0.5},
 }
 
 
