@@ -276,7 +276,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 raise
             except redis.ResponseError as exc:
                 self._requeue_acks(acks)
-                if "NOSCRIPT" in str(exc):
+                if isinstance(exc, redis.exceptions.NoScriptError) or "NOSCRIPT" in str(exc):
                     # SCRIPT FLUSH or a restarted Redis: nothing ran, send the source next.
                     self._use_eval = True
                     raise Empty() from None
