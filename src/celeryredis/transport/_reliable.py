@@ -103,10 +103,32 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
 
     def restore_visible(self, start: int = 0, num: int | None = 10, interval: int = 10) -> None:
         """Requeue messages whose lease expired (any worker's), at most once a sweep interval."""
-        if not self.channel.reliable:
+        channel = self.channel
+        if channel.reliable:
+            channel.sweep(num)
+        elif not channel.scripts_refused:
             super().restore_visible(start=start, num=num, interval=interval)
-            return
-        self.channel.sweep(num)
+        else:
+            # kombu's sweep mutex is a redis-py lock, released by a Lua script: without
+            # scripting it raises. Sweep like kombu, without the mutex (each restore is
+            # a WATCH/MULTI transaction, safe when two workers sweep at once).
+            self._vrestore_count += 1
+            if (self._vrestore_count - 1) % (interval or 1):
+                return
+            with channel.conn_or_acquire() as client:
+                ceil = time.time() - self.visibility_timeout
+                visible = client.zrange(
+                    self.unacked_index_key,
+                    ceil,
+                    0,
+                    desc=True,
+                    byscore=True,
+                    offset=num and start,
+                    num=num,
+                    withscores=True,
+                )
+                for tag, _score in visible or []:
+                    self.restore_by_tag(tag, client)
 
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
@@ -130,6 +152,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.reliable = True
+        self.scripts_refused = False
         self._lock = threading.Lock()
         self._pending_acks: set[str] = set()
         self._held: set[str] = set()
@@ -178,6 +201,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             for name in _SCRIPTS:
                 self._shas[name] = str(client.script_load(source(name)))
         except redis.ResponseError as exc:
+            self.scripts_refused = True
             self._fall_back(f"Redis refused SCRIPT LOAD ({exc})")
 
     def _fall_back(self, why: str) -> None:
@@ -231,6 +255,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
+        self._abandon_in_flight()
         connection = self.client.connection
         acks: list[str] = []
         with self._lock:
@@ -257,6 +282,19 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._in_flight = None
             self._in_poll = None
             raise
+
+    def _abandon_in_flight(self) -> None:
+        """The last command's reply will never be read: send its acks again later."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            self._requeue_acks(in_flight[2])
+
+    def _on_connection_disconnect(self, connection: Any) -> None:
+        # kombu's health check (or redis-py) dropped the poll connection with a command
+        # outstanding: its reply is gone, so are its acks unless they are queued again.
+        if self.reliable and self._in_poll is connection:
+            self._abandon_in_flight()
+        super()._on_connection_disconnect(connection)
 
     def _brpop_read(self, **options: Any) -> bool:
         if not self.reliable:
