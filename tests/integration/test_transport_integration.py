@@ -517,3 +517,16 @@ def test_half_open_connections_lose_nothing(
         proxy.zombie()
     _all_ran_once(env, {str(i) for i in range(n)}, timeout=120)
     assert worker.returncode is None
+
+
+def test_poison_items_go_to_the_poison_list(env: Env) -> None:
+    """Items that are not kombu messages never crash the worker nor block the queue."""
+    env.client.lpush("celery", b"not json at all", b'{"no": "properties"}')
+    env.send("stock", "record", "after-poison")
+    worker = env.worker("reliable", "poison")
+    worker.wait_ready()
+    _all_ran_once(env, {"after-poison"}, timeout=30)
+    poison = env.client.lrange("celeryredis:poison", 0, -1)
+    assert sorted(poison) == [b"not json at all", b'{"no": "properties"}']
+    assert env.client.llen("celery") == 0
+    assert worker.returncode is None
