@@ -99,5 +99,13 @@ def test_reliable_refuses_sentinel() -> None:
 
 def test_leases_replace_the_visibility_timeout_formula() -> None:
     tiny = {"broker_transport_options": {"visibility_timeout": 60}}
-    assert "visibility-timeout" in _ids(**tiny)
+    assert "visibility-timeout" in _ids(celeryredis_transport="stock", **tiny)
     assert "visibility-timeout" not in _ids(celeryredis_transport="reliable", **tiny)
+
+
+def test_production_uses_the_reliable_transport() -> None:
+    app = make_app("t", broker_url=URL)
+    rows = {row.setting: row for row in explain(app)}
+    assert rows["celeryredis_transport"].value == "reliable"
+    assert rows["celeryredis_transport"].source == "preset:production"
+    assert app.conf.broker_read_url == "celeryredis://127.0.0.1:6379/0"
