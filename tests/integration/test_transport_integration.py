@@ -9,6 +9,7 @@ Redis restart.
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
@@ -32,6 +33,7 @@ from tests._util import wait_for
 pytestmark = pytest.mark.integration
 
 HOST = """
+import json
 import os
 import time
 
@@ -530,3 +532,32 @@ def test_poison_items_go_to_the_poison_list(env: Env) -> None:
     assert sorted(poison) == [b"not json at all", b'{"no": "properties"}']
     assert env.client.llen("celery") == 0
     assert worker.returncode is None
+
+
+def test_stock_and_reliable_sweepers_agree_on_leases(env: Env) -> None:
+    """A reliable sweeper leaves a stock worker's message alone until the visibility
+    timeout; a stock sweeper restores a dead reliable worker's message once its lease ends."""
+    lease = 3.0
+    extra = {"REL_LEASE": str(lease)}
+    stock = env.worker("stock", "stocksweeper", pool="prefork", extra_args=["-Q", "qs"])
+    sweeper = env.worker("reliable", "relsweeper", env=extra, extra_args=["-Q", "celery"])
+    victim = env.worker("reliable", "victim", pool="prefork", env=extra, extra_args=["-Q", "qv"])
+    for worker in (stock, sweeper, victim):
+        worker.wait_ready()
+    # A stock worker holds a task longer than the reliable workers' lease.
+    env.send("stock", "sleeper", "stockheld", 2 * lease + 1, queue="qs")
+    wait_for(lambda: env.done("stockheld") == 1, 30, "the stock worker's task")
+    assert len(env.starts("stockheld")) == 1
+    # A reliable worker dies holding a task; only the stock worker sweeps now.
+    sweeper.stop()
+    env.send("stock", "sleeper", "orphan", 30, queue="qv")
+    wait_for(lambda: len(env.starts("orphan")) == 1, 20, "the orphan to start")
+    killed_at = time.time()
+    victim.kill(signal.SIGKILL)
+    wait_for(lambda: env.client.llen("qv") == 1, 30, "the stock sweeper to restore it")
+    took = time.time() - killed_at
+    assert took <= lease + 1.0 + 2.0 + 1.0, took  # lease + sweep + 2 s, + 1 s of polling
+    assert env.unacked() == (0, 0)
+    restored = json.loads(env.client.lindex("qv", 0))
+    assert restored["headers"]["task"] == "relapp.sleeper"
+    assert restored["properties"]["delivery_info"]["redelivered"] is True
