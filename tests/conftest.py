@@ -19,7 +19,13 @@ if os.environ.get("CI", "").lower() == "true":
     settings.load_profile("ci")
 
 #: Every password the suite puts into a URL or a task argument.
-SECRETS = ("hunter2-Secret", "s3cr3t-Pa55", "Hunter2-integration-pw")
+SECRETS = (
+    "hunter2-Secret",
+    "s3cr3t-Pa55",
+    "Hunter2-integration-pw",
+    "Fault-Pa55-w0rd",
+    "Acl-Us3r-pw",
+)
 
 
 @pytest.hookimpl(wrapper=True)

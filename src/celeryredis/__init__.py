@@ -12,7 +12,12 @@ from importlib.metadata import PackageNotFoundError, version
 from celeryredis.app import ExplainRow, configure, explain, make_app
 from celeryredis.bulk import BulkDuplicateError, BulkPublishError, enqueue_many
 from celeryredis.deadletter import DeadLetter, DeadLetterError, DeadLetterQueue
-from celeryredis.exceptions import CeleryRedisError, ConfigurationError, DuplicateTaskError
+from celeryredis.exceptions import (
+    CeleryRedisError,
+    ConfigurationError,
+    DuplicateTaskError,
+    PublishError,
+)
 from celeryredis.health import HealthReport, check_health, check_worker, inspect_queues
 from celeryredis.log import configure_logging
 from celeryredis.presets import Preset, Setting
@@ -37,6 +42,7 @@ __all__ = [
     "ExplainRow",
     "HealthReport",
     "Preset",
+    "PublishError",
     "RateLimitedTask",
     "RateLimiter",
     "RedisURL",

@@ -376,6 +376,7 @@ def _build(
     flat["broker_url"] = _Layered(broker_url, broker_source, "")
     flat["result_backend"] = _Layered(backend_value, backend_source, "")
 
+    _scale_publish_retries(flat, broker_url)
     conf = _assemble(flat)
     vt_key = "broker_transport_options.visibility_timeout"
     if vt_key in flat and flat[vt_key].value is DERIVED:
@@ -424,8 +425,19 @@ def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
     if layered.value != "reliable":
         return
     read = conf.get("broker_read_url") or conf["broker_url"]
-    if not isinstance(read, str) or read.split(":", 1)[0] == "sentinel":
-        return  # validation refuses sentinel:// with the reliable transport
+    sentinel = not isinstance(read, str) or read.split(":", 1)[0] == "sentinel"
+    if sentinel and layered.source.startswith("preset:"):
+        # A preset's choice gives way: Sentinel users of `production` keep a working app.
+        conf["celeryredis_transport"] = "stock"
+        flat["celeryredis_transport"] = _Layered(
+            "stock",
+            "derived",
+            f"{layered.source} chooses 'reliable', which does not support sentinel:// "
+            "broker URLs yet: kombu's stock transport",
+        )
+        return
+    if sentinel:
+        return  # validation refuses an explicit 'reliable' with sentinel://
     aliased = reliable_url(read)
     source = flat["broker_read_url"].source if "broker_read_url" in flat else "derived"
     conf["broker_read_url"] = aliased
@@ -443,6 +455,28 @@ def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
         flat.setdefault(
             f"broker_transport_options.{option}",
             _Layered(options[option], "derived", f"from {setting}"),
+        )
+
+
+def _scale_publish_retries(flat: dict[str, _Layered], broker_url: str) -> None:
+    """Give a multi-host (Sentinel) broker URL the publish retry time a preset promises.
+
+    kombu treats the hosts of a ``sentinel://a;sentinel://b;...`` URL as alternates:
+    each retry tries the next host and it sleeps only after a full round, so a preset's
+    ``max_retries`` of 8 over 3 sentinels gave 0.5 s of retrying instead of ~11 s, and a
+    publish failed during a Sentinel failover (found by tests/faults).
+    """
+    key = "task_publish_retry_policy.max_retries"
+    layered = flat.get(key)
+    if layered is None or not layered.source.startswith("preset:"):
+        return
+    hosts = len(parse_redis_url(broker_url).hosts)
+    if hosts > 1 and isinstance(layered.value, int) and not isinstance(layered.value, bool):
+        flat[key] = _Layered(
+            layered.value * hosts,
+            "derived",
+            f"{layered.source} value {layered.value} x {hosts} broker hosts: kombu counts "
+            "one retry per host and sleeps once per round",
         )
 
 

@@ -507,6 +507,26 @@ def enqueue_command(
         )
 
 
+@redis_command.command("acl")
+@click.option("--user", default=None, help="Redis user name (default: the broker URL's).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_context
+def acl_command(ctx: click.Context, user: str | None, as_json: bool) -> None:
+    """The ACL SETUSER rule that limits a Redis user to this app's keys and channels."""
+    from celeryredis.acl import acl_rule  # noqa: PLC0415 - another engineer owns the imports
+
+    try:
+        rule = acl_rule(_app(ctx).conf, user)
+    except CeleryRedisError as exc:
+        raise click.ClickException(redact_text(str(exc))) from exc
+    if as_json:
+        _echo_json({"user": rule.user, "rules": list(rule.rules), "command": rule.command()})
+        return
+    click.echo(rule.command())
+    for token, why in rule.explanations:
+        click.echo(f"#  {token:40} {why}")
+
+
 @click.group(name="celeryredis", commands=redis_command.commands)
 @click.option("-A", "--app", "app_name", default=None, help="module[:attribute] of the app.")
 @click.pass_context

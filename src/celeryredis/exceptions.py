@@ -6,6 +6,7 @@ project can catch everything of ours with one ``except`` clause::
     CeleryRedisError
     ├── ConfigurationError (also a ValueError)
     ├── DuplicateTaskError
+    ├── PublishError
     ├── celeryredis.locks.LockError
     ├── celeryredis.deadletter.DeadLetterError
     └── celeryredis.testing.RedisServerError, WorkerProcessError
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["CeleryRedisError", "ConfigurationError", "DuplicateTaskError"]
+__all__ = ["CeleryRedisError", "ConfigurationError", "DuplicateTaskError", "PublishError"]
 
 
 class CeleryRedisError(Exception):
@@ -65,3 +66,24 @@ class DuplicateTaskError(CeleryRedisError):
         self.task_id = task_id
         self.ttl = ttl
         self.key = key
+
+
+class PublishError(CeleryRedisError, ConnectionError):
+    """A task could not be published: Redis (broker or result backend) is unreachable.
+
+    Raised by ``celeryredis.Task.apply_async()`` (and so ``.delay()``) once
+    Celery's own retries are used up: the result backend's
+    ``result_backend_transport_options["retry_policy"]`` (it subscribes to the
+    task's result channel first) and then ``task_publish_retry_policy``. The task
+    was **not** sent. The original error is the ``__cause__``.
+
+    Args:
+        message: What failed and what to do.
+        task_name: The task that was being published.
+        elapsed: Seconds spent trying before giving up.
+    """
+
+    def __init__(self, message: str, *, task_name: str, elapsed: float) -> None:
+        super().__init__(message)
+        self.task_name = task_name
+        self.elapsed = elapsed

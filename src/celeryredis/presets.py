@@ -320,6 +320,10 @@ _CONNECTION_SAFETY = {
         True, "Storing a result survives a short Redis outage instead of failing the task."
     ),
     "result_backend_max_retries": _s(10, "But gives up after 10 tries, never forever."),
+    "result_backend_transport_options.retry_policy": _s(
+        {"max_retries": 8, "interval_start": 0, "interval_step": 0.5, "interval_max": 2},
+        "Publishing subscribes to the result first: ride out a failover (~11 s), not 19 s.",
+    ),
 }
 
 PRODUCTION: Final = Preset(
@@ -451,6 +455,10 @@ TESTING: Final = Preset(
         "broker_connection_max_retries": _s(3, "A worker without Redis exits quickly."),
         "task_publish_retry_policy.max_retries": _s(2, "A publish without Redis fails fast."),
         "task_publish_retry_policy.interval_max": _s(0.5, "Short publish retries."),
+        "result_backend_transport_options.retry_policy": _s(
+            {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 0.5},
+            "A publish without Redis fails fast (result subscription retries).",
+        ),
         "redis_socket_timeout": _s(5.0, "Result reads fail fast."),
         "redis_socket_connect_timeout": _s(2.0, "Result connects fail fast."),
         "result_backend_max_retries": _s(2, "A dead result backend fails the test quickly."),

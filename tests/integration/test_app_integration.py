@@ -136,7 +136,7 @@ def test_production_loses_no_task_when_its_worker_is_killed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # production uses the reliable transport: the held message has a lease (3 s here).
-    settings = {**FAST_PRODUCTION, "celeryredis_lease_seconds": 3.0}
+    settings = FAST_PRODUCTION
     hostapp, result, client, marker = _kill_mid_task(
         "production", settings, redis_url, hostapp_dir, celery_worker_process, monkeypatch
     )

@@ -160,3 +160,41 @@ def test_demo_runs_on_an_embedded_redis_and_stops_it() -> None:
     match = re.search(r"\(pid (\d+)\); it is stopped at the end", proc.stdout)
     assert match
     assert not _alive(int(match.group(1)))
+
+
+PROXY_PW = "Hunter2-integration-pw"
+
+
+def _no_retry_client(port: int) -> redis.Redis:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis(port=port, password=PROXY_PW, socket_timeout=1, retry=Retry(NoBackoff(), 0))
+
+
+def test_fault_proxy_pauses_half_opens_and_cuts(fault_proxy_factory: Any) -> None:
+    with RedisServer(password=PROXY_PW) as server:
+        proxy = fault_proxy_factory(server.port)
+        client = _no_retry_client(proxy.port)
+        assert client.ping()
+
+        proxy.pause()  # a partition: the request waits, unanswered
+        with pytest.raises(redis.TimeoutError):
+            client.ping()
+        proxy.resume()
+        assert _no_retry_client(proxy.port).ping()
+
+        fresh = _no_retry_client(proxy.port)
+        assert fresh.ping()
+        assert proxy.zombie() >= 1  # open connections stay open and never answer
+        with pytest.raises(redis.TimeoutError):
+            fresh.ping()
+        late = _no_retry_client(proxy.port)  # new connections work
+        assert late.ping()
+        assert proxy.status()["connections"] >= 1
+
+        assert proxy.cut() >= 1
+        assert proxy.status()["connections"] == 0
+        proxy.stop()
+        with pytest.raises(redis.ConnectionError):
+            _no_retry_client(proxy.port).ping()

@@ -317,3 +317,22 @@ def test_any_settings_give_an_app_or_a_configuration_error(
     except ConfigurationError:
         return
     assert isinstance(app, Celery)
+
+
+def test_publish_retries_scale_with_the_sentinel_hosts_kombu_cycles_through() -> None:
+    hosts = ";".join(f"sentinel://127.0.0.1:2637{n}/0" for n in range(3))
+    app = make_app(
+        "s", broker_url=hosts, result_backend=None, broker_transport_options={"master_name": "m"}
+    )
+    assert app.conf.task_publish_retry_policy["max_retries"] == 8 * 3
+    row = next(r for r in explain(app) if r.setting == "task_publish_retry_policy.max_retries")
+    assert row.source == "derived"
+    # A value the user chose is theirs.
+    app = make_app(
+        "s",
+        broker_url=hosts,
+        result_backend=None,
+        broker_transport_options={"master_name": "m"},
+        task_publish_retry_policy={"max_retries": 5},
+    )
+    assert app.conf.task_publish_retry_policy["max_retries"] == 5

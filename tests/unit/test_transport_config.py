@@ -109,3 +109,16 @@ def test_production_uses_the_reliable_transport() -> None:
     assert rows["celeryredis_transport"].value == "reliable"
     assert rows["celeryredis_transport"].source == "preset:production"
     assert app.conf.broker_read_url == "celeryredis://127.0.0.1:6379/0"
+
+
+def test_production_gives_way_to_stock_on_sentinel() -> None:
+    app = make_app(
+        "t",
+        broker_url="sentinel://127.0.0.1:26379",
+        result_backend=None,
+        broker_transport_options={"master_name": "mymaster"},
+    )
+    rows = {row.setting: row for row in explain(app)}
+    assert rows["celeryredis_transport"].value == "stock"
+    assert "sentinel" in rows["celeryredis_transport"].reason
+    assert app.conf.broker_read_url.startswith("sentinel://")

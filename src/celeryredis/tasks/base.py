@@ -39,8 +39,11 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 import celery
+import redis
 from celery.exceptions import Reject
+from kombu.exceptions import OperationalError
 
+from celeryredis.exceptions import PublishError
 from celeryredis.log import task_context
 from celeryredis.redaction import DEFAULT_SENSITIVE_NAMES, redact_call, summarize_call
 from celeryredis.stats import count
@@ -51,6 +54,7 @@ from celeryredis.tasks._options import (
     as_positive_int,
     check_task_class,
 )
+from celeryredis.urls import redact_text
 from celeryredis.validation import Finding, enforce
 
 __all__ = ["AppRetryBudget", "Task", "emit", "lifecycle_logger", "remember_routing"]
@@ -209,7 +213,24 @@ class Task(celery.Task[Any, Any]):
             if changed:
                 options["argsrepr"] = repr(red_args)
                 options["kwargsrepr"] = repr(red_kwargs)
-        return super().apply_async(args, kwargs, *rest, **options)
+        started = time.monotonic()
+        try:
+            return super().apply_async(args, kwargs, *rest, **options)
+        except Exception as exc:
+            if not _is_connection_failure(exc):
+                raise
+            elapsed = time.monotonic() - started
+            root: BaseException = exc
+            while root.__cause__ is not None:
+                root = root.__cause__
+            raise PublishError(
+                f"could not publish task {self.name!r}: Redis did not answer for {elapsed:.1f} s "
+                f"({type(root).__name__}: {redact_text(str(root))}); the task was not sent. "
+                "Retry later, or lengthen task_publish_retry_policy and "
+                "result_backend_transport_options['retry_policy'] to wait longer",
+                task_name=self.name,
+                elapsed=elapsed,
+            ) from exc
 
     # -- running ---------------------------------------------------------------------------
 
@@ -404,7 +425,8 @@ class Task(celery.Task[Any, Any]):
         ):
             return
         if event == "failed" and fields.get("duration_s") is None:
-            limit = getattr(exc, "args", (None,))[0] if exc is not None else None
+            # SoftTimeLimitExceeded() raised outside the body has no args at all.
+            limit = (getattr(exc, "args", ()) or (None,))[0] if exc is not None else None
             if type(exc).__name__ == "TimeLimitExceeded" and isinstance(limit, int | float):
                 fields["duration_s"] = float(limit)
         fields["event"] = event
@@ -418,6 +440,21 @@ class Task(celery.Task[Any, Any]):
         elif exc is not None and event == "failed":
             exc_info = (type(exc), exc, exc.__traceback__)
         emit(level, fields, exc_info)
+
+
+def _is_connection_failure(exc: BaseException) -> bool:
+    """A publish failed because Redis was unreachable (not because of bad input).
+
+    kombu raises ``OperationalError`` when the publish retries are used up; Celery's
+    Redis result backend raises a bare ``RuntimeError`` (with the connection error as
+    its cause) when re-subscribing to the result channel runs out of retries.
+    """
+    if isinstance(exc, OperationalError | redis.ConnectionError | redis.TimeoutError):
+        return True
+    cause = exc.__cause__
+    return isinstance(exc, RuntimeError) and isinstance(
+        cause, redis.ConnectionError | redis.TimeoutError | OperationalError
+    )
 
 
 def emit(level: int, fields: dict[str, Any], exc_info: Any = None) -> None:

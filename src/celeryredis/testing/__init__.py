@@ -16,6 +16,9 @@ fixtures available to a host project's test suite:
     Call it to start a real ``celery worker`` subprocess (a :class:`WorkerProcess`).
 ``inprocess_worker``
     Call it with an app to run a ``celery.contrib.testing`` worker in a thread.
+``fault_proxy_factory``
+    Call it with a server port to put a :class:`FaultProxy` (pause, cut, half-open
+    "zombie" connections) in front of it.
 
 Every process a fixture starts is stopped by PID (or process group) at teardown,
 even when the test fails. When no ``redis-server`` binary is installed, tests
@@ -26,6 +29,7 @@ This module does not import pytest; the demo uses :class:`RedisServer` too.
 
 from __future__ import annotations
 
+from celeryredis.testing._proxy import FaultProxy, FaultProxyError
 from celeryredis.testing._server import (
     RedisServer,
     RedisServerError,
@@ -35,6 +39,8 @@ from celeryredis.testing._server import (
 from celeryredis.testing._worker import WorkerProcess, WorkerProcessError
 
 __all__ = [
+    "FaultProxy",
+    "FaultProxyError",
     "RedisServer",
     "RedisServerError",
     "RedisServerNotFound",

@@ -15,12 +15,14 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from celeryredis.testing._proxy import FaultProxy
 from celeryredis.testing._server import RedisServer, RedisServerNotFound
 from celeryredis.testing._worker import WorkerProcess
 
 __all__ = [
     "celery_worker_process",
     "celeryredis_app",
+    "fault_proxy_factory",
     "inprocess_worker",
     "redis_server",
     "redis_server_factory",
@@ -139,3 +141,20 @@ def inprocess_worker() -> Iterator[Callable[..., Any]]:
             return stack.enter_context(start_worker(app, **kwargs))
 
         yield start
+
+
+@pytest.fixture
+def fault_proxy_factory() -> Iterator[Callable[..., FaultProxy]]:
+    """Start :class:`FaultProxy` instances (``factory(upstream_port)``); stopped at teardown."""
+    proxies: list[FaultProxy] = []
+
+    def start(upstream_port: int, **kwargs: Any) -> FaultProxy:
+        proxy = FaultProxy(upstream_port, **kwargs)
+        proxies.append(proxy)
+        return proxy.start()
+
+    try:
+        yield start
+    finally:
+        for proxy in proxies:
+            proxy.stop()

@@ -190,10 +190,15 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         """Fall back to stock behaviour on Redis < 6.2 or where scripts are refused."""
         client = self._scripts_client
         try:
-            info = client.info("server")
-            version = tuple(int(x) for x in str(info.get("redis_version", "0.0")).split(".")[:2])
+            # HELLO (Redis >= 6, in @connection) rather than INFO (@dangerous, refused by
+            # ACLs like the one `celeryredis acl` writes) to read the server's version.
+            reply: Any = client.execute_command("HELLO")  # type: ignore[no-untyped-call]
+            if not isinstance(reply, dict):  # a flat RESP2 list of names and values
+                reply = dict(zip(reply[::2], reply[1::2], strict=False))
+            text = bytes_to_str(reply.get(b"version", reply.get("version", b"6.0")))
+            version = tuple(int(x) for x in str(text).split(".")[:2])
         except redis.ResponseError:
-            version = _MIN_REDIS  # INFO refused (ACL, managed Redis): try the scripts.
+            version = (5, 0)  # no HELLO: older than Redis 6
         if version < _MIN_REDIS:
             self._fall_back(f"Redis {'.'.join(map(str, version))} is older than 6.2 (no BLMOVE)")
             return
