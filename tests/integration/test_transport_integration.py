@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
-import socket
 import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import pytest
 import redis
@@ -27,6 +25,7 @@ from celery import Celery
 from kombu import Connection
 
 from celeryredis import make_app
+from celeryredis.testing import FaultProxy
 from celeryredis.transport import reliable_url
 from tests._util import wait_for
 
@@ -415,86 +414,16 @@ def test_scripting_refused_falls_back_to_stock_with_a_warning(
     admin.close()
 
 
-class MiniProxy:
-    """A minimal loopback TCP proxy with a half-open ("zombie") mode, for this module only.
-
-    ``zombie()`` makes every connection open now stay open but drop all bytes in both
-    directions (a reply to a blocking command is lost on the wire); new connections work.
-    Stands in for the fault suite's ``celeryredis.testing.FaultProxy`` until that lands.
-    """
-
-    def __init__(self, upstream_port: int) -> None:
-        self.upstream_port = upstream_port
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.listener.settimeout(0.05)
-        self.port = self.listener.getsockname()[1]
-        self.stopping = threading.Event()
-        self.lock = threading.Lock()
-        self.links: list[dict[str, Any]] = []
-        self.threads = [threading.Thread(target=self._accept, daemon=True)]
-        self.threads[0].start()
-
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
-            link = {"socks": (client, upstream), "zombie": False}
-            with self.lock:
-                self.links.append(link)
-            thread = threading.Thread(target=self._pump, args=(link,), daemon=True)
-            self.threads.append(thread)
-            thread.start()
-
-    def _pump(self, link: dict[str, Any]) -> None:
-        client, upstream = link["socks"]
-        peer = {client: upstream, upstream: client}
-        with selectors.DefaultSelector() as selector:
-            for sock in peer:
-                selector.register(sock, selectors.EVENT_READ)
-            while not self.stopping.is_set():
-                for key, _ in selector.select(0.05):
-                    sock = cast("socket.socket", key.fileobj)
-                    try:
-                        data = sock.recv(65536)
-                        if not data:
-                            return
-                        if not link["zombie"]:
-                            peer[sock].sendall(data)
-                    except OSError:
-                        return
-
-    def zombie(self) -> None:
-        with self.lock:
-            for link in self.links:
-                link["zombie"] = True
-
-    def stop(self) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(5)
-        self.listener.close()
-        with self.lock:
-            for link in self.links:
-                for sock in link["socks"]:
-                    sock.close()
-
-
 @pytest.fixture
-def proxy(redis_server: Any) -> Iterator[MiniProxy]:
-    mini = MiniProxy(redis_server.port)
-    yield mini
-    mini.stop()
+def proxy(redis_server: Any) -> Iterator[FaultProxy]:
+    """The fault suite's loopback proxy in front of the session's redis-server."""
+    with FaultProxy(redis_server.port) as fault_proxy:
+        yield fault_proxy
 
 
 @pytest.mark.parametrize("load", ["idle", "busy"])
 def test_half_open_connections_lose_nothing(
-    env: Env, proxy: MiniProxy, load: str, redis_url: str
+    env: Env, proxy: FaultProxy, load: str, redis_url: str
 ) -> None:
     """The worker's broker connections go half-open; the producer and tasks use Redis directly."""
     db = redis_url.rsplit("/", 1)[1]
@@ -510,13 +439,13 @@ def test_half_open_connections_lose_nothing(
     n = 1 if load == "idle" else 50
     if load == "idle":
         time.sleep(1.5)  # idle: the poll connection waits in its BLMOVE wake-up
-        proxy.zombie()
+        assert proxy.zombie() >= 1
         env.send("stock", "record", 0)
     else:
         for i in range(n):
             env.send("stock", "record", i, 0.05)
         wait_for(lambda: len(env.runs()) >= 10, 30, "the first tasks to run")
-        proxy.zombie()
+        assert proxy.zombie() >= 1
     _all_ran_once(env, {str(i) for i in range(n)}, timeout=120)
     assert worker.returncode is None
 
