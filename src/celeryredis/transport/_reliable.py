@@ -52,6 +52,12 @@ _SCRIPTS: Final = ("transport_fetch", "transport_renew", "transport_claim", "tra
 _CHUNK: Final = 1000
 _CLAIM_SECONDS: Final = 10.0
 
+# Acks a closing channel could not send (Redis down, a reconnect under way), by the
+# Redis database and unacked keys they belong to: the next channel of this process that
+# fetches from there sends them, before the messages' leases run out.
+_ORPHANED_ACKS: dict[tuple[Any, ...], set[str]] = {}
+_ORPHANED_LOCK = threading.Lock()
+
 
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
     """Ack emulation with leases: bookkeeping happens in the channel's scripts."""
@@ -261,6 +267,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if not queues:
             return
         self._abandon_in_flight()
+        self._adopt_orphaned_acks()
         connection = self.client.connection
         acks: list[str] = []
         with self._lock:
@@ -403,6 +410,35 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         with self._lock:
             self._pending_acks.add(tag)
 
+    @property
+    def _ack_home(self) -> tuple[Any, ...]:
+        kwargs = self.pool.connection_kwargs
+        return (
+            kwargs.get("host"),
+            kwargs.get("port"),
+            kwargs.get("path"),
+            kwargs.get("db"),
+            self.global_keyprefix,
+            self.unacked_key,
+            self.unacked_index_key,
+        )
+
+    def _adopt_orphaned_acks(self) -> None:
+        if not _ORPHANED_ACKS:
+            return
+        with _ORPHANED_LOCK:
+            acks = _ORPHANED_ACKS.pop(self._ack_home, None)
+        if acks:
+            self._requeue_acks(list(acks))
+
+    def _orphan_pending_acks(self) -> None:
+        with self._lock:
+            acks = set(self._pending_acks)
+            self._pending_acks.clear()
+        if acks:
+            with _ORPHANED_LOCK:
+                _ORPHANED_ACKS.setdefault(self._ack_home, set()).update(acks)
+
     def _requeue_acks(self, acks: Sequence[str]) -> None:
         if acks:
             with self._lock:
@@ -421,6 +457,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
         Acks that could not be sent stay queued and are sent again (acks are idempotent).
         """
+        self._adopt_orphaned_acks()
         with self._lock:
             acks = list(self._pending_acks)
             self._pending_acks.clear()
@@ -444,13 +481,19 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         return renewed
 
     def flush_acks(self) -> None:
-        """Send queued acks now (at close); on failure they are logged, not raised."""
+        """Send queued acks now (at close).
+
+        On failure they are handed to the next channel of this process on the same
+        Redis (after a reconnect), and logged; they are redelivered only if no such
+        channel sends them before their lease expires.
+        """
         try:
             self.renew()
         except Exception:
+            self._orphan_pending_acks()
             logger.warning(
-                "celeryredis: could not flush acks at close; those messages are "
-                "redelivered when their lease expires",
+                "celeryredis: could not flush acks at close; they are sent after the "
+                "reconnect, or the messages are redelivered when their lease expires",
                 exc_info=True,
             )
 
@@ -481,6 +524,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if now - self._last_sweep < float(self.lease_sweep_interval) * 0.9:
             return 0
         self._last_sweep = now
+        # Acks first (queued here, or left by a channel closed in a reconnect): a message
+        # that ran must not be requeued because its ack had not reached Redis yet.
+        self._adopt_orphaned_acks()
+        if self._pending_acks:
+            self.renew()
         index, hashkey = self._key(self.unacked_index_key), self._key(self.unacked_key)
         reply = self._run_script(
             "transport_claim",
