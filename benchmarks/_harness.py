@@ -39,8 +39,14 @@ RESULTS = os.environ.get("BENCH_RESULTS") == "1"  # results stored in the broker
 if CONFIG == "celery-defaults":
     app = celery.Celery("benchapp", broker=URL, backend=URL if RESULTS else None)
 else:
+    # BENCH_TRANSPORT / BENCH_PREFETCH (bench_transport.py) override the preset's values.
+    extra = {}
+    if os.environ.get("BENCH_TRANSPORT"):
+        extra["celeryredis_transport"] = os.environ["BENCH_TRANSPORT"]
+    if os.environ.get("BENCH_PREFETCH"):
+        extra["worker_prefetch_multiplier"] = int(os.environ["BENCH_PREFETCH"])
     app = make_app("benchapp", broker_url=URL, result_backend=URL if RESULTS else None,
-                   preset=CONFIG)
+                   preset=CONFIG, **extra)
 client = redis.Redis.from_url(URL)
 BASES = {
     "plain celery.Task": celery.Task,
@@ -154,7 +160,13 @@ class BenchApp:
         return importlib.import_module("benchapp")
 
     def env(self, config: str = "production", base: str = "plain celery.Task") -> dict[str, str]:
-        return {"BENCH_URL": self.url, "BENCH_CONFIG": config, "BENCH_BASE": base}
+        return {
+            "BENCH_URL": self.url,
+            "BENCH_CONFIG": config,
+            "BENCH_BASE": base,
+            "BENCH_TRANSPORT": "",
+            "BENCH_PREFETCH": "",
+        }
 
     def worker(
         self,
@@ -164,11 +176,12 @@ class BenchApp:
         concurrency: int = 1,
         base: str = "plain celery.Task",
         loglevel: str = "WARNING",
+        extra_env: dict[str, str] | None = None,
     ) -> WorkerProcess:
         return WorkerProcess(
             "benchapp",
             cwd=self.workdir,
-            env=self.env(config, base),
+            env={**self.env(config, base), **(extra_env or {})},
             pool=pool,
             concurrency=concurrency,
             loglevel=loglevel,

@@ -5,7 +5,11 @@
 versions the figures were measured on. Not part of ``make test``: figures are
 measured here, never asserted by tests.
 
-Usage: python benchmarks/run_all.py [--only publish,drain,overhead,peers,latency] [--quick]
+A partial run (``--only`` some sections) writes ``benchmarks/results/<sections>.md`` and
+``.json`` instead, and leaves the full run's summary and docs page alone.
+
+Usage: python benchmarks/run_all.py [--only publish,drain,overhead,peers,latency,transport]
+       [--quick]
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import bench_latency  # noqa: E402
 import bench_peers  # noqa: E402
 import bench_publish  # noqa: E402
 import bench_task_overhead  # noqa: E402
+import bench_transport  # noqa: E402
 from _harness import Section, machine  # noqa: E402
 
-SECTIONS = ("publish", "drain", "overhead", "peers", "latency")
+SECTIONS = ("publish", "drain", "overhead", "peers", "latency", "transport")
 
 
 def main() -> int:
@@ -68,11 +73,19 @@ def main() -> int:
                 sections.append(bench_peers.run(url, workdir, 1000 if q else 5000, 1 if q else 3))
             elif name == "latency":
                 sections.append(bench_latency.run(url, workdir, 50 if q else 300, 1 if q else 3))
+            elif name == "transport":
+                sections.append(
+                    bench_transport.run(
+                        url, workdir, 1000 if q else 5000, 1 if q else 3, 50 if q else 300
+                    )
+                )
     minutes = (time.monotonic() - started) / 60
+    partial = set(chosen) != set(SECTIONS)
+    run_name = f"`run_all.py --only {','.join(chosen)}`" if partial else "`make bench`"
     versions = ", ".join(f"{k} {v}" for k, v in info.items() if k not in {"date", "cpu"})
     header = (
         f"Measured {info['date']} on {info['cpu']}; {versions}. "
-        f"Every figure is from one `make bench` run ({minutes:.0f} min"
+        f"Every figure is from one {run_name} run ({minutes:.0f} min"
         f"{', --quick' if q else ''}) against a throwaway redis-server on loopback "
         "(`--save '' --appendonly no`); the machine's two cores are shared, so absolute "
         "figures move by ±20 % between runs while the ratios, measured side by side in "
@@ -81,6 +94,20 @@ def main() -> int:
     body = "\n".join(section.markdown() for section in sections)
     results = HERE / "results"
     results.mkdir(exist_ok=True)
+    if partial:
+        stem = results / "-".join(chosen)
+        stem.with_suffix(".md").write_text(
+            f"# Benchmarks: {', '.join(chosen)}\n\n{header}\n\n{body}"
+        )
+        stem.with_suffix(".json").write_text(
+            json.dumps(
+                {"machine": info, "quick": q, "sections": {s.title: s.data for s in sections}},
+                indent=2,
+            )
+        )
+        print(f"\n{body}")
+        print(f"wrote {stem.with_suffix('.md')} and {stem.with_suffix('.json')} (a partial run)")
+        return 0
     (results / "summary.md").write_text(f"# Benchmarks\n\n{header}\n\n{body}")
     (results / "summary.json").write_text(
         json.dumps(

@@ -33,8 +33,10 @@ Configurations:
   scenario cannot run without, such as Sentinel's `master_name` or TLS certificates).
 - **production**: `make_app(preset="production")` with the time limits shortened to test
   scale (`task_time_limit=6`, `task_soft_time_limit=5`, no ETA horizon, retry backoff
-  cap 1 s), so the derived visibility timeout is 8 s instead of about an hour; every other
-  setting is the preset's.
+  cap 1 s), so the derived visibility timeout is 8 s instead of about an hour, and a 3 s
+  lease for the reliable transport the preset selects (`celeryredis_transport="reliable"`,
+  see `docs/transport.md`); every other setting is the preset's. (The Sentinel scenario
+  runs production on the stock transport: the preset gives way on `sentinel://`.)
 
 Columns: *lost* = tasks published successfully that never ran to their end within the
 scenario's window; *ran twice* = tasks that ran to their end more than once; *time* =
@@ -49,18 +51,19 @@ NOTES = """\
   groups while 50 half-second tasks are queued or running, and restarted at once. With
   Celery's defaults a task is acked when it starts, so the running ones are gone; the
   prefetched ones sit in kombu's `unacked` hash until the one-hour visibility timeout
-  (counted as lost in the 30 s window). Under `production` (acks late, visibility timeout
-  derived from the time limits, unacked sweep on every 10 s pass) every task runs; the
-  time is the visibility timeout (8 s here; with real limits it scales with
-  `task_time_limit`) plus up to one sweep.
+  (counted as lost in the 30 s window). Under `production` (acks late, the reliable
+  transport's leases, a sweep every second by any worker) every task runs; the time is
+  the lease (3 s here, 30 s by default; it does not grow with `task_time_limit`) plus up
+  to one sweep, plus the workers' restart.
 - **2. Redis restart.** Redis (AOF, `appendfsync always`) is stopped with SIGTERM for 3 s
   and started again on the same port while a publisher sends a task every 0.1 s. Workers
   reconnect on Celery's fixed backoff (2 s, 4 s). Under `production` the publishes made
   while Redis is down wait in the publish retry policy and succeed (0 raised); with the
   defaults some raise. A task published at the very instant of the stop can be lost
-  under either configuration (seen in 1 of about 8 production runs): BRPOP removed it on
-  the server, whose reply the stopping server never delivered — the same kombu window as
-  scenario 4, for the reliable transport (issue 9) to close. A Redis restart could also
+  with Celery's defaults (and was seen in 1 of about 8 runs of production on the stock
+  transport): BRPOP removed it on the server, whose reply the stopping server never
+  delivered. The reliable transport that production now uses records every pop in the
+  same script call, so a lost reply leaves the message leased, not gone. A Redis restart could also
   stop an acks-late worker for good (kombu closing a collected connection raised
   `AttributeError`); celeryredis's consumer now absorbs that.
 - **3. Partition.** The proxy stops forwarding for 30 s with its sockets open; tasks are
@@ -70,10 +73,14 @@ NOTES = """\
   defaults kombu has no socket timeout and the worker hangs forever in `recv`. Under
   `production` (`socket_timeout` 10 s, `health_check_interval` 10 s) the worker drops the
   dead connections and consumes again within health check + 2 x socket timeout +
-  Celery's reconnect backoff (2 s, 4 s) = 36 s. The tasks it *loses* are kombu's known
-  window: BRPOP removed the message from the queue on Redis, but the reply (or the
-  book-keeping write that records it in `unacked`) went over a dead connection. That
-  figure is reported, not hidden; the reliable transport (issue 9) is to drive it to 0.
+  Celery's reconnect backoff (2 s, 4 s) = 36 s. On the stock transport the tasks it
+  loses are kombu's known window: BRPOP removed the message from the queue on Redis, but
+  the reply (or the book-keeping write that records it in `unacked`) went over a dead
+  connection. Production's reliable transport closes that window (its own half-open
+  tests, without a result backend, lose nothing). A task can still be lost here through
+  the *result backend*: its pool child writes the STARTED state over a half-open backend
+  connection, `redis_socket_timeout` (10 s) outlasts the soft time limit (5 s at test
+  scale), and the task fails outside its body. That figure is reported, not hidden.
 - **5. Sentinel.** One master, one replica, three sentinels (`down-after-milliseconds`
   1000); the master is SIGKILLed while a publisher sends a task every 0.1 s. Sentinel
   promotes the replica after about 2.3 s and the worker is back after its 2 s + 4 s

@@ -29,6 +29,7 @@ from celeryredis import signals, worker
 from celeryredis.exceptions import ConfigurationError
 from celeryredis.presets import DERIVED, LIBRARY_SETTINGS, MERGED_DICT_SETTINGS, Preset
 from celeryredis.tasks import Task
+from celeryredis.transport import reliable_url
 from celeryredis.urls import REDACTED, parse_redis_url, redact_text
 from celeryredis.validation import (
     CHECKS,
@@ -391,11 +392,70 @@ def _build(
                 "ETA horizon + retry backoff cap + prefetch x task_time_limit, plus 10%",
             )
 
+    _apply_transport(flat, conf)
+
     rows = tuple(
         ExplainRow(name, _redact_value(name, layered.value), layered.source, layered.reason)
         for name, layered in sorted(flat.items())
     )
     return conf, rows, default_mode, overrides
+
+
+_TRANSPORT_OPTIONS: Final = {
+    "celeryredis_lease_seconds": "lease_seconds",
+    "celeryredis_lease_sweep_interval": "lease_sweep_interval",
+    "celeryredis_fetch_batch_max": "fetch_batch_max",
+}
+
+
+def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
+    """Select the consuming transport: the reliable one through its URL scheme alias.
+
+    Consumers connect through ``broker_read_url``; with ``celeryredis_transport=
+    "reliable"`` it becomes the broker URL with the ``celeryredis://`` scheme (a kombu
+    alias, which survives failover, unlike ``broker_transport``), and the lease settings
+    become transport options. Producers keep ``broker_url``: publishing is the same.
+    """
+    layered = flat.get("celeryredis_transport")
+    if layered is None:
+        default = LIBRARY_SETTINGS["celeryredis_transport"][0]
+        layered = flat["celeryredis_transport"] = _Layered(
+            default, "default", "celeryredis's default transport"
+        )
+    if layered.value != "reliable":
+        return
+    read = conf.get("broker_read_url") or conf["broker_url"]
+    sentinel = not isinstance(read, str) or read.split(":", 1)[0] == "sentinel"
+    if sentinel and layered.source.startswith("preset:"):
+        # A preset's choice gives way: Sentinel users of `production` keep a working app.
+        conf["celeryredis_transport"] = "stock"
+        flat["celeryredis_transport"] = _Layered(
+            "stock",
+            "derived",
+            f"{layered.source} chooses 'reliable', which does not support sentinel:// "
+            "broker URLs yet: kombu's stock transport",
+        )
+        return
+    if sentinel:
+        return  # validation refuses an explicit 'reliable' with sentinel://
+    aliased = reliable_url(read)
+    source = flat["broker_read_url"].source if "broker_read_url" in flat else "derived"
+    conf["broker_read_url"] = aliased
+    flat["broker_read_url"] = _Layered(
+        aliased,
+        source,
+        "consumers use celeryredis's reliable transport (celeryredis_transport='reliable') "
+        "through its URL scheme",
+    )
+    options = conf.setdefault("broker_transport_options", {})
+    for setting, option in _TRANSPORT_OPTIONS.items():
+        entry = flat.get(setting)
+        value = entry.value if entry else LIBRARY_SETTINGS[setting][0]
+        options.setdefault(option, value)
+        flat.setdefault(
+            f"broker_transport_options.{option}",
+            _Layered(options[option], "derived", f"from {setting}"),
+        )
 
 
 def _scale_publish_retries(flat: dict[str, _Layered], broker_url: str) -> None:

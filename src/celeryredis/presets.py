@@ -106,6 +106,24 @@ LIBRARY_SETTINGS: Final[Mapping[str, tuple[Any, str]]] = MappingProxyType(
             (),
             "Extra words that make a task argument name sensitive (its value is shown as ***).",
         ),
+        "celeryredis_transport": (
+            "stock",
+            "Which kombu transport consumes: 'reliable' (celeryredis's atomic batched fetch "
+            "with leases, wire-compatible with stock) or 'stock' (kombu's BRPOP transport).",
+        ),
+        "celeryredis_lease_seconds": (
+            30.0,
+            "Reliable transport: seconds a held message's lease lasts (renewed every third); "
+            "a dead worker's messages return this long after its last renewal.",
+        ),
+        "celeryredis_lease_sweep_interval": (
+            1.0,
+            "Reliable transport: seconds between sweeps that requeue expired leases.",
+        ),
+        "celeryredis_fetch_batch_max": (
+            64,
+            "Reliable transport: most messages one fetch pops (the prefetch window bounds it too).",
+        ),
         "celeryredis_validate": (
             "error",
             "What a failed validation check does: 'error', 'warn' or 'ignore'.",
@@ -342,6 +360,14 @@ PRODUCTION: Final = Preset(
         ),
         "worker_soft_shutdown_timeout": _s(
             30.0, "On SIGTERM, give running tasks 30 s to finish before requeueing them."
+        ),
+        "celeryredis_transport": _s(
+            "reliable",
+            "Atomic batched fetch with leases: no loss on half-open connections, long tasks "
+            "and ETAs run once, a dead worker's tasks return in ~31 s, 2-3x the drain rate.",
+        ),
+        "celeryredis_lease_seconds": _s(
+            30.0, "A dead or frozen worker's messages are requeued 30 s after its last renewal."
         ),
     },
 )

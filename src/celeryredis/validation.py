@@ -41,6 +41,7 @@ __all__ = [
     "old_setting_names",
     "required_visibility_timeout",
     "run_checks",
+    "uses_reliable_transport",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,6 +77,11 @@ def broker_transport_options() -> frozenset[str]:
         "master_name",
         "sentinel_kwargs",
         "min_other_sentinels",
+        # Read by celeryredis's reliable transport (celeryredis.transport), set from the
+        # celeryredis_lease_seconds / _lease_sweep_interval / _fetch_batch_max settings.
+        "lease_seconds",
+        "lease_sweep_interval",
+        "fetch_batch_max",
     }
 
 
@@ -207,7 +213,17 @@ def derive_visibility_timeout(conf: Mapping[str, Any]) -> float | None:
 # --- the checks ---------------------------------------------------------------------------
 
 
+def uses_reliable_transport(conf: Mapping[str, Any]) -> bool:
+    """True when ``celeryredis_transport`` selects the reliable (leased) transport."""
+    return bool(conf.get("celeryredis_transport", "stock") == "reliable")
+
+
 def _check_visibility_timeout(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    if uses_reliable_transport(conf):
+        # Leases: a held message (running, prefetched or waiting for its ETA) is renewed
+        # while its worker lives, so the visibility timeout no longer bounds how long a
+        # task may wait or run; the transport check covers the lease settings.
+        return
     vt = _num(_opts(conf, "broker_transport_options").get("visibility_timeout", 3600))
     prefetch = _effective_prefetch(conf)
     if prefetch is not None and prefetch <= 0:
@@ -405,6 +421,8 @@ def _check_old_names(conf: Mapping[str, Any]) -> Iterable[Finding]:
 
 
 def _check_restore_sweep(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    if uses_reliable_transport(conf):
+        return  # The reliable transport sweeps every celeryredis_lease_sweep_interval.
     opts = _opts(conf, "broker_transport_options")
     vt = _num(opts.get("visibility_timeout", 3600))
     interval = _num(opts.get("unacked_restore_interval", 10)) or 10.0
@@ -455,6 +473,56 @@ def _check_heartbeat_interval(conf: Mapping[str, Any]) -> Iterable[Finding]:
             f"celeryredis_heartbeat_interval={interval:g} s: a liveness probe notices a dead "
             f"or frozen worker only after {3 * interval:g} s; 5 to 30 s is usual.",
             ("celeryredis_heartbeat_interval",),
+        )
+
+
+def _check_transport(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    name = conf.get("celeryredis_transport", "stock")
+    if name not in ("reliable", "stock"):
+        yield Finding(
+            "transport",
+            "error",
+            f"celeryredis_transport={name!r} is not a transport; use 'reliable' (atomic "
+            "batched fetch with leases) or 'stock' (kombu's own Redis transport).",
+            ("celeryredis_transport",),
+        )
+        return
+    lease = _num(conf.get("celeryredis_lease_seconds", 30.0))
+    sweep = _num(conf.get("celeryredis_lease_sweep_interval", 1.0))
+    batch = conf.get("celeryredis_fetch_batch_max", 64)
+    if lease is None or lease < 1:
+        yield Finding(
+            "transport",
+            "error",
+            f"celeryredis_lease_seconds={conf.get('celeryredis_lease_seconds')!r} must be at "
+            "least 1 second (leases are renewed every third of it; 30 is the default).",
+            ("celeryredis_lease_seconds",),
+        )
+    if sweep is None or sweep < 0.1 or (lease is not None and sweep > lease):
+        yield Finding(
+            "transport",
+            "error",
+            f"celeryredis_lease_sweep_interval={conf.get('celeryredis_lease_sweep_interval')!r}"
+            " must be from 0.1 s up to celeryredis_lease_seconds (1 is the default): expired "
+            "leases are requeued that often.",
+            ("celeryredis_lease_sweep_interval", "celeryredis_lease_seconds"),
+        )
+    if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 10_000:
+        yield Finding(
+            "transport",
+            "error",
+            f"celeryredis_fetch_batch_max={batch!r} must be a whole number from 1 to 10000 "
+            "(64 is the default).",
+            ("celeryredis_fetch_batch_max",),
+        )
+    url = _url(conf, "broker_url")
+    if name == "reliable" and url is not None and url.is_sentinel:
+        yield Finding(
+            "transport",
+            "error",
+            "celeryredis_transport='reliable' does not support sentinel:// broker URLs yet; "
+            "set celeryredis_transport='stock' for a Sentinel-managed Redis.",
+            ("celeryredis_transport", "broker_url"),
         )
 
 
@@ -553,6 +621,14 @@ CHECKS: Final[Mapping[str, Check]] = MappingProxyType(
                 "task_reject_on_worker_lost should come with task_retry_on_worker_lost.",
                 "A task that kills its worker is requeued forever.",
                 _check_worker_lost_loop,
+            ),
+            Check(
+                "transport",
+                "error",
+                "celeryredis_transport is 'reliable' or 'stock'; lease, sweep and batch "
+                "settings are in range; the reliable transport refuses sentinel:// URLs.",
+                "A bad lease lets live workers' messages be redelivered, or dead ones' wait.",
+                _check_transport,
             ),
             Check(
                 "heartbeat-interval",

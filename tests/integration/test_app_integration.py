@@ -135,6 +135,7 @@ def test_production_loses_no_task_when_its_worker_is_killed(
     celery_worker_process: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # production uses the reliable transport: the held message has a lease (3 s here).
     settings = FAST_PRODUCTION
     hostapp, result, client, marker = _kill_mid_task(
         "production", settings, redis_url, hostapp_dir, celery_worker_process, monkeypatch
@@ -144,10 +145,12 @@ def test_production_loses_no_task_when_its_worker_is_killed(
     # The message survived the crash: held in kombu's unacked hash, not in the queue.
     assert client.hlen("unacked") == 1
     assert client.llen("celery") == 0
-    ((_tag, fetched_at),) = client.zrange("unacked_index", 0, -1, withscores=True)
-    # Start the second worker once the visibility timeout has passed (a time
-    # condition, polled): it restores the message at start-up and runs it.
-    wait_for(lambda: time.time() > fetched_at + vt, vt + 5, "the visibility timeout")
+    # Its score is its lease's end minus the visibility timeout (kombu's restore rule
+    # "older than now - visibility_timeout" then means "the lease expired").
+    ((_tag, score),) = client.zrange("unacked_index", 0, -1, withscores=True)
+    # Start the second worker once the lease has expired (a time condition, polled):
+    # it restores the message at start-up and runs it.
+    wait_for(lambda: time.time() > score + vt, 3 + 5, "the lease to expire")
     w2 = celery_worker_process(
         "hostapp",
         cwd=hostapp_dir,

@@ -22,7 +22,11 @@ URL = "redis://127.0.0.1:6379/0"
 
 # One bad configuration per check id: (make_app keyword arguments).
 BAD: dict[str, dict[str, Any]] = {
-    "visibility-timeout": {"broker_transport_options": {"visibility_timeout": 60}},
+    # The visibility-timeout checks apply to the stock transport (leases replace them).
+    "visibility-timeout": {
+        "broker_transport_options": {"visibility_timeout": 60},
+        "celeryredis_transport": "stock",
+    },
     "acks-late-without-time-limit": {"task_time_limit": None, "task_soft_time_limit": None},
     "soft-limit-not-below-hard": {"task_soft_time_limit": 1800},
     "unknown-transport-option": {"broker_transport_options": {"visiblity_timeout": 10}},
@@ -37,10 +41,12 @@ BAD: dict[str, dict[str, Any]] = {
         "broker_transport_options": {
             "unacked_restore_interval": 100,
             "unacked_restore_throttle": 100,
-        }
+        },
+        "celeryredis_transport": "stock",
     },
     "worker-lost-redelivery-loop": {"task_retry_on_worker_lost": False},
     "heartbeat-interval": {"celeryredis_heartbeat_interval": 0.01},
+    "transport": {"celeryredis_transport": "reliable", "celeryredis_lease_seconds": 0.5},
 }
 
 
@@ -104,7 +110,8 @@ def test_pickle_opt_in_is_accepted() -> None:
 
 
 def test_unlimited_prefetch_fails_visibility_check() -> None:
-    ids = {f.check_id for f in run_checks(_conf(worker_prefetch_multiplier=0))}
+    conf = _conf(worker_prefetch_multiplier=0, celeryredis_transport="stock")
+    ids = {f.check_id for f in run_checks(conf)}
     assert "visibility-timeout" in ids
 
 

@@ -425,7 +425,8 @@ class Task(celery.Task[Any, Any]):
         ):
             return
         if event == "failed" and fields.get("duration_s") is None:
-            limit = getattr(exc, "args", (None,))[0] if exc is not None else None
+            # SoftTimeLimitExceeded() raised outside the body has no args at all.
+            limit = (getattr(exc, "args", ()) or (None,))[0] if exc is not None else None
             if type(exc).__name__ == "TimeLimitExceeded" and isinstance(limit, int | float):
                 fields["duration_s"] = float(limit)
         fields["event"] = event

@@ -1,0 +1,611 @@
+"""The reliable transport's classes: ``Transport``, ``Channel``, ``QoS``.
+
+Subclasses of kombu 5.7's Redis transport (``kombu.transport.redis``). The hooks, all
+private kombu API, are named in ``docs/transport.md``:
+
+- ``Channel._brpop_start`` / ``Channel._brpop_read``: the poll connection's command and
+  its reply. Instead of ``BRPOP`` the channel sends either the fetch script (pops up to
+  the prefetch window and records it as unacked in the same call, applying pending acks)
+  or, when the queues were empty, a wake-up ``BLMOVE k k RIGHT RIGHT timeout`` that
+  leaves the list unchanged; after any wake-up reply the next command is a fetch.
+- ``QoS.append`` / ``ack`` / ``restore_visible``: bookkeeping moves into the scripts;
+  acks are queued and flushed by the next fetch or the lease thread; the restore sweep
+  claims expired leases and requeues them with two small scripts, without kombu's
+  300 s mutex.
+- ``Transport.register_with_event_loop``: the restore sweep runs every
+  ``lease_sweep_interval`` seconds.
+
+A lease is an ``unacked_index`` score of server ``TIME + lease - visibility_timeout``:
+stock kombu restores an entry whose score is older than ``now - visibility_timeout``,
+that is, exactly when its lease has expired, so a mixed fleet agrees on it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from queue import Empty
+from typing import Any, Final
+
+import redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+
+from celeryredis._scripts import source
+
+# kombu's stubs (celery-types) cover little of the Redis transport's private API, which
+# this module extends on purpose: treat the modules as untyped.
+kombu_redis: Any = importlib.import_module("kombu.transport.redis")
+virtual: Any = importlib.import_module("kombu.transport.virtual")
+
+__all__ = ["Channel", "QoS", "Transport"]
+
+logger = logging.getLogger(__name__)
+
+#: Where items that are not kombu messages go (under the global key prefix), capped at 1000.
+POISON_KEY: Final = "celeryredis:poison"
+_MIN_REDIS: Final = (6, 2)
+_SCRIPTS: Final = ("transport_fetch", "transport_renew", "transport_claim", "transport_restore")
+_CHUNK: Final = 1000
+_CLAIM_SECONDS: Final = 10.0
+
+# Acks a closing channel could not send (Redis down, a reconnect under way), by the
+# Redis database and unacked keys they belong to: the next channel of this process that
+# fetches from there sends them, before the messages' leases run out.
+_ORPHANED_ACKS: dict[tuple[Any, ...], set[str]] = {}
+_ORPHANED_LOCK = threading.Lock()
+
+
+class QoS(kombu_redis.QoS):  # type: ignore[misc]
+    """Ack emulation with leases: bookkeeping happens in the channel's scripts."""
+
+    channel: Channel
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        """Hold a delivered message (the fetch script already recorded it as unacked).
+
+        A message that did not come through the fetch script (``basic_get``, a message
+        kombu rejects for want of a consumer) is recorded here, with a lease.
+        """
+        channel = self.channel
+        if not channel.reliable:
+            super().append(message, delivery_tag)
+            return
+        if not channel.take_recorded(delivery_tag):
+            delivery = message.delivery_info
+            score = time.time() + channel.lease_offset
+            with self.pipe_or_acquire() as pipe:
+                pipe.zadd(self.unacked_index_key, {delivery_tag: score}).hset(
+                    self.unacked_key,
+                    delivery_tag,
+                    dumps([message._raw, delivery["exchange"], delivery["routing_key"]]),
+                ).execute()
+        virtual.QoS.append(self, message, delivery_tag)
+        channel.hold(delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        """Queue the ack; it rides on the next fetch or the lease thread's next call."""
+        channel = self.channel
+        if not channel.reliable:
+            super().ack(delivery_tag)
+            return
+        channel.release(delivery_tag)
+        channel.queue_ack(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        """Reject at once, as stock kombu does (requeued messages go first in line)."""
+        self.channel.release(delivery_tag)
+        super().reject(delivery_tag, requeue=requeue)
+
+    def restore_unacked(self, client: Any = None) -> None:
+        """At close: flush queued acks, then requeue what this consumer still holds."""
+        if self.channel.reliable:
+            self.channel.flush_acks()
+        super().restore_unacked(client)
+
+    def restore_visible(self, start: int = 0, num: int | None = 10, interval: int = 10) -> None:
+        """Requeue messages whose lease expired (any worker's), at most once a sweep interval."""
+        channel = self.channel
+        if channel.reliable:
+            channel.sweep(num)
+        elif not channel.scripts_refused:
+            super().restore_visible(start=start, num=num, interval=interval)
+        else:
+            # kombu's sweep mutex is a redis-py lock, released by a Lua script: without
+            # scripting it raises. Sweep like kombu, without the mutex (each restore is
+            # a WATCH/MULTI transaction, safe when two workers sweep at once).
+            self._vrestore_count += 1
+            if (self._vrestore_count - 1) % (interval or 1):
+                return
+            with channel.conn_or_acquire() as client:
+                ceil = time.time() - self.visibility_timeout
+                visible = client.zrange(
+                    self.unacked_index_key,
+                    ceil,
+                    0,
+                    desc=True,
+                    byscore=True,
+                    offset=num and start,
+                    num=num,
+                    withscores=True,
+                )
+                for tag, _score in visible or []:
+                    self.restore_by_tag(tag, client)
+
+
+class Channel(kombu_redis.Channel):  # type: ignore[misc]
+    """A Redis channel with atomic batched fetch, leases and piggybacked acks."""
+
+    QoS = QoS
+
+    #: Seconds a held message's lease lasts; renewed every third of it.
+    lease_seconds: float = 30.0
+    #: The most messages one fetch pops (the prefetch window bounds it too).
+    fetch_batch_max: int = 64
+    #: Seconds between restore sweeps of expired leases.
+    lease_sweep_interval: float = 1.0
+
+    from_transport_options = (
+        *kombu_redis.Channel.from_transport_options,
+        "lease_seconds",
+        "fetch_batch_max",
+        "lease_sweep_interval",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.reliable = True
+        self.scripts_refused = False
+        self._lock = threading.Lock()
+        self._pending_acks: set[str] = set()
+        self._held: set[str] = set()
+        self._recorded: set[str] = set()
+        self._no_ack_queues: set[str] = set()
+        self._wait_next = False
+        self._in_flight: tuple[str, list[str], list[str], int] | None = None
+        self._use_eval = False
+        self._shas: dict[str, str] = {}
+        self._renewer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._last_sweep = float("-inf")
+        super().__init__(*args, **kwargs)
+        self._probe()
+
+    # --- set-up and fallback -----------------------------------------------------------
+
+    @property
+    def lease_offset(self) -> float:
+        """Seconds added to the current time to make an ``unacked_index`` score."""
+        return float(self.lease_seconds) - float(self.visibility_timeout)
+
+    def _key(self, name: str) -> str:
+        return f"{self.global_keyprefix}{name}"
+
+    @property
+    def _scripts_client(self) -> redis.Redis:
+        client = self.__dict__.get("_scripts_client_cache")
+        if client is None:
+            client = redis.Redis(connection_pool=self.pool)
+            self.__dict__["_scripts_client_cache"] = client
+        return client
+
+    def _probe(self) -> None:
+        """Fall back to stock behaviour on Redis < 6.2 or where scripts are refused."""
+        client = self._scripts_client
+        try:
+            # HELLO (Redis >= 6, in @connection) rather than INFO (@dangerous, refused by
+            # ACLs like the one `celeryredis acl` writes) to read the server's version.
+            reply: Any = client.execute_command("HELLO")  # type: ignore[no-untyped-call]
+            if not isinstance(reply, dict):  # a flat RESP2 list of names and values
+                reply = dict(zip(reply[::2], reply[1::2], strict=False))
+            text = bytes_to_str(reply.get(b"version", reply.get("version", b"6.0")))
+            version = tuple(int(x) for x in str(text).split(".")[:2])
+        except redis.ResponseError:
+            version = (5, 0)  # no HELLO: older than Redis 6
+        if version < _MIN_REDIS:
+            self._fall_back(f"Redis {'.'.join(map(str, version))} is older than 6.2 (no BLMOVE)")
+            return
+        try:
+            for name in _SCRIPTS:
+                self._shas[name] = str(client.script_load(source(name)))
+        except redis.ResponseError as exc:
+            self.scripts_refused = True
+            self._fall_back(f"Redis refused SCRIPT LOAD ({exc})")
+
+    def _fall_back(self, why: str) -> None:
+        self.reliable = False
+        logger.warning(
+            "celeryredis reliable transport: %s; this connection uses stock kombu behaviour "
+            "(BRPOP, visibility timeout) instead",
+            why,
+        )
+
+    # --- consuming ---------------------------------------------------------------------
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        """Consume ``queue``; remember queues consumed without acks (never recorded)."""
+        no_ack = kwargs.get("no_ack", args[0] if args else False)
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        else:
+            self._no_ack_queues.discard(queue)
+            self._start_renewer()
+        return super().basic_consume(queue, *args, **kwargs)
+
+    def _batch_size(self) -> int:
+        qos = self.qos
+        if "can_consume" in qos.__dict__:
+            # worker_disable_prefetch patches can_consume with the pool's free slots.
+            return 1 if qos.can_consume() else 0
+        estimate = qos.can_consume_max_estimate()
+        limit = int(self.fetch_batch_max)
+        return limit if estimate is None else max(0, min(int(estimate), limit))
+
+    def _fetch_command(self, queues: Sequence[str], count: int, acks: Sequence[str]) -> list[Any]:
+        keys = [
+            self._key(self.unacked_key),
+            self._key(self.unacked_index_key),
+            self._key(POISON_KEY),
+        ] + [self._key(self._q_for_pri(q, pri)) for pri in self.priority_steps for q in queues]
+        argv: list[Any] = [count, repr(self.lease_offset), len(queues), len(self.priority_steps)]
+        argv += ["1" if q in self._no_ack_queues else "0" for q in queues]
+        argv += [len(acks), *acks]
+        if self._use_eval:
+            head: list[Any] = ["EVAL", source("transport_fetch")]
+        else:
+            head = ["EVALSHA", self._shas["transport_fetch"]]
+        return [*head, len(keys), *keys, *argv]
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if not self.reliable:
+            super()._brpop_start(timeout)
+            return
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        self._abandon_in_flight()
+        self._adopt_orphaned_acks()
+        connection = self.client.connection
+        acks: list[str] = []
+        with self._lock:
+            waiting = self._wait_next and not self._pending_acks
+            if not waiting:
+                acks = list(self._pending_acks)
+                self._pending_acks.clear()
+        if waiting:
+            key = self._key(self._q_for_pri(queues[0], self.priority_steps[0]))
+            wait = self.brpop_timeout if timeout is None else timeout
+            command: list[Any] = ["BLMOVE", key, key, "RIGHT", "RIGHT", wait or 0]
+            self._in_flight = ("wait", list(queues), [], 0)
+        else:
+            count = self._batch_size()
+            command = self._fetch_command(queues, count, acks)
+            self._in_flight = ("fetch", list(queues), acks, count)
+        self._in_poll = connection
+        self._brpop_sent_at = time.monotonic()
+        try:
+            connection.send_command(*command)
+        except BaseException:
+            # redis-py's pre-send health check can raise here: keep the acks.
+            self._requeue_acks(acks)
+            self._in_flight = None
+            self._in_poll = None
+            raise
+
+    def _abandon_in_flight(self) -> None:
+        """The last command's reply will never be read: send its acks again later."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            self._requeue_acks(in_flight[2])
+
+    def _on_connection_disconnect(self, connection: Any) -> None:
+        # kombu's health check (or redis-py) dropped the poll connection with a command
+        # outstanding: its reply is gone, so are its acks unless they are queued again.
+        if self.reliable and self._in_poll is connection:
+            self._abandon_in_flight()
+        super()._on_connection_disconnect(connection)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        if not self.reliable:
+            return bool(super()._brpop_read(**options))
+        in_flight, self._in_flight = self._in_flight, None
+        try:
+            if in_flight is None:
+                # A reply nobody waits for (a reconnect dropped our state): read it away.
+                self.client.parse_response(self.client.connection, "EVALSHA", **options)
+                raise Empty()
+            mode, queues, acks, count = in_flight
+            try:
+                reply = self.client.parse_response(self.client.connection, "EVALSHA", **options)
+            except self.connection_errors:
+                self._requeue_acks(acks)
+                self.client.connection.disconnect()
+                raise
+            except redis.ResponseError as exc:
+                self._requeue_acks(acks)
+                if isinstance(exc, redis.exceptions.NoScriptError) or "NOSCRIPT" in str(exc):
+                    # SCRIPT FLUSH or a restarted Redis: nothing ran, send the source next.
+                    self._use_eval = True
+                    raise Empty() from None
+                raise
+            if mode == "wait":
+                self._wait_next = False  # something arrived, or the wait timed out
+                raise Empty()
+            self._use_eval = False
+            if not reply:
+                self._wait_next = True
+                raise Empty()
+            self._wait_next = len(reply) // 2 < count
+            self._deliver_batch(queues, reply)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _deliver_batch(self, queues: Sequence[str], reply: Sequence[Any]) -> None:
+        batch: list[tuple[str, dict[str, Any]]] = []
+        for i in range(0, len(reply), 2):
+            queue = queues[int(reply[i])]
+            raw = reply[i + 1]
+            try:
+                payload = loads(bytes_to_str(raw))
+                tag = str(payload["properties"]["delivery_tag"])
+            except (ValueError, TypeError, KeyError):
+                logger.exception("celeryredis: undecodable message from %r kept as poison", queue)
+                self._poison_unacked(raw)
+                continue
+            batch.append((queue, payload))
+            if queue not in self._no_ack_queues:
+                with self._lock:
+                    self._recorded.add(tag)
+        for position, (queue, payload) in enumerate(batch):
+            self._queue_cycle.rotate(queue)
+            try:
+                self.connection._deliver(payload, queue)
+            except BaseException:
+                self._restore_rest(batch[position + 1 :])
+                raise
+
+    def _poison_unacked(self, raw: Any) -> None:
+        client = self._scripts_client
+        client.lpush(self._key(POISON_KEY), raw)
+
+    def _restore_rest(self, rest: Sequence[tuple[str, dict[str, Any]]]) -> None:
+        """Delivery failed mid-batch: requeue the undelivered rest now, not at lease expiry."""
+        for queue, payload in rest:
+            tag = str(payload["properties"]["delivery_tag"])
+            if self.take_recorded(tag):
+                try:
+                    self.qos.restore_by_tag(tag, leftmost=True)
+                except Exception:
+                    logger.warning("celeryredis: could not requeue %s at once", tag, exc_info=True)
+            elif queue in self._no_ack_queues:
+                logger.warning("celeryredis: dropped a no-ack message from %r", queue)
+
+    # --- held messages and acks (shared with the lease thread) ------------------------
+
+    def take_recorded(self, tag: str) -> bool:
+        """True (once) when the fetch script recorded ``tag`` as unacked."""
+        with self._lock:
+            if tag in self._recorded:
+                self._recorded.discard(tag)
+                return True
+            return False
+
+    def hold(self, tag: str) -> None:
+        """``tag`` is held by this consumer: its lease is renewed until acked."""
+        with self._lock:
+            self._held.add(tag)
+
+    def release(self, tag: str) -> None:
+        """``tag`` is no longer held (acked or rejected)."""
+        with self._lock:
+            self._held.discard(tag)
+
+    def queue_ack(self, tag: str) -> None:
+        """Queue an ack for the next fetch or lease renewal."""
+        with self._lock:
+            self._pending_acks.add(tag)
+
+    @property
+    def _ack_home(self) -> tuple[Any, ...]:
+        kwargs = self.pool.connection_kwargs
+        return (
+            kwargs.get("host"),
+            kwargs.get("port"),
+            kwargs.get("path"),
+            kwargs.get("db"),
+            self.global_keyprefix,
+            self.unacked_key,
+            self.unacked_index_key,
+        )
+
+    def _adopt_orphaned_acks(self) -> None:
+        if not _ORPHANED_ACKS:
+            return
+        with _ORPHANED_LOCK:
+            acks = _ORPHANED_ACKS.pop(self._ack_home, None)
+        if acks:
+            self._requeue_acks(list(acks))
+
+    def _orphan_pending_acks(self) -> None:
+        with self._lock:
+            acks = set(self._pending_acks)
+            self._pending_acks.clear()
+        if acks:
+            with _ORPHANED_LOCK:
+                _ORPHANED_ACKS.setdefault(self._ack_home, set()).update(acks)
+
+    def _requeue_acks(self, acks: Sequence[str]) -> None:
+        if acks:
+            with self._lock:
+                self._pending_acks.update(acks)
+
+    def _run_script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        client = self._scripts_client
+        try:
+            return client.evalsha(self._shas[name], len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            self._shas[name] = str(client.script_load(source(name)))
+            return client.evalsha(self._shas[name], len(keys), *keys, *args)
+
+    def renew(self) -> int:
+        """Flush queued acks and renew every held lease; return the leases renewed.
+
+        Acks that could not be sent stay queued and are sent again (acks are idempotent).
+        """
+        self._adopt_orphaned_acks()
+        with self._lock:
+            acks = list(self._pending_acks)
+            self._pending_acks.clear()
+            held = list(self._held)
+        if not acks and not held:
+            return 0
+        keys = (self._key(self.unacked_key), self._key(self.unacked_index_key))
+        renewed = 0
+        try:
+            for start in range(0, len(acks), _CHUNK):
+                chunk = acks[start : start + _CHUNK]
+                self._run_script("transport_renew", keys, [0, len(chunk), *chunk])
+            for start in range(0, len(held), _CHUNK):
+                chunk = held[start : start + _CHUNK]
+                renewed += int(
+                    self._run_script("transport_renew", keys, [repr(self.lease_offset), 0, *chunk])
+                )
+        except BaseException:
+            self._requeue_acks(acks)
+            raise
+        return renewed
+
+    def flush_acks(self) -> None:
+        """Send queued acks now (at close).
+
+        On failure they are handed to the next channel of this process on the same
+        Redis (after a reconnect), and logged; they are redelivered only if no such
+        channel sends them before their lease expires.
+        """
+        try:
+            self.renew()
+        except Exception:
+            self._orphan_pending_acks()
+            logger.warning(
+                "celeryredis: could not flush acks at close; they are sent after the "
+                "reconnect, or the messages are redelivered when their lease expires",
+                exc_info=True,
+            )
+
+    def _start_renewer(self) -> None:
+        if not self.reliable or self._renewer is not None:
+            return
+        self._renewer = threading.Thread(
+            target=self._renew_loop, name="celeryredis-lease", daemon=True
+        )
+        self._renewer.start()
+
+    def _renew_loop(self) -> None:
+        interval = max(float(self.lease_seconds) / 3.0, 0.05)
+        while not self._stop.wait(interval):
+            try:
+                self.renew()
+            except Exception:
+                logger.warning("celeryredis: lease renewal failed; retrying", exc_info=True)
+
+    # --- restore sweep ----------------------------------------------------------------
+
+    def sweep(self, limit: int | None = None) -> int:
+        """Requeue expired leases (any consumer's); at most once per sweep interval.
+
+        Returns the number of messages requeued.
+        """
+        now = time.monotonic()
+        if now - self._last_sweep < float(self.lease_sweep_interval) * 0.9:
+            return 0
+        self._last_sweep = now
+        # Acks first (queued here, or left by a channel closed in a reconnect): a message
+        # that ran must not be requeued because its ack had not reached Redis yet.
+        self._adopt_orphaned_acks()
+        if self._pending_acks:
+            self.renew()
+        index, hashkey = self._key(self.unacked_index_key), self._key(self.unacked_key)
+        reply = self._run_script(
+            "transport_claim",
+            (index, hashkey),
+            [repr(float(self.visibility_timeout)), repr(_CLAIM_SECONDS), limit or 1000],
+        )
+        restored = 0
+        for i in range(0, len(reply), 3):
+            tag, score, value = bytes_to_str(reply[i]), reply[i + 1], reply[i + 2]
+            targets: list[str] = []
+            body: Any = value
+            try:
+                message, exchange, routing_key = loads(bytes_to_str(value))
+                try:
+                    message["headers"]["redelivered"] = True
+                    message["properties"]["delivery_info"]["redelivered"] = True
+                except (KeyError, TypeError):
+                    pass
+                pri = self._get_message_priority(message, reverse=False)
+                targets = [
+                    self._key(self._q_for_pri(queue, pri))
+                    for queue in self._lookup(exchange, routing_key)
+                ]
+                body = dumps(message)
+            except Exception:
+                if value:
+                    logger.exception("celeryredis: unacked entry %s is unreadable; poisoned", tag)
+            if not value and not targets:
+                # The hash entry is gone (acked by a stock consumer mid-way): drop the index.
+                self._scripts_client.zrem(index, tag)
+                continue
+            keys = [index, hashkey, self._key(POISON_KEY), *targets]
+            restored += int(self._run_script("transport_restore", keys, [tag, score, body]) == 1)
+        if restored:
+            logger.info("celeryredis: requeued %d message(s) whose lease expired", restored)
+        return restored
+
+    # --- closing ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the lease thread, read any outstanding reply, flush acks, close."""
+        if self.reliable:
+            self._stop.set()
+            if self._in_poll:
+                try:
+                    self._brpop_read()
+                except Empty:
+                    pass
+                except Exception:
+                    logger.debug("celeryredis: reply lost at close", exc_info=True)
+            if not self.closed:
+                self.flush_acks()
+        super().close()
+        renewer = self._renewer
+        if renewer is not None and renewer is not threading.current_thread():
+            renewer.join(timeout=2.0)
+
+
+class Transport(kombu_redis.Transport):  # type: ignore[misc]
+    """kombu's Redis transport with :class:`Channel`; ``driver_type`` stays ``redis``."""
+
+    Channel = Channel
+    driver_type = "redis"
+    driver_name = "redis"
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        """Stock registration, with the restore sweep every ``lease_sweep_interval`` s."""
+        super().register_with_event_loop(connection, loop)
+        cycle = self.cycle
+        old = getattr(cycle, "_restore_messages_tref", None)
+        if old is not None:
+            old.cancel()
+        interval = float(
+            connection.client.transport_options.get(
+                "lease_sweep_interval", Channel.lease_sweep_interval
+            )
+        )
+        cycle._restore_messages_tref = loop.call_repeatedly(
+            max(interval, 0.1), cycle.maybe_restore_messages
+        )
