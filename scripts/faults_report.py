@@ -76,11 +76,12 @@ NOTES = """\
   Celery's reconnect backoff (2 s, 4 s) = 36 s. On the stock transport the tasks it
   loses are kombu's known window: BRPOP removed the message from the queue on Redis, but
   the reply (or the book-keeping write that records it in `unacked`) went over a dead
-  connection. Production's reliable transport closes that window (its own half-open
-  tests, without a result backend, lose nothing). A task can still be lost here through
-  the *result backend*: its pool child writes the STARTED state over a half-open backend
-  connection, `redis_socket_timeout` (10 s) outlasts the soft time limit (5 s at test
-  scale), and the task fails outside its body. That figure is reported, not hidden.
+  connection. Production's reliable transport closes that window: every pop is
+  recorded in the same script call, and acks lost with the connection are sent again.
+  The test scale shortens the result backend's `redis_socket_timeout` with the time
+  limits (2 s against a 5 s soft limit, as production's 10 s sits far below its own):
+  otherwise a task whose STARTED write meets a half-open backend connection fails by its
+  soft limit before the backend times out and reconnects (seen before that change: 1 of 5).
 - **5. Sentinel.** One master, one replica, three sentinels (`down-after-milliseconds`
   1000); the master is SIGKILLed while a publisher sends a task every 0.1 s. Sentinel
   promotes the replica after about 2.3 s and the worker is back after its 2 s + 4 s
@@ -108,6 +109,13 @@ NOTES = """\
   `task_publish_retry_policy` (also 8 retries, about 11 s) follows, so the documented
   bound is **22 s** when Redis refuses connections, plus `socket_connect_timeout` (5 s)
   per attempt when the host does not answer at all.
+- **9. Long task and countdown.** A 12 s task and a task with a 10 s countdown, acks
+  late, on two prefork workers. Celery's defaults keep a held message for
+  `visibility_timeout` (an hour) and then hand it to another worker while the first still
+  runs or waits: at test scale (a 4 s timeout swept every second) both ran twice.
+  Production's reliable transport holds each message on a 3 s lease that a thread
+  renews while the worker holds it (running, prefetched or waiting for its ETA): each ran
+  once.
 """
 
 
