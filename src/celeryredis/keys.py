@@ -12,6 +12,8 @@ TTL or a bound:
   runs, renewed).
 - ``{p}celeryredis:rl:{name}`` — a rate limiter's next slot (GCRA), with a TTL of about
   one burst window.
+- ``{p}celeryredis:poison`` — items the reliable transport popped that are not kombu
+  messages (capped at 1000); workers move them to the dead-letter queue.
 - ``{p}celeryredis:bulk:{batch}:{chunk}`` — written in the same transaction as one chunk
   of a bulk enqueue, so a chunk whose reply was lost can be checked later; a TTL of a day.
 - ``{p}celeryredis:hb:{worker}`` — a worker's heartbeat (JSON: hostname, pid, queues,
@@ -37,6 +39,7 @@ __all__ = [
     "heartbeat_key",
     "lock_key",
     "lock_pattern",
+    "poison_key",
     "prefix",
     "rate_limit_key",
     "stats_key",
@@ -91,3 +94,8 @@ def workers_key(conf: Mapping[str, Any]) -> str:
 def stats_key(conf: Mapping[str, Any]) -> str:
     """The event counters read by the metrics exporter."""
     return f"{prefix(conf)}stats"
+
+
+def poison_key(conf: Mapping[str, Any]) -> str:
+    """The reliable transport's list of popped items that are not kombu messages."""
+    return f"{prefix(conf)}poison"

@@ -27,13 +27,14 @@ from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer as _CeleryConsumer
 
 from celeryredis.connection import new_redis
-from celeryredis.deadletter import dead_letter_message
+from celeryredis.deadletter import DeadLetterError, DeadLetterQueue, dead_letter_message
 from celeryredis.exceptions import ConfigurationError
 from celeryredis.health import remove_heartbeat, write_heartbeat
+from celeryredis.keys import poison_key
 from celeryredis.urls import redact_text
 from celeryredis.validation import enforce, run_checks
 
-__all__ = ["Consumer", "HeartbeatStep", "ValidationStep", "install"]
+__all__ = ["Consumer", "HeartbeatStep", "PoisonStep", "ValidationStep", "install"]
 
 logger = logging.getLogger(__name__)
 
@@ -199,9 +200,84 @@ class HeartbeatStep(bootsteps.StartStopStep):
             self._failing = False
 
 
+class PoisonStep(bootsteps.StartStopStep):
+    """Move what the reliable transport set aside as poison into the dead-letter queue.
+
+    The transport's fetch script cannot know the app: an item it pops that is not a kombu
+    message (no delivery tag) goes to ``{p}celeryredis:poison``. This consumer step
+    moves such items, every few seconds from the consumer's timer, into the dead-letter
+    queue with reason ``decode_error`` and the raw bytes, so nothing is lost and
+    ``celery -A proj redis dlq list`` shows them. On when the app uses the reliable
+    transport and keeps dead letters.
+    """
+
+    label = "celeryredis poison"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+    #: Most items moved per run (the rest wait for the next).
+    batch = 100
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        conf = parent.app.conf
+        self.enabled = conf.get("celeryredis_transport") == "reliable" and bool(
+            conf.get("celeryredis_dead_letter")
+        )
+        self.interval = float(conf.get("celeryredis_heartbeat_interval") or 5.0)
+        self._tref: Any = None
+        super().__init__(parent, **kwargs)
+
+    def start(self, parent: Any) -> None:
+        """Drain once now, then every interval."""
+        self.drain(parent)
+        self._tref = parent.timer.call_repeatedly(self.interval, self.drain, (parent,), priority=9)
+
+    def stop(self, parent: Any) -> None:
+        """Stop draining (the consumer is reconnecting or shutting down)."""
+        if self._tref is not None:
+            self._tref.cancel()
+            self._tref = None
+
+    def drain(self, parent: Any) -> int:
+        """Move up to :attr:`batch` poison items; return how many moved."""
+        app = parent.app
+        queue = DeadLetterQueue(app)
+        key = poison_key(app.conf)
+        moved = 0
+        try:
+            client = queue.client
+            while moved < self.batch:
+                popped: Any = client.rpop(key)
+                if popped is None:
+                    break
+                raw: bytes = popped if isinstance(popped, bytes) else str(popped).encode()
+                try:
+                    queue.add(
+                        reason="decode_error",
+                        task_name=None,
+                        task_id=None,
+                        exception_type="PoisonMessage",
+                        exception_message=(
+                            "the reliable transport popped an item that is not a kombu "
+                            "message (no delivery tag); its raw bytes are kept"
+                        ),
+                        worker=parent.hostname,
+                        raw_body=raw,
+                    )
+                except DeadLetterError:
+                    client.rpush(key, raw)  # keep it for the next run
+                    raise
+                moved += 1
+        except (redis.RedisError, DeadLetterError) as exc:
+            logger.warning("celeryredis: poison items not moved yet: %s", redact_text(str(exc)))
+        if moved:
+            logger.error("celeryredis: %d poison item(s) moved to the dead-letter queue", moved)
+        return moved
+
+
 def install(app: Celery) -> None:
     """Add celeryredis's worker and consumer bootsteps to ``app`` (idempotent)."""
     if ValidationStep not in app.steps["worker"]:
         app.steps["worker"].add(ValidationStep)
     if HeartbeatStep not in app.steps["consumer"]:
         app.steps["consumer"].add(HeartbeatStep)
+    if PoisonStep not in app.steps["consumer"]:
+        app.steps["consumer"].add(PoisonStep)

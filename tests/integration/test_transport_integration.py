@@ -9,6 +9,7 @@ Redis restart.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -450,15 +451,21 @@ def test_half_open_connections_lose_nothing(
     assert worker.returncode is None
 
 
-def test_poison_items_go_to_the_poison_list(env: Env) -> None:
-    """Items that are not kombu messages never crash the worker nor block the queue."""
+def test_poison_items_go_to_the_dead_letter_queue(env: Env) -> None:
+    """Items that are not kombu messages never crash the worker nor block the queue; the
+    worker moves them from the poison list to the dead-letter queue, bytes intact."""
     env.client.lpush("celery", b"not json at all", b'{"no": "properties"}')
     env.send("stock", "record", "after-poison")
     worker = env.worker("reliable", "poison")
     worker.wait_ready()
     _all_ran_once(env, {"after-poison"}, timeout=30)
-    poison = env.client.lrange("celeryredis:poison", 0, -1)
-    assert sorted(poison) == [b"not json at all", b'{"no": "properties"}']
+    wait_for(lambda: env.client.xlen("celeryredis:dlq") == 2, 30, "poison in the dead letters")
+    entries = env.client.xrange("celeryredis:dlq")
+    assert {fields[b"reason"] for _, fields in entries} == {b"decode_error"}
+    assert sorted(base64.b64decode(fields[b"raw_body"]) for _, fields in entries) == sorted(
+        [b"not json at all", b'{"no": "properties"}']
+    )
+    assert env.client.llen("celeryredis:poison") == 0
     assert env.client.llen("celery") == 0
     assert worker.returncode is None
 
