@@ -27,11 +27,10 @@ from celery.utils.functional import maybe_list
 from kombu.exceptions import OperationalError
 
 from celeryredis._kombu_batch import BatchProducer, Command
-from celeryredis._scripts import source
 from celeryredis.connection import get_redis
 from celeryredis.exceptions import CeleryRedisError, DuplicateTaskError
 from celeryredis.keys import bulk_marker_key
-from celeryredis.locks import TokenLock
+from celeryredis.locks import LockError, TokenLock, acquire_many
 from celeryredis.tasks.unique import UNIQUE_HEADER, UniqueTask
 from celeryredis.urls import redact_text
 
@@ -314,45 +313,36 @@ def _lock_chunk(batch: _Batch, chunk: list[_Call]) -> None:
     task: UniqueTask = batch.task
     strict = task.on_duplicate == "raise"
     first: dict[str, _Call] = {}
+    repeats: list[_Call] = []  # the same work again later in the chunk
     for call in chunk:
         key = _set_unique_header(task, call)
-        if key in first:  # the same work twice in one chunk
-            if strict:
-                raise _duplicate(batch, chunk, key, first[key].task_id, None)
-            call.publish = False
-            call.result = first[key].task_id if task.on_duplicate == "return" else None
-        else:
+        if key not in first:
             first[key] = call
-    client = get_redis(batch.app)
-    script = client.register_script(source("lock_acquire_many"))
-    keys = list(first)
-    tokens = [first[key].task_id for key in keys]
-    ttl_ms = max(1, int(task._queue_ttl() * 1000))
+        elif strict:
+            raise _duplicate(batch, chunk, key, first[key].task_id, None)
+        else:
+            call.publish = False
+            repeats.append(call)
+    owners = {key: call.task_id for key, call in first.items()}
     try:
-        replies = script(keys=keys, args=[ttl_ms, "1" if strict else "0", *tokens])
-    except (redis.RedisError, OSError) as exc:
+        states = acquire_many(
+            get_redis(batch.app), owners, task._queue_ttl(), all_or_nothing=strict
+        )
+    except (LockError, OSError) as exc:
         raise _stopped(
             batch, f"enqueue_many({task.name}): taking the unique locks failed: {exc!r}", chunk
         ) from exc
-    for key, reply in zip(keys, replies, strict=True):
-        state = int(reply[0])
-        if state != 0:
+    ignore = task.on_duplicate == "ignore"
+    for key, state in states.items():
+        if state is None or state.acquired:
             continue
-        holder = _text(reply[1])
-        ttl = int(reply[2]) / 1000 if int(reply[2]) > 0 else None
         if strict:
-            raise _duplicate(batch, chunk, key, holder, ttl)
-        call = first[key]
-        logger.info("task %s: duplicate of %s refused (%s)", task.name, holder, key)
-        call.publish = False
-        call.result = holder if task.on_duplicate == "return" else None
-        for other in chunk:  # copies of it later in the chunk follow the holder
-            if other.lock_key == key and other is not call:
-                other.result = call.result
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+            raise _duplicate(batch, chunk, key, state.holder, state.ttl)
+        logger.info("task %s: duplicate of %s refused (%s)", task.name, state.holder, key)
+        first[key].publish = False
+        first[key].result = None if ignore else state.holder
+    for call in repeats:  # they follow the first call of their key
+        call.result = None if ignore else first[str(call.lock_key)].result
 
 
 def _duplicate(
@@ -461,14 +451,15 @@ def _release_locks(batch: _Batch, chunk: list[_Call]) -> None:
         if call.publish and call.lock_key is not None:
             try:
                 TokenLock(client, call.lock_key, call.task_id, 1.0).release()
-            except (redis.RedisError, OSError):
+            except LockError as exc:
+                # Redis is failing: the remaining locks expire on their own (their TTL).
                 logger.warning(
-                    "enqueue_many(%s): lock %s of unpublished task %s not released; it expires "
-                    "on its own",
+                    "enqueue_many(%s): the locks of unpublished tasks were not released (%s); "
+                    "they expire on their own",
                     task.name,
-                    call.lock_key,
-                    call.task_id,
+                    redact_text(str(exc)),
                 )
+                return
 
 
 class _Sender:

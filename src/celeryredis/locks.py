@@ -24,7 +24,7 @@ import redis
 from celeryredis._scripts import source
 from celeryredis.exceptions import CeleryRedisError
 
-__all__ = ["LockError", "LockRenewer", "LockState", "TokenLock"]
+__all__ = ["LockError", "LockRenewer", "LockState", "TokenLock", "acquire_many"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,24 +56,61 @@ class LockState:
     ttl: float | None = None
 
 
-_SCRIPTS: weakref.WeakKeyDictionary[redis.Redis, tuple[Any, Any, Any]] = weakref.WeakKeyDictionary()
+_SCRIPT_NAMES = ("lock_acquire", "lock_release", "lock_extend", "lock_acquire_many")
+_SCRIPTS: weakref.WeakKeyDictionary[redis.Redis, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
-def _scripts(client: redis.Redis) -> tuple[Any, Any, Any]:
-    """The lock scripts registered on ``client`` (once per client)."""
+def _scripts(client: redis.Redis) -> tuple[Any, ...]:
+    """The lock scripts registered on ``client`` (once per client), in ``_SCRIPT_NAMES`` order."""
     scripts = _SCRIPTS.get(client)
     if scripts is None:
-        scripts = (
-            client.register_script(source("lock_acquire")),
-            client.register_script(source("lock_release")),
-            client.register_script(source("lock_extend")),
-        )
+        scripts = tuple(client.register_script(source(name)) for name in _SCRIPT_NAMES)
         _SCRIPTS[client] = scripts
     return scripts
 
 
 def _ms(seconds: float) -> int:
     return max(1, int(seconds * 1000))
+
+
+def acquire_many(
+    client: redis.Redis,
+    owners: dict[str, str],
+    ttl: float,
+    *,
+    all_or_nothing: bool = False,
+) -> dict[str, LockState | None]:
+    """Take many token locks in one round trip (``{key: owner token}``, distinct keys).
+
+    Each key gets a :class:`LockState` as :meth:`TokenLock.acquire` would give it. With
+    ``all_or_nothing``, no lock is taken if any key is held by another owner, and the
+    free keys map to None (free, not taken).
+
+    Raises:
+        LockError: Redis refused the call.
+    """
+    keys = list(owners)
+    if not keys:
+        return {}
+    script = _scripts(client)[3]
+    try:
+        replies = script(
+            keys=keys, args=[_ms(ttl), "1" if all_or_nothing else "0", *owners.values()]
+        )
+    except redis.RedisError as exc:
+        raise LockError(f"could not acquire {len(keys)} locks: {exc}", lock_name=keys[0]) from exc
+    states: dict[str, LockState | None] = {}
+    for key, reply in zip(keys, replies, strict=True):
+        state = int(reply[0])
+        holder = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        if state == 1:
+            states[key] = LockState(True, holder)
+        elif state == 0:
+            pttl = int(reply[2])
+            states[key] = LockState(False, holder, pttl / 1000 if pttl >= 0 else None)
+        else:
+            states[key] = None
+    return states
 
 
 class TokenLock:
@@ -99,7 +136,7 @@ class TokenLock:
         self.key = key
         self.token = token
         self.ttl = float(ttl)
-        self._acquire, self._release, self._extend = _scripts(client)
+        self._acquire, self._release, self._extend, _ = _scripts(client)
 
     def acquire(self, ttl: float | None = None) -> LockState:
         """Take the lock (or renew it, if this token holds it); one round trip."""

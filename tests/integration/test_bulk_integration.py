@@ -320,6 +320,13 @@ def test_unique_tasks_lock_the_batch(
     with pytest.raises(DuplicateTaskError):
         enqueue_many(host.strict, [(7,), (7,)])
 
+    # A chunk that cannot be built gives back the locks it took: none is left behind.
+    client.flushdb()
+    with pytest.raises(BulkPublishError, match="building call #1 failed"):
+        enqueue_many(host.report, [(8,), (9, "too", "many")])
+    assert client.llen("celery") == 0
+    assert list(client.scan_iter("celeryredis:lock:*")) == []
+
 
 def _queued_ids(client: redis.Redis, key: str = "celery") -> list[str]:
     return [json.loads(raw)["headers"]["id"] for raw in client.lrange(key, 0, -1)]
