@@ -1,0 +1,46 @@
+"""(a) Eager mode from tests/settings.py: tasks run in the test process, on the test's Redis."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from orders.tasks import OrderNotFound, cancel, charge, rebuild_invoice, send_confirmation
+from proj.celery import app
+
+
+def test_the_test_settings_put_celery_in_eager_mode() -> None:
+    assert app.conf.task_always_eager is True
+    assert app.conf.task_eager_propagates is True
+
+
+def test_a_shared_task_runs_eagerly() -> None:
+    assert send_confirmation.delay(7).get(timeout=5) == "confirmation sent for order 7"
+
+
+def test_a_view_queues_a_task_eagerly(client: Client) -> None:
+    response = client.post("/orders/8/confirm")
+    assert response.status_code == 202
+    assert response.json()["task_id"]
+
+
+def test_retry_task_retries_a_transient_error_eagerly() -> None:
+    result = charge.delay(9, gateway_timeouts=2)
+    assert result.get(timeout=5) == "order 9 charged after 2 retries"
+
+
+def test_a_permanent_failure_propagates_in_eager_mode() -> None:
+    with pytest.raises(OrderNotFound, match="order 10 does not exist"):
+        cancel.delay(10)
+
+
+def test_unique_task_takes_its_lock_on_the_test_redis(celery_on_test_redis: str) -> None:
+    assert rebuild_invoice.delay(11).get(timeout=5) == "invoice of order 11 rebuilt"
+
+
+def test_the_tasks_use_celeryredis_task_bases() -> None:
+    from celeryredis import RetryTask, Task, UniqueTask
+
+    assert isinstance(send_confirmation, Task), type(send_confirmation).__mro__
+    assert isinstance(charge, RetryTask)
+    assert isinstance(rebuild_invoice, UniqueTask)
