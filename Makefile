@@ -18,7 +18,7 @@ TEST_BUDGET ?= 720
 FAULTS_BUDGET ?= 1800
 DOCS_BUDGET ?= 180
 
-.PHONY: help venv redis lint typecheck imports test unit integration docs demo install-check bench faults clean
+.PHONY: help venv redis lint typecheck imports test unit integration examples docs demo install-check bench faults clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -27,17 +27,17 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "celeryredis needs Python >= 3.10; set PYTHON=python3.x")'
 	timeout $(SETUP_BUDGET) $(PYTHON) -m venv $(VENV)
 	timeout $(SETUP_BUDGET) $(BIN)/python -m pip install -q --disable-pip-version-check -U 'pip>=25.1'
-	timeout $(SETUP_BUDGET) $(BIN)/python -m pip install -q --disable-pip-version-check -e . --group test --group lint --group docs
+	timeout $(SETUP_BUDGET) $(BIN)/python -m pip install -q --disable-pip-version-check -e . --group test --group lint --group docs --group examples
 	touch $(STAMP)
 
-venv: $(STAMP)  ## Create .venv and install the package with its test, lint and docs tools.
+venv: $(STAMP)  ## Create .venv and install the package with its test, lint, docs and examples tools.
 
 redis:  ## Make sure a redis-server binary is available (installs Debian's package if missing).
 	timeout $(SETUP_BUDGET) scripts/ensure-redis.sh
 
 lint: venv  ## ruff check and ruff format --check.
-	timeout $(LINT_BUDGET) $(BIN)/ruff check src tests docs benchmarks
-	timeout $(LINT_BUDGET) $(BIN)/ruff format --check src tests docs benchmarks
+	timeout $(LINT_BUDGET) $(BIN)/ruff check src tests docs benchmarks examples
+	timeout $(LINT_BUDGET) $(BIN)/ruff format --check src tests docs benchmarks examples
 
 typecheck: venv  ## mypy --strict on src/ and tests/typing/.
 	timeout $(LINT_BUDGET) $(BIN)/mypy
@@ -48,9 +48,19 @@ imports: venv  ## import-linter: the layer order of DESIGN.md.
 unit: venv  ## Unit tests only (no server).
 	timeout $(TEST_BUDGET) $(BIN)/pytest tests/unit -q --durations=10
 
-test: venv redis lint typecheck imports  ## The whole suite: lint, types, layers, tests, docs, install check.
+test: venv redis lint typecheck imports  ## The whole suite: lint, types, layers, tests, examples, docs, install check.
 	timeout $(TEST_BUDGET) $(BIN)/pytest -q --durations=15 --timeout=120
-	$(MAKE) --no-print-directory docs install-check
+	$(MAKE) --no-print-directory examples docs install-check
+
+# Each example is a host project with its own pytest.ini (its own rootdir and settings).
+EXAMPLES := django flask fastapi
+EXAMPLES_BUDGET ?= 180
+
+examples: venv redis  ## The example host projects' own suites (examples/django, flask, fastapi).
+	status=0; for example in $(EXAMPLES); do \
+	  echo "examples/$$example:"; \
+	  timeout $(EXAMPLES_BUDGET) $(BIN)/pytest examples/$$example -q --durations=5 || status=$$?; \
+	done; exit $$status
 
 docs: venv  ## Build the docs with warnings as errors (offline).
 	timeout $(DOCS_BUDGET) $(BIN)/sphinx-build -q -n -W --keep-going -b html docs docs/_build/html

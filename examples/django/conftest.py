@@ -7,12 +7,11 @@ app reads through ``config_from_object("django.conf:settings", namespace="CELERY
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-
 from celeryredis.testing import RedisServer
+
 from proj.celery import app
 
 #: The database the tests and the worker share on the session's redis-server.
@@ -26,7 +25,7 @@ def celery_redis_url(redis_server: RedisServer) -> str:
 
 
 @pytest.fixture(autouse=True)
-def celery_on_test_redis(settings: Any, celery_redis_url: str) -> Iterator[str]:
+def celery_on_test_redis(settings: Any, celery_redis_url: str) -> str:
     """Every test talks to the throwaway server, never to a Redis it did not start."""
     settings.CELERY_BROKER_URL = celery_redis_url
     settings.CELERY_RESULT_BACKEND = celery_redis_url
@@ -37,4 +36,4 @@ def celery_on_test_redis(settings: Any, celery_redis_url: str) -> Iterator[str]:
                 f"= {celery_redis_url!r}: the Celery app does not follow the Django settings, "
                 "so this test would talk to another Redis"
             )
-    yield celery_redis_url
+    return celery_redis_url

@@ -12,9 +12,8 @@ from collections.abc import Iterator
 from types import ModuleType
 
 import pytest
-from fastapi.testclient import TestClient
-
 from celeryredis.testing import RedisServer
+from fastapi.testclient import TestClient
 
 
 @pytest.fixture(scope="session")

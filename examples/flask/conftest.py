@@ -22,9 +22,7 @@ def shop_config(broker_url: str, **celery: Any) -> dict[str, Any]:
 @pytest.fixture
 def app(redis_url: str) -> Flask:
     """Eager mode: tasks run in the test process; results are stored on the test Redis."""
-    return create_app(
-        shop_config(redis_url, task_always_eager=True, task_store_eager_result=True)
-    )
+    return create_app(shop_config(redis_url, task_always_eager=True, task_store_eager_result=True))
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Tasks of the orders app: ``@shared_task``, with celeryredis's task bases where they help."""
 
 from celery import shared_task
-
 from celeryredis import RetryTask, UniqueTask
 
 

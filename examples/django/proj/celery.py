@@ -1,7 +1,6 @@
 import os
 
 from celery import Celery
-
 from celeryredis import configure
 
 # Set the default Django settings module for the 'celery' program.

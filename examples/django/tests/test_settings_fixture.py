@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celeryredis import explain
+
 from proj.celery import app
 
 

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from celeryredis import DeadLetterQueue, check_health
 from celeryredis.testing import WorkerProcess
+
 from orders.tasks import cancel, charge, rebuild_invoice, send_confirmation
 from proj.celery import app
 
@@ -69,7 +69,7 @@ def not_eager(settings: Any) -> None:
 
 
 def celery_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own arguments
+    return subprocess.run(
         [sys.executable, "-m", "celery", "-A", "proj", *args],
         cwd=PROJECT,
         env=project_env(url),

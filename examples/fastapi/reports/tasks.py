@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from celeryredis import UniqueTask
+
 from reports.celery import app
 
 

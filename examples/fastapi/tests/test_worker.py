@@ -14,10 +14,9 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
-
 from celeryredis import check_health
 from celeryredis.testing import WorkerProcess
+from fastapi.testclient import TestClient
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +51,7 @@ def wait_status(client: TestClient, task_id: str, timeout: float = 20.0) -> Any:
 
 
 def celery_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own arguments
+    return subprocess.run(
         [sys.executable, "-m", "celery", "-A", "reports", *args],
         cwd=PROJECT,
         env={**os.environ, "REDIS_URL": url},

@@ -7,9 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from celery import Celery
-from flask import Flask
-
 from celeryredis import RetryTask, Task, configure
+from flask import Flask
 
 
 class FlaskTask(Task):

@@ -9,7 +9,7 @@ bp = Blueprint("tasks", __name__, url_prefix="/tasks")
 
 
 @bp.get("/result/<id>")
-def result(id: str) -> dict[str, object]:  # noqa: A002 - Flask's documented name
+def result(id: str) -> dict[str, object]:
     result = AsyncResult(id)
     ready = result.ready()
     return {

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+from celeryredis import RetryTask, Task, explain
 from flask import Flask
 from flask.testing import FlaskClient
-
-from celeryredis import RetryTask, Task, explain
 
 
 def test_the_factory_builds_a_celeryredis_app(app: Flask) -> None:

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from celeryredis import check_health
+from celeryredis.testing import RedisServer, WorkerProcess
 from flask import Flask
 from flask.testing import FlaskClient
 
-from celeryredis import check_health
-from celeryredis.testing import RedisServer, WorkerProcess
 from conftest import shop_config
 from shop import create_app
 
@@ -68,7 +68,7 @@ def wait_result(client: FlaskClient, result_id: str, timeout: float = 20.0) -> A
 
 
 def celery_cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: S603 - our own arguments
+    return subprocess.run(
         [sys.executable, "-m", "celery", "-A", "make_celery", *args],
         cwd=PROJECT,
         env={**os.environ, "REDIS_URL": url},
@@ -94,7 +94,9 @@ def test_the_worker_pushes_the_flask_app_context(
     result_id = live_client.post("/tasks/ship/8", data={"carrier_timeouts": 1}).get_json()[
         "result_id"
     ]
-    assert wait_result(live_client, result_id)["value"] == "order 8 shipped from shop after 1 retries"
+    assert (
+        wait_result(live_client, result_id)["value"] == "order 8 shipped from shop after 1 retries"
+    )
     worker.wait_for_log(rf"task shop\.tasks\.ship\[{result_id}\] retrying", timeout=10)
 
 
