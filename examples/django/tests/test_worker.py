@@ -127,7 +127,8 @@ def test_a_failing_shared_task_reaches_the_dead_letter_queue(worker: WorkerProce
         )
         [entry] = [e for e in dlq.list(task="orders.tasks.cancel") if e.task_id == result.id]
         assert entry.reason == "failed"
-        assert entry.args == [25]
+        assert list(entry.args) == [25]
+        assert entry.exception_type == "OrderNotFound"
     finally:
         dlq.purge(task="orders.tasks.cancel")
 
