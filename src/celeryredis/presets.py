@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -40,6 +41,7 @@ __all__ = [
     "Preset",
     "Setting",
     "get_preset",
+    "known_settings",
 ]
 
 
@@ -495,3 +497,30 @@ def get_preset(name: str) -> Preset:
             "or pass a Preset or a dict of settings",
             setting="preset",
         ) from None
+
+
+# Settings Celery reads with conf.get() without listing them in its defaults
+# (celery/backends/redis.py, celery/backends/base.py in 5.7).
+_HIDDEN_CELERY_SETTINGS: Final = frozenset(
+    {
+        "redis_backend_health_check_interval",
+        "redis_backend_credential_provider",
+        "redis_client_name",
+        "result_backend_thread_safe",
+        "result_failure_expires",
+        "result_compression",
+        "result_chord_expires",
+        "result_backend_max_retries",
+        "result_backend_always_retry",
+        "result_backend_base_sleep_between_retries_ms",
+        "result_backend_max_sleep_between_retries_ms",
+    }
+)
+
+
+@functools.cache
+def known_settings() -> frozenset[str]:
+    """Every setting name celeryredis accepts: Celery's (lower case) and ``celeryredis_*``."""
+    from celery.app.defaults import SETTING_KEYS  # noqa: PLC0415
+
+    return frozenset(SETTING_KEYS) | _HIDDEN_CELERY_SETTINGS | frozenset(LIBRARY_SETTINGS)

@@ -41,6 +41,7 @@ __all__ = [
     "old_setting_names",
     "required_visibility_timeout",
     "run_checks",
+    "settings_view",
     "uses_reliable_transport",
 ]
 
@@ -415,9 +416,63 @@ def _check_old_names(conf: Mapping[str, Any]) -> Iterable[Finding]:
             "old-setting-names",
             "error",
             f"{key!r} is an old upper-case setting name; use {table[key]!r} (Celery refuses to "
-            "mix old and new names, and celeryredis sets new ones).",
+            "mix old and new names, and Celery 6 drops the old ones).",
             (key,),
         )
+
+
+def _check_broker_url(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    if conf.get("broker_url") or conf.get("task_always_eager"):
+        return
+    yield Finding(
+        "broker-url",
+        "error",
+        "no broker URL: pass make_app(broker_url=...), set the app's broker_url setting "
+        "(CELERY_BROKER_URL under Django's namespace), or set $CELERY_BROKER_URL or "
+        "$REDIS_URL. celeryredis has no silent localhost default, so no test or worker "
+        "reaches a Redis by accident.",
+        ("broker_url",),
+    )
+
+
+def settings_view(conf: Mapping[str, Any], known: Iterable[str]) -> dict[str, Any]:
+    """The effective settings of ``app.conf`` by their plain names, for the checks.
+
+    ``app.conf`` under a namespace (Django's ``CELERY_``) holds keys such as
+    ``CELERY_BROKER_URL`` and every other setting of the host; iterating it would read
+    them as old setting names. This view holds each known setting's effective value
+    (``conf.get`` resolves the namespace), plus the old upper-case names the host's own
+    configuration really uses, so that check still finds them.
+
+    Args:
+        conf: ``app.conf`` (or any mapping of settings).
+        known: The plain setting names to read.
+    """
+    finalize = getattr(conf, "finalize", None)
+    if callable(finalize):
+        finalize()  # an app.conf not loaded yet answers no `in` test until Celery loads it
+    view = {name: conf.get(name) for name in known if name in conf}
+    table = old_setting_names()
+    prefix = getattr(conf, "prefix", None)
+    prefix = prefix.upper() if isinstance(prefix, str) else ""
+    maps = getattr(conf, "maps", None)
+    sources: list[Any] = list(maps)[:-1] if maps else [conf]
+    names = frozenset(known)
+    for mapping in sources:
+        if getattr(mapping, "celeryredis_layer", False):
+            continue
+        for key in list(mapping):
+            if not isinstance(key, str):
+                continue
+            if prefix:
+                if not key.upper().startswith(prefix):
+                    continue
+                rest = key[len(prefix) :]
+                if rest.lower() not in names and rest.upper() in table:
+                    view.setdefault(rest.upper(), mapping[key])
+            elif key in table and key not in names:
+                view.setdefault(key, mapping[key])
+    return view
 
 
 def _check_restore_sweep(conf: Mapping[str, Any]) -> Iterable[Finding]:
@@ -599,6 +654,21 @@ CHECKS: Final[Mapping[str, Check]] = MappingProxyType(
                 "Old upper-case setting names are refused.",
                 "Celery refuses mixed old and new names, or silently uses the old set.",
                 _check_old_names,
+            ),
+            Check(
+                "broker-url",
+                "error",
+                "A broker URL must be set; there is no silent localhost default.",
+                "A worker or a test would reach whatever Redis listens on localhost:6379.",
+                _check_broker_url,
+            ),
+            Check(
+                "task-class",
+                "warning",
+                "The app's default task class should derive from celeryredis.Task.",
+                "@shared_task tasks get no lifecycle records and never reach the dead-letter "
+                "queue.",
+                _per_task_only,
             ),
             Check(
                 "restore-sweep-slow",
