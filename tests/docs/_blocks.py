@@ -12,7 +12,7 @@ just above it:
   ``REDIS_URL`` pointing at the throwaway server, and must exit 0; output lines shown
   under it are compared (``...`` matches anything). ``celery ... worker ...`` starts a
   real worker for the rest of the page instead.
-- ``json`` / ``yaml`` / ``toml``: parsed.
+- ``json`` / ``yaml``: parsed.
 - ``text``: sample output, not code.
 
 ``<!-- fragment -->`` (optionally ``<!-- fragment: why -->``) above a block says it does not
@@ -31,7 +31,7 @@ __all__ = ["CODE", "DATA", "SHELL", "TEXT", "Block", "blocks"]
 
 SHELL = frozenset({"console", "bash", "shell", "sh"})
 CODE = frozenset({"python", "pycon"}) | SHELL
-DATA = frozenset({"json", "yaml", "toml"})
+DATA = frozenset({"json", "yaml"})
 TEXT = frozenset({"text"})
 
 _FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
