@@ -9,6 +9,7 @@ else than it shows, or exits non-zero fails the page, naming the block's line.
 from __future__ import annotations
 
 import doctest
+import gc
 import importlib
 import json
 import os
@@ -72,6 +73,7 @@ class Page:
         test = doctest.DocTestParser().get_doctest(
             block.text, self.namespace, block.where, str(block.path), block.line
         )
+        test.globs = self.namespace  # doctest runs on a copy; a page is one namespace
         report: list[str] = []
         runner = doctest.DocTestRunner(optionflags=_FLAGS)
         runner.run(test, out=report.append, clear_globs=False)
@@ -244,7 +246,14 @@ def test_page_runs_as_shown(
     for name in [k for k in os.environ if k.startswith("CELERY_")]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("REDIS_URL", redis_url)
-    counts = run_page(path, Page(page_directory, redis_url, celery_worker_process))
+    page = Page(page_directory, redis_url, celery_worker_process)
+    try:
+        counts = run_page(path, page)
+    finally:
+        # Signal receivers a page connects (tasks.md's setup_logging) are weak references:
+        # drop the page's names so they go now, not in a later test.
+        page.namespace.clear()
+        gc.collect()
     doc_counts.update(counts)
     doc_counts["pages"] += 1
     print(f"{path.name}: {dict(counts)}")

@@ -28,6 +28,11 @@ host_project.call(x)
 ```pycon
 >>> x + 1
 2
+>>> y = 5
+```
+
+```python
+z = y * 2
 ```
 
 ```console
@@ -53,8 +58,9 @@ def test_blocks_carry_language_line_and_fragment_marker(tmp_path: Path) -> None:
         ("python", 3, False),
         ("python", 9, True),
         ("pycon", 13, False),
-        ("console", 18, False),
-        ("text", 23, False),
+        ("python", 19, False),
+        ("console", 23, False),
+        ("text", 28, False),
     ]
     assert found[1].why == "a sketch"
     assert found[0].text == "x = 1\n"
@@ -65,8 +71,9 @@ def test_a_page_runs_in_order_in_one_namespace(
 ) -> None:
     page = Page(tmp_path, redis_url, celery_worker_process)
     counts = run_page(_page(tmp_path, PAGE), page)
-    assert counts == {"executed": 3, "compiled": 1, "text": 1}
+    assert counts == {"executed": 4, "compiled": 1, "text": 1}
     assert page.namespace["x"] == 1
+    assert page.namespace["z"] == 10  # a name a pycon block set reaches the next block
 
 
 @pytest.mark.parametrize(
