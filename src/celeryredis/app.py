@@ -23,6 +23,7 @@ and :func:`make_app` runs it when it builds the app. Nothing here runs at import
 
 from __future__ import annotations
 
+import copy
 import difflib
 import logging
 import math
@@ -86,16 +87,18 @@ _RESOLVED: Final = MERGED_DICT_SETTINGS | {
     "celeryredis_validate",
     "celeryredis_validate_checks",
 }
-#: Settings the derived values read, besides the ones the layer manages.
-_DERIVATION_INPUTS: Final = frozenset(
-    {
-        "task_time_limit",
-        "task_soft_time_limit",
-        "task_acks_late",
-        "worker_prefetch_multiplier",
-        "worker_disable_prefetch",
-    }
-)
+#: The host settings the resolved settings depend on (what the layer reads to resolve).
+_RESOLUTION_INPUTS: Final = _RESOLVED | {
+    "task_time_limit",
+    "task_acks_late",
+    "worker_prefetch_multiplier",
+    "worker_disable_prefetch",
+    "celeryredis_eta_horizon",
+    "celeryredis_retry_backoff_max",
+    "celeryredis_lease_seconds",
+    "celeryredis_lease_sweep_interval",
+    "celeryredis_fetch_batch_max",
+}
 
 Kind = Literal["preset", "host", "argument", "env", "derived", "default"]
 
@@ -625,6 +628,10 @@ class _Layer(Mapping[str, Any]):
         self._old_names = {new: old for old, new in old_setting_names().items()}
         #: Merged-dict values the host put in Celery's override layer before we attached.
         self.absorbed: dict[str, Any] = {}
+        self._cache: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        #: The namespace prefix of the configuration the layer is attached to.
+        self.prefix: str | None = None
 
     # Mapping protocol ---------------------------------------------------------------
 
@@ -636,7 +643,8 @@ class _Layer(Mapping[str, Any]):
             conf = self.resolved_conf()
             if name not in conf:
                 raise KeyError(key)
-            return conf[name]
+            value = conf[name]
+            return dict(value) if isinstance(value, dict) else value  # callers may change it
         if name in self._top_keywords:
             return self._top_keywords[name]
         if self._host_has(name):
@@ -676,9 +684,16 @@ class _Layer(Mapping[str, Any]):
         return app.conf
 
     def _prefix(self) -> str:
+        if self.prefix is not None:
+            return self.prefix
         conf = self._conf()
         prefix = getattr(conf, "prefix", None) if conf is not None else None
         return prefix.upper() if isinstance(prefix, str) else ""
+
+    def bind(self, conf: Any) -> None:
+        """Remember the loaded configuration's namespace (a reload attaches again)."""
+        self.prefix = None
+        self.prefix = self._prefix() if conf is not None else None
 
     def _name(self, key: str) -> str | None:
         if key in self._managed:
@@ -697,21 +712,26 @@ class _Layer(Mapping[str, Any]):
         return [m for m in maps if not getattr(m, "celeryredis_layer", False)]
 
     def _candidates(self, name: str, prefix: str) -> tuple[str, ...]:
-        old = self._old_names.get(name)
-        keys = (prefix + name.upper(), name) if prefix else (name,)
-        return (*keys, old) if old else keys
+        """The keys Celery would look ``name`` up under (namespaced, plain, old name)."""
+        cached = self._keys.get((name, prefix))
+        if cached is None:
+            old = self._old_names.get(name)
+            keys = (prefix + name.upper(), name) if prefix else (name,)
+            cached = self._keys[name, prefix] = (*keys, old) if old else keys
+        return cached
 
-    def host_get(self, name: str, maps: list[Mapping[str, Any]] | None = None) -> Any:
+    def host_get(self, name: str) -> Any:
         """The host's value of ``name`` (as Celery would find it), or :data:`_UNSET`."""
+        return self._host_get(name, self._host_maps(), self._prefix())
+
+    def _host_get(self, name: str, maps: list[Mapping[str, Any]], prefix: str) -> Any:
         if name in self.absorbed:
             return self.absorbed[name]
-        prefix = self._prefix()
-        for mapping in self._host_maps() if maps is None else maps:
-            for key in self._candidates(name, prefix):
-                try:
+        keys = self._candidates(name, prefix)
+        for mapping in maps:
+            for key in keys:
+                if key in mapping:
                     return mapping[key]
-                except KeyError:
-                    continue
         return _UNSET
 
     def _host_has(self, name: str) -> bool:
@@ -720,22 +740,27 @@ class _Layer(Mapping[str, Any]):
     def host_settings(self, names: Iterable[str] | None = None) -> dict[str, Any]:
         """The host's own values (plain names) of ``names`` (default: every known setting)."""
         maps = self._host_maps()
-        wanted = known_settings() if names is None else names
+        prefix = self._prefix()
         found = {}
-        for name in wanted:
-            value = self.host_get(name, maps)
+        for name in known_settings() if names is None else names:
+            value = self._host_get(name, maps, prefix)
             if value is not _UNSET and not (name == "broker_url" and value is None):
                 found[name] = value
         return found
 
     def resolved(self, *, strict: bool = False) -> dict[str, _Layered]:
-        """The resolution over the host's live settings."""
-        names = self._managed | _DERIVATION_INPUTS
-        host = self.host_settings(None if strict else names)
-        return _resolve(self.spec, host, strict=strict)
+        """The resolution over all of the host's live settings (explain, validation)."""
+        return _resolve(self.spec, self.host_settings(), strict=strict)
 
     def resolved_conf(self) -> dict[str, Any]:
-        return _assemble(self.resolved())
+        """The resolved settings, computed again only when a host input changed."""
+        host = self.host_settings(_RESOLUTION_INPUTS)
+        cached = self._cache
+        if cached is not None and cached[0] == host:
+            return cached[1]
+        conf = _assemble(_resolve(self.spec, host, strict=False))
+        self._cache = (copy.deepcopy(host), conf)
+        return conf
 
     def describe_findings(self, findings: Iterable[Finding]) -> list[Finding]:
         """The findings, each naming where its values came from (for the worker's check)."""
@@ -763,6 +788,7 @@ def _attach(app: Celery, layer: _Layer) -> None:
                 layer.absorbed[name] = changes.pop(key)
                 break
     conf.add_defaults(layer)
+    layer.bind(conf)
     _validate(app, layer)
 
 
