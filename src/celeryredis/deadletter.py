@@ -113,7 +113,7 @@ class DeadLetterNotFound(DeadLetterError):  # noqa: N818 - reads as what happene
         shown = ", ".join(repr(i) for i in self.ids)
         super().__init__(
             f"no dead-letter entry {shown}: it was replayed, purged or trimmed already, or "
-            "the id is mistyped (ids look like 1764612000000-0; list them with dlq list)"
+            "the id is mistyped (ids look like 1764612000000-0; `celeryredis dlq list` shows them)"
         )
 
 

@@ -34,6 +34,7 @@ from celeryredis.redaction import redact_text
 __all__ = [
     "TEXT_FORMAT",
     "RedactingFilter",
+    "bind_task_secrets",
     "configure_logging",
     "current_task_context",
     "install_record_factory",
@@ -50,6 +51,9 @@ _CONTEXT: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVa
 )
 _install_lock = threading.Lock()
 _installed_factory: Any = None
+# The secret argument values of the task this thread runs or ran last: Celery logs a
+# task's failure after the body (and our hooks) returned, in the same thread.
+_THREAD_SECRETS = threading.local()
 
 
 def current_task_context() -> tuple[str, str] | None:
@@ -66,6 +70,21 @@ def task_context(task_id: str, task_name: str) -> Iterator[None]:
         yield
     finally:
         _CONTEXT.reset(token)
+
+
+def bind_task_secrets(secrets: Iterable[str]) -> None:
+    """Hide ``secrets`` (a task's sensitive argument values) in this thread's records.
+
+    :class:`celeryredis.Task` calls it when an attempt starts; the values stay bound
+    until the next attempt in the thread, so Celery's own failure and retry records,
+    written after the body returned, are covered too.
+    """
+    _THREAD_SECRETS.values = tuple(secrets)
+
+
+def _bound_secrets() -> tuple[str, ...]:
+    values: tuple[str, ...] = getattr(_THREAD_SECRETS, "values", ())
+    return values
 
 
 def redact_exc_info(exc_info: Any, secrets: Iterable[str] = ()) -> str:
@@ -97,9 +116,9 @@ def _redact_extra(value: Any, depth: int = 0) -> Any:
     if depth > 4:
         return value
     if isinstance(value, str):
-        return redact_text(value)
+        return redact_text(value, _bound_secrets())
     if isinstance(value, BaseException):
-        return redact_text(f"{type(value).__name__}: {value}")
+        return redact_text(f"{type(value).__name__}: {value}", _bound_secrets())
     if isinstance(value, Mapping):
         return {k: _redact_extra(v, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -109,6 +128,9 @@ def _redact_extra(value: Any, depth: int = 0) -> Any:
 
 class RedactingFilter(logging.Filter):
     """Show URL passwords as ``***`` in a record's message, extra fields and traceback.
+
+    The sensitive argument values of the task the thread runs (or ran last, see
+    :func:`bind_task_secrets`) are hidden too.
 
     A record's exception is formatted once into ``exc_text`` (redacted) and its
     ``exc_info`` cleared, because formatters (python-json-logger's among them) would
@@ -121,14 +143,15 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # let the handler report a broken record as it always does
             return True
-        redacted = redact_text(message)
+        secrets = _bound_secrets()
+        redacted = redact_text(message, secrets)
         if redacted != message:
             record.msg, record.args = redacted, None
         if record.exc_info and record.exc_info[0] is not None:
-            record.exc_text = redact_exc_info(record.exc_info)
+            record.exc_text = redact_exc_info(record.exc_info, secrets)
             record.exc_info = None
         elif record.exc_text:
-            record.exc_text = redact_text(record.exc_text)
+            record.exc_text = redact_text(record.exc_text, secrets)
         for key, value in list(record.__dict__.items()):
             if key not in _RECORD_ATTRIBUTES:
                 record.__dict__[key] = _redact_extra(value)

@@ -46,7 +46,7 @@ from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
 from celeryredis.exceptions import PublishError
-from celeryredis.log import redact_exc_info, task_context
+from celeryredis.log import bind_task_secrets, redact_exc_info, task_context
 from celeryredis.redaction import redact_call, redact_text, sensitive_words, summarize_call
 from celeryredis.stats import count
 from celeryredis.tasks._options import (
@@ -278,6 +278,7 @@ class Task(celery.Task[Any, Any]):
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Log ``started`` and start the attempt's clock."""
         self.request.celeryredis_started = time.monotonic()  # type: ignore[attr-defined]
+        bind_task_secrets(self._secrets(args, kwargs))
         summary = summarize_call(
             args,
             kwargs,
