@@ -737,7 +737,7 @@ def _read_calls(source: TextIO) -> tuple[list[Any], list[int]]:
 def _stopped_at(task_name: str, exc: BulkPublishError, lines: list[int]) -> CliError:
     """The one line for a bulk publish that stopped part-way, in input line numbers."""
     root = _root_cause(exc)
-    cause = f"{type(root).__name__}: {root}" if root is not exc else str(exc)
+    cause = (f"{type(root).__name__}: {root}" if root is not exc else str(exc)).rstrip(". ")
     published = sum(1 for i in exc.published_ids if i is not None)
     if exc.next_index >= len(lines):
         where = "after the last line"
@@ -808,11 +808,15 @@ def enqueue_command(
     total = len(calls)
     started = time.monotonic()
     # A bar on a terminal; on a pipe or a log file, one line per chunk.
+    interactive = sys.stderr.isatty()
     with click.progressbar(
-        length=total, label=f"enqueue {task_name}", file=sys.stderr, show_pos=True
+        length=total,
+        label=f"enqueue {task_name}",
+        file=sys.stderr,
+        show_pos=True,
+        hidden=not interactive,
     ) as bar:
         done = 0
-        interactive = sys.stderr.isatty()
 
         def progress(published: int, _total: int | None) -> None:
             nonlocal done

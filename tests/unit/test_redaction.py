@@ -133,7 +133,7 @@ def test_bad_durations_are_usage_errors(text: str) -> None:
 
 
 def test_enqueue_input_counts_lines_from_one_blank_lines_included() -> None:
-    lines = ['[1]\n', '\n', '{"args": [2], "kwargs": {"x": 1}}\n', '{"args": 3}\n']
+    lines = ["[1]\n", "\n", '{"args": [2], "kwargs": {"x": 1}}\n', '{"args": 3}\n']
     calls = _json_calls(lines)
     assert next(calls) == (1, (1,))
     assert next(calls) == (3, ((2,), {"x": 1}))
