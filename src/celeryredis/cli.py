@@ -5,22 +5,8 @@ Celery's ``celery.commands`` entry point, ``celeryredis`` is a console script.
 Every command takes ``--json``; secrets are redacted in every output.
 
 Errors are one ``Error: ...`` line on stderr (the redacted traceback before it only
-with ``--debug``), and the exit code says what kind of failure it was:
-
-==== =================================================================================
-code meaning
-==== =================================================================================
-0    ok
-1    ``check``: a warning; ``dlq purge`` / ``locks clear``: the confirmation was declined
-2    ``check``: a part failed (``check --worker``: the worker is not consuming)
-64   usage: an unknown command or option, a bad value, no ``--app`` or one that cannot be
-     loaded (EX_USAGE)
-65   bad input data: a line of ``enqueue``'s input (EX_DATAERR)
-66   not found: a dead-letter entry id or a task name (EX_NOINPUT)
-69   Redis could not be reached (EX_UNAVAILABLE)
-70   any other error (EX_SOFTWARE)
-78   the app's configuration was refused (EX_CONFIG)
-==== =================================================================================
+with ``--debug``), and the exit code says what kind of failure it was: see
+:data:`EXIT_CODES` (the table in docs/operations.md, which a test keeps equal to it).
 """
 
 from __future__ import annotations

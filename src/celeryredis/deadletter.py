@@ -133,7 +133,7 @@ class DeadLetter:
     Which arguments are sensitive was decided when the entry was written, by the
     worker that knew the task's signature and sensitive words; the views show that
     decision in any process, whether or not it imported the task's module. The real
-    arguments (for :meth:`DeadLetterQueue.replay`) are in ``original_args`` and
+    arguments (for :meth:`celeryredis.DeadLetterQueue.replay`) are in ``original_args`` and
     ``original_kwargs``, which no repr, ``to_dict`` or CLI view shows.
 
     Attributes:
@@ -310,7 +310,7 @@ class DeadLetterQueue:
         traceback before they are stored.
 
         Args:
-            reason: One of :data:`REASONS`.
+            reason: One of :data:`celeryredis.deadletter.REASONS`.
             task_name: The task's name.
             task_id: The task's id.
             args: The real positional arguments.
@@ -548,7 +548,8 @@ class DeadLetterQueue:
             new_id: Publish under a new task id.
             dry_run: Publish nothing and remove nothing; return what would be published.
             missing_ok: Skip ids that are not in the queue. With False, a named id
-                that is not there raises :class:`DeadLetterNotFound` before anything
+                that is not there raises
+                :class:`~celeryredis.deadletter.DeadLetterNotFound` before anything
                 is published.
 
         Returns:
@@ -556,7 +557,8 @@ class DeadLetterQueue:
             task that would be published).
 
         Raises:
-            DeadLetterNotFound: ``missing_ok`` is False and an id is not in the queue.
+            celeryredis.deadletter.DeadLetterNotFound: ``missing_ok`` is False and an
+                id is not in the queue.
             DeadLetterError: A publish failed; ``published`` and ``not_published`` say
                 which entries were replayed and which were put back.
         """

@@ -81,7 +81,7 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     Args:
         text: Arbitrary text.
         secrets: Values to hide wherever they occur (those shorter than
-            :data:`MIN_SECRET_CHARS` characters are ignored).
+            ``MIN_SECRET_CHARS`` (4) characters are ignored).
 
     Example:
         >>> redact_text("connecting to redis://app:s3cret@db:6379/0")
