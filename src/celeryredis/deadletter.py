@@ -595,6 +595,9 @@ class DeadLetterQueue:
 
     def _publish(self, entry: DeadLetter, task_id: str, queue: str | None) -> Any:
         target = queue or entry.queue
+        # The real headers are published; the view stored with the entry is what Celery
+        # shows of the replay (argsrepr/kwargsrepr).
+        headers = entry.original_headers if entry.original_headers is not None else entry.headers
         if entry.raw_body is not None and entry.reason in {"content_rejected", "decode_error"}:
             with self.app.producer_or_acquire() as producer:
                 producer.publish(
@@ -602,7 +605,7 @@ class DeadLetterQueue:
                     routing_key=target or self.app.conf.task_default_queue,
                     content_type=entry.content_type or "application/json",
                     content_encoding=entry.content_encoding or "utf-8",
-                    headers=entry.headers,
+                    headers=headers,
                     retry=True,
                 )
             return self.app.AsyncResult(task_id)
@@ -611,8 +614,6 @@ class DeadLetterQueue:
             # runs; forget it so the caller waits for the replay's own result.
             with contextlib.suppress(NotImplementedError):  # no result backend
                 self.app.AsyncResult(task_id).forget()
-        # The view stored with the entry is what Celery shows of the replay.
-        headers = entry.original_headers if entry.original_headers is not None else entry.headers
         options: dict[str, Any] = {
             "task_id": task_id,
             "argsrepr": repr(tuple(entry.args)),

@@ -382,3 +382,52 @@ def test_check_suggests_the_form_it_was_invoked_with(trust_env: dict[str, Any]) 
     assert "`celeryredis --app trustapp dlq list`" in parts["dead_letters"]["reason"]
     for proc_out in (via_celery.stdout, standalone.stdout):
         assert SECRET not in proc_out
+
+
+def test_entries_keep_their_decision_when_put_back_and_old_entries_are_redacted(
+    redis_url: str,
+) -> None:
+    app = make_app("putback", broker_url=redis_url, preset="testing")
+    dlq = DeadLetterQueue(app)
+
+    def body(user: str, pin: str) -> None: ...
+
+    dlq.add(
+        reason="failed",
+        task_name="putback.body",
+        task_id="t1",
+        args=("ann", "9876-sec"),
+        headers={"Authorization": "Bearer abcdef"},
+        func=body,
+        sensitive_names=("pin",),
+        exception=ValueError("pin 9876-sec is wrong"),
+    )
+    entry = dlq.list(1)[0]
+    assert entry.args == ("ann", "***")
+    assert entry.headers == {"Authorization": "***"}
+    assert entry.exception_message == "pin *** is wrong"
+    assert entry.original_args == ("ann", "9876-sec")
+    assert entry.original_headers == {"Authorization": "Bearer abcdef"}
+    assert dlq.delete(entry.id)
+    dlq._put_back(entry)  # what a failed replay does
+    again = dlq.list(1)[0]
+    assert (again.args, again.original_args) == (("ann", "***"), ("ann", "9876-sec"))
+    assert again.original_headers == {"Authorization": "Bearer abcdef"}
+    assert again.failed_at == entry.failed_at
+
+    # An entry stored before decisions were stored: redacted when read, by names and URLs.
+    dlq.client.xadd(
+        dlq.key,
+        {
+            "reason": "failed",
+            "task_name": "gone.task",
+            "args": json.dumps([f"redis://:{SECRET}@h:1/0"]),
+            "kwargs": json.dumps({"password": SECRET}),
+            "exception_message": f"login {SECRET} refused",
+        },
+    )
+    old = dlq.list(1)[0]
+    assert old.args == ("redis://:***@h:1/0",)
+    assert old.kwargs == {"password": "***"}
+    assert old.exception_message == "login *** refused"
+    assert SECRET not in repr(old) + json.dumps(old.to_dict())
