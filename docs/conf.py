@@ -47,7 +47,7 @@ nitpick_ignore_regex = [
     (r"py:.*", r"(celery|kombu|redis|prometheus_client)(\..*)?"),
     (r"py:.*", r"Celery"),
     # The standard library.
-    (r"py:.*", r"(collections\.abc|typing|types|pathlib|re|logging|contextvars)\..*"),
+    (r"py:.*", r"(collections\.abc|typing|types|pathlib|re|logging|contextvars|datetime)\..*"),
     (r"py:.*", r"Path"),
     # Private helpers of ours that appear in signatures (e.g. the ``_Unset`` sentinel).
     (r"py:.*", r"celeryredis(\.\w+)*\._\w+"),

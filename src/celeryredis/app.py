@@ -46,9 +46,10 @@ from celeryredis.presets import (
     Preset,
     known_settings,
 )
+from celeryredis.redaction import redact_setting, redact_text
 from celeryredis.tasks import Task
 from celeryredis.transport import reliable_url
-from celeryredis.urls import REDACTED, parse_redis_url, redact_text
+from celeryredis.urls import parse_redis_url
 from celeryredis.validation import (
     Finding,
     derive_visibility_timeout,
@@ -76,7 +77,6 @@ class _Unset:
 _UNSET: Final = _Unset()
 
 _REDIS_SCHEMES: Final = ("redis", "rediss", "sentinel", "unix", "redis+socket")
-_SECRET_WORDS: Final = ("password", "secret", "token", "credential")
 _NEGATIVE_OK: Final = frozenset({"result_cache_max"})
 #: Settings the layer resolves on every read (they depend on other settings).
 _RESOLVED: Final = MERGED_DICT_SETTINGS | {
@@ -282,18 +282,6 @@ def _assemble(flat: Mapping[str, _Layered]) -> dict[str, Any]:
         else:
             conf[name] = layered.value
     return conf
-
-
-def _redact_value(name: str, value: Any) -> Any:
-    if isinstance(value, str):
-        if any(word in name.lower() for word in _SECRET_WORDS):
-            return REDACTED
-        return redact_text(value)
-    if isinstance(value, Mapping):
-        return {k: _redact_value(f"{name}.{k}", v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_redact_value(name, v) for v in value)
-    return value
 
 
 # --- resolution: one pure step over the sources -----------------------------------------
@@ -828,7 +816,7 @@ def _with_sources(findings: Iterable[Finding], flat: Mapping[str, _Layered]) -> 
                     if key.startswith(f"{name}.") and key.partition(".")[2] in finding.message
                 ]
             parts.extend(
-                f"{key}={_redact_value(key, layered.value)!r} from {layered.source}"
+                f"{key}={redact_setting(key, layered.value)!r} from {layered.source}"
                 for key, layered in rows
             )
         if parts:
@@ -1006,7 +994,7 @@ def explain(app: Celery) -> list[ExplainRow]:
         )
     flat = layer.resolved()
     return [
-        ExplainRow(name, _redact_value(name, layered.value), layered.source, layered.reason)
+        ExplainRow(name, redact_setting(name, layered.value), layered.source, layered.reason)
         for name, layered in sorted(flat.items())
     ]
 

@@ -293,7 +293,9 @@ _CONNECTION_SAFETY = {
         10, "PING idle broker connections every 10 s before using them."
     ),
     "broker_transport_options.retry_on_timeout": _s(
-        False, "Keeps kombu's batched publish safe from double sends (a retried timed-out MULTI could send a batch twice)."
+        False,
+        "Keeps kombu's batched publish safe from double sends (a retried timed-out MULTI "
+        "could send a batch twice).",
     ),
     "broker_connection_retry_on_startup": _s(
         True, "A worker started before Redis waits for it instead of exiting."

@@ -32,8 +32,8 @@ from celeryredis.exceptions import ConfigurationError
 from celeryredis.health import remove_heartbeat, write_heartbeat
 from celeryredis.keys import poison_key
 from celeryredis.presets import known_settings
+from celeryredis.redaction import redact_text
 from celeryredis.tasks import Task
-from celeryredis.urls import redact_text
 from celeryredis.validation import Finding, enforce, run_checks, settings_view
 
 __all__ = ["Consumer", "HeartbeatStep", "PoisonStep", "ValidationStep", "install"]

@@ -13,6 +13,8 @@ import redis.exceptions
 from celery.exceptions import TaskPredicate
 
 from celeryredis.exceptions import ConfigurationError
+from celeryredis.log import task_context
+from celeryredis.redaction import redact_text
 from celeryredis.tasks._options import (
     OptionCheck,
     as_bool,
@@ -189,28 +191,31 @@ class RetryTask(Task):
             retries = request.retries or 0
             if not self._retryable(exc, retries + 1):
                 raise
-            if retries >= self.max_retries:
-                logger.warning(
-                    "task %s[%s]: retries exhausted after %d attempts: %s: %s",
+            # Logged after the body's task context ended: bind it again for the records.
+            with task_context(request.id, self.name):
+                text = redact_text(str(exc), self._secrets(args, kwargs))
+                if retries >= self.max_retries:
+                    logger.warning(
+                        "task %s[%s]: retries exhausted after %d attempts: %s: %s",
+                        self.name,
+                        request.id,
+                        retries + 1,
+                        type(exc).__name__,
+                        text,
+                    )
+                    request.celeryredis_reason = "retries_exhausted"  # type: ignore[attr-defined]
+                    self.on_retries_exhausted(exc, request.id, args, kwargs)
+                    raise
+                delay = self.retry_delay(retries)
+                logger.info(
+                    "task %s[%s]: attempt %d failed (%s: %s); retry %d of %d in %.3f s",
                     self.name,
                     request.id,
                     retries + 1,
                     type(exc).__name__,
-                    exc,
+                    text,
+                    retries + 1,
+                    self.max_retries,
+                    delay,
                 )
-                request.celeryredis_reason = "retries_exhausted"  # type: ignore[attr-defined]
-                self.on_retries_exhausted(exc, request.id, args, kwargs)
-                raise
-            delay = self.retry_delay(retries)
-            logger.info(
-                "task %s[%s]: attempt %d failed (%s: %s); retry %d of %d in %.3f s",
-                self.name,
-                request.id,
-                retries + 1,
-                type(exc).__name__,
-                exc,
-                retries + 1,
-                self.max_retries,
-                delay,
-            )
-            raise self.retry(exc=exc, countdown=delay, max_retries=self.max_retries) from exc
+                raise self.retry(exc=exc, countdown=delay, max_retries=self.max_retries) from exc
