@@ -41,12 +41,12 @@ from celeryredis import signals, worker
 from celeryredis.exceptions import ConfigurationError
 from celeryredis.presets import (
     DERIVED,
-    LIBRARY_SETTINGS,
     MERGED_DICT_SETTINGS,
     Preset,
     known_settings,
 )
 from celeryredis.redaction import redact_setting, redact_text
+from celeryredis.registry import SETTINGS, default
 from celeryredis.tasks import Task
 from celeryredis.transport import reliable_url
 from celeryredis.urls import parse_redis_url
@@ -109,15 +109,8 @@ def _declared_types() -> dict[str, str]:
     # flatten() yields (key, Option) pairs; celery-types declares it as a dict.
     options = cast("Iterable[tuple[str, Any]]", flatten(NAMESPACES))
     types = {key: str(opt.type) for key, opt in options}
-    for name, (default, _) in LIBRARY_SETTINGS.items():
-        types[name] = {
-            bool: "bool",
-            int: "int",
-            float: "float",
-            str: "string",
-            dict: "dict",
-            tuple: "any",
-        }[type(default)]
+    for name, entry in SETTINGS.items():
+        types[name] = {"str": "string", "names": "any"}.get(entry.type, entry.type)
     # Celery declares these as bool/float but documents dicts and timedeltas for them.
     for name in ("broker_use_ssl", "redis_backend_use_ssl"):
         types[name] = "any"
@@ -302,7 +295,7 @@ class _Spec:
     @property
     def managed(self) -> frozenset[str]:
         names = {n.partition(".")[0] for n in (*self.presets, *self.keywords)}
-        return frozenset(names | set(LIBRARY_SETTINGS) | _RESOLVED)
+        return frozenset(names | set(SETTINGS) | _RESOLVED)
 
 
 _URL_ENV: Final = ("CELERY_BROKER_URL", "REDIS_URL", "CELERY_RESULT_BACKEND")
@@ -518,9 +511,11 @@ def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
     """
     layered = flat.get("celeryredis_transport")
     if layered is None:
-        default = LIBRARY_SETTINGS["celeryredis_transport"][0]
         layered = flat["celeryredis_transport"] = _Layered(
-            default, "default", "default", "celeryredis's default transport"
+            default("celeryredis_transport"),
+            "default",
+            "default",
+            "celeryredis's default transport",
         )
     if layered.value != "reliable":
         return
@@ -557,7 +552,7 @@ def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
     options = conf.setdefault("broker_transport_options", {})
     for setting, option in _TRANSPORT_OPTIONS.items():
         entry = flat.get(setting)
-        value = entry.value if entry else LIBRARY_SETTINGS[setting][0]
+        value = entry.value if entry else default(setting)
         options.setdefault(option, value)
         flat.setdefault(
             f"broker_transport_options.{option}",
@@ -639,8 +634,8 @@ class _Layer(Mapping[str, Any]):
             raise KeyError(key)  # the host's value, read live by Celery
         if name in self._top_presets:
             return self._top_presets[name]
-        if name in LIBRARY_SETTINGS:
-            return LIBRARY_SETTINGS[name][0]
+        if name in SETTINGS:
+            return SETTINGS[name].default
         raise KeyError(key)
 
     def __iter__(self) -> Iterator[str]:

@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from celeryredis.exceptions import ConfigurationError
+from celeryredis.registry import setting, uses_reliable_transport
 from celeryredis.urls import RedisURL, parse_redis_url
 
 __all__ = [
@@ -189,8 +190,8 @@ def required_visibility_timeout(conf: Mapping[str, Any]) -> float | None:
         ``H + cap + M*T`` (``(M-1)*T`` without ``task_acks_late``), or None when
         it cannot be bounded (no hard time limit, or unlimited prefetch).
     """
-    horizon = _num(conf.get("celeryredis_eta_horizon", 0.0)) or 0.0
-    backoff = _num(conf.get("celeryredis_retry_backoff_max", 0.0)) or 0.0
+    horizon = _num(setting(conf, "celeryredis_eta_horizon")) or 0.0
+    backoff = _num(setting(conf, "celeryredis_retry_backoff_max")) or 0.0
     limit = _num(conf.get("task_time_limit"))
     prefetch = _effective_prefetch(conf)
     if limit is None or prefetch is None or prefetch <= 0:
@@ -212,11 +213,6 @@ def derive_visibility_timeout(conf: Mapping[str, Any]) -> float | None:
 
 
 # --- the checks ---------------------------------------------------------------------------
-
-
-def uses_reliable_transport(conf: Mapping[str, Any]) -> bool:
-    """True when ``celeryredis_transport`` selects the reliable (leased) transport."""
-    return bool(conf.get("celeryredis_transport", "stock") == "reliable")
 
 
 def _check_visibility_timeout(conf: Mapping[str, Any]) -> Iterable[Finding]:
@@ -241,8 +237,8 @@ def _check_visibility_timeout(conf: Mapping[str, Any]) -> Iterable[Finding]:
     if required is None or vt is None:
         return  # acks-late-without-time-limit reports the missing hard limit.
     if vt <= required:
-        horizon = conf.get("celeryredis_eta_horizon", 0)
-        backoff = conf.get("celeryredis_retry_backoff_max", 0)
+        horizon = setting(conf, "celeryredis_eta_horizon")
+        backoff = setting(conf, "celeryredis_retry_backoff_max")
         factor = "prefetch" if conf.get("task_acks_late") else "(prefetch - 1)"
         yield Finding(
             "visibility-timeout",
@@ -511,7 +507,7 @@ def _check_worker_lost_loop(conf: Mapping[str, Any]) -> Iterable[Finding]:
 
 
 def _check_heartbeat_interval(conf: Mapping[str, Any]) -> Iterable[Finding]:
-    value = conf.get("celeryredis_heartbeat_interval", 5.0)
+    value = setting(conf, "celeryredis_heartbeat_interval")
     interval = _num(value)
     if interval is None or interval < 0 or (0 < interval < 0.1):
         yield Finding(
@@ -532,7 +528,7 @@ def _check_heartbeat_interval(conf: Mapping[str, Any]) -> Iterable[Finding]:
 
 
 def _check_transport(conf: Mapping[str, Any]) -> Iterable[Finding]:
-    name = conf.get("celeryredis_transport", "stock")
+    name = setting(conf, "celeryredis_transport")
     if name not in ("reliable", "stock"):
         yield Finding(
             "transport",
@@ -542,9 +538,9 @@ def _check_transport(conf: Mapping[str, Any]) -> Iterable[Finding]:
             ("celeryredis_transport",),
         )
         return
-    lease = _num(conf.get("celeryredis_lease_seconds", 30.0))
-    sweep = _num(conf.get("celeryredis_lease_sweep_interval", 1.0))
-    batch = conf.get("celeryredis_fetch_batch_max", 64)
+    lease = _num(setting(conf, "celeryredis_lease_seconds"))
+    sweep = _num(setting(conf, "celeryredis_lease_sweep_interval"))
+    batch = setting(conf, "celeryredis_fetch_batch_max")
     if lease is None or lease < 1:
         yield Finding(
             "transport",

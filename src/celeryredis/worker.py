@@ -33,6 +33,7 @@ from celeryredis.health import remove_heartbeat, write_heartbeat
 from celeryredis.keys import poison_key
 from celeryredis.presets import known_settings
 from celeryredis.redaction import redact_text
+from celeryredis.registry import setting, uses_reliable_transport
 from celeryredis.tasks import Task
 from celeryredis.validation import Finding, enforce, run_checks, settings_view
 
@@ -169,7 +170,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
-        self.interval = float(parent.app.conf.get("celeryredis_heartbeat_interval") or 0)
+        self.interval = float(setting(parent.app.conf, "celeryredis_heartbeat_interval"))
         self.enabled = self.interval > 0
         self._tref: Any = None
         self._client: redis.Redis | None = None
@@ -258,10 +259,10 @@ class PoisonStep(bootsteps.StartStopStep):
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         conf = parent.app.conf
-        self.enabled = conf.get("celeryredis_transport") == "reliable" and bool(
-            conf.get("celeryredis_dead_letter")
+        self.enabled = uses_reliable_transport(conf) and bool(
+            setting(conf, "celeryredis_dead_letter")
         )
-        self.interval = float(conf.get("celeryredis_heartbeat_interval") or 5.0)
+        self.interval = float(setting(conf, "celeryredis_heartbeat_interval") or 5.0)
         self._tref: Any = None
         super().__init__(parent, **kwargs)
 
