@@ -124,6 +124,12 @@ LIBRARY_SETTINGS: Final[Mapping[str, tuple[Any, str]]] = MappingProxyType(
             64,
             "Reliable transport: most messages one fetch pops (the prefetch window bounds it too).",
         ),
+        "celeryredis_eager_redis": (
+            False,
+            "Let the task bases use Redis (unique locks, rate limits, dead letters, counters) "
+            "when a task runs eagerly (task_always_eager, apply()); off, eager runs never touch "
+            "Redis, so a host's eager tests leave nothing in it and need no Redis running.",
+        ),
         "celeryredis_validate": (
             "error",
             "What a failed validation check does: 'error', 'warn' or 'ignore'.",

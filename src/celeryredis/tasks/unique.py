@@ -158,7 +158,7 @@ class UniqueTask(Task):
         key = headers.get(UNIQUE_HEADER) or self.unique_lock_key(args, kwargs)
         headers[UNIQUE_HEADER] = key
         options["headers"] = headers
-        if self.unique_mode == "while_executing":
+        if self.unique_mode == "while_executing" or not self._redis_allowed(publishing=True):
             return super().apply_async(args, kwargs, *rest, **options)
         task_id = options.get("task_id") or str(uuid.uuid4())
         options["task_id"] = task_id
@@ -200,6 +200,8 @@ class UniqueTask(Task):
         if task_id is None:
             return super().__call__(*args, **kwargs)
         key = self._request_key(request) or self.unique_lock_key(args, kwargs)
+        if not self._redis_allowed():  # eager: no lock (the key is still checked above)
+            return super().__call__(*args, **kwargs)
         lock = self._lock(key, task_id, float(self.unique_running_ttl))
         if self.unique_mode == "until_executing":
             lock.release()
@@ -214,14 +216,14 @@ class UniqueTask(Task):
                     self.apply_async(args, kwargs, countdown=self.unique_defer_delay)
                 else:
                     logger.info("task %s[%s] dropped: %s runs", self.name, task_id, state.holder)
-                    count(self.app, "duplicate_refusals", self.name)
+                    self._count("duplicate_refusals")
                 raise Ignore
             _RENEWER.add(lock)
         return super().__call__(*args, **kwargs)
 
     def unique_release(self, task_id: str, key: str | None) -> None:
         """Release this task's lock (finished, failed for good, or revoked)."""
-        if key is None or self.unique_mode == "until_executing":
+        if key is None or self.unique_mode == "until_executing" or not self._redis_allowed():
             return
         lock = self._lock(key, task_id, float(self.unique_running_ttl))
         _RENEWER.discard(lock)
@@ -244,7 +246,7 @@ class UniqueTask(Task):
     ) -> None:
         """Keep the lock across the retry (the republish renewed it), stop renewing it."""
         key = self._request_key()
-        if key is not None:
+        if key is not None and self._redis_allowed():
             _RENEWER.discard(self._lock(key, task_id, float(self.unique_running_ttl)))
         super().on_retry(exc, task_id, args, kwargs, einfo)
 
