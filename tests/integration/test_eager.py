@@ -207,10 +207,7 @@ def _run_all(host: Host, how: str) -> dict[str, float]:
     for name, state in CALLS:
         task = host.tasks[name]
         started = time.monotonic()
-        if how == "always_eager":
-            result = task.delay(7)
-        else:
-            result = task.apply((7,))
+        result = task.delay(7) if how == "always_eager" else task.apply((7,))
         elapsed = time.monotonic() - started
         assert result.state == state, (name, result.state, result.result)
         slowest[name] = max(elapsed, slowest.get(name, 0.0))
@@ -249,7 +246,7 @@ def test_no_eager_call_waits_on_a_stopped_redis_even_when_postrun_reads_the_back
             with warnings.catch_warnings():  # Celery warns: eager results are not stored
                 warnings.simplefilter("ignore", RuntimeWarning)
                 outcome = str(task.AsyncResult(task_id).state)
-        except Exception as exc:  # noqa: BLE001 - whatever the backend raises
+        except Exception as exc:  # whatever the backend raises
             outcome = type(exc).__name__
         reads.append((outcome, time.monotonic() - started))
 
