@@ -319,8 +319,11 @@ def test_eager_redis_setting_lets_the_bases_use_redis(redis_url: str) -> None:
     host.tasks["flaky"].delay(1)
     counts = read_counts(client, host.app.conf)
     assert counts[("retries", host.tasks["flaky"].name)] == 3
-    host.tasks["limited"].delay(1)
+    # Over the limit, a re-publish would run at once and ask again: it runs now, counted.
+    assert [host.tasks["limited"].delay(1).get() for _ in range(2)] == [1, 1]
     assert client.keys("*celeryredis:rl:*")
+    counts = read_counts(client, host.app.conf)
+    assert counts[("rate_limit_deferrals", host.tasks["limited"].name)] == 1
 
     # A unique task whose body publishes itself again: the lock is held, so it is refused.
     app = host.app
@@ -336,6 +339,25 @@ def test_eager_redis_setting_lets_the_bases_use_redis(redis_url: str) -> None:
     result = reentrant.delay(1)
     assert result.get() == f"refused, held by {result.id}"
     assert not client.keys("*celeryredis:lock:*")  # released when the outer run finished
+
+    # while_executing + defer: a deferred copy would run here, at once: it is dropped.
+    runs: list[int] = []
+
+    @app.task(
+        base=UniqueTask,
+        bind=True,
+        shared=False,
+        unique_on=(),
+        unique_mode="while_executing",
+        unique_while_executing="defer",
+    )
+    def exclusive_any(self: Any, depth: int) -> str:
+        runs.append(depth)
+        return str(self.delay(depth + 1).state)
+
+    assert exclusive_any.delay(0).get() == "IGNORED"
+    assert runs == [0]
+    assert not client.keys("*celeryredis:lock:*")
     client.close()
 
 

@@ -73,8 +73,10 @@ class RateLimitedTask(Task):
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Run now, or reserve the next slot, re-publish for it and skip this attempt.
 
-        An eager run is not limited (unless ``celeryredis_eager_redis`` is on): it runs
-        at once, as Celery runs an eager task's countdown.
+        An eager run is not limited: it runs at once, as Celery runs an eager task's
+        countdown. With ``celeryredis_eager_redis`` on, the limiter is asked; over the
+        limit with ``task_always_eager`` (where a re-publish would run at once and ask
+        again) the run is logged and counted as ``deferred`` and runs now.
         """
         request = self.request
         if not self._redis_allowed():
@@ -94,6 +96,17 @@ class RateLimitedTask(Task):
             super().before_start(task_id, args, kwargs)
             return
         countdown = decision.wait if decision.reserved else max(horizon, 0.1)
+        if self.app.conf.task_always_eager:
+            # celeryredis_eager_redis: a re-publish would run right here, at once (Celery
+            # ignores an eager countdown), and ask again: run now instead, as Celery would.
+            fields = self.lifecycle_fields(task_id)
+            fields.update(
+                event="deferred", delay_s=0.0, reserved=decision.reserved, note="eager: runs now"
+            )
+            emit(logging.INFO, fields)
+            self._count("rate_limit_deferrals")
+            super().before_start(task_id, args, kwargs)
+            return
         new_headers = {k: v for k, v in headers.items() if k != RESERVED_HEADER}
         if decision.reserved:
             new_headers[RESERVED_HEADER] = repr(decision.slot)

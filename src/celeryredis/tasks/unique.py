@@ -78,6 +78,10 @@ class UniqueTask(Task):
     ``AsyncResult``; ``"raise"`` raises :class:`~celeryredis.DuplicateTaskError` with
     the existing id and the time left; ``"ignore"`` returns None.
 
+    In eager mode (``task_always_eager``, ``apply()``) there is no lock, unless the
+    app sets ``celeryredis_eager_redis=True``: every call runs (the key is still
+    computed, so a bad ``unique_on`` is still an error).
+
     Attributes:
         unique_mode: See above.
         unique_on: Parameter names the key is built from (None: all).
@@ -211,7 +215,10 @@ class UniqueTask(Task):
         else:
             state = lock.acquire()
             if not state.acquired:
-                if self.unique_while_executing == "defer":
+                # With task_always_eager a deferred copy would run at once, here, and
+                # be deferred again while this one runs: it is dropped instead.
+                defer = not self.app.conf.task_always_eager
+                if self.unique_while_executing == "defer" and defer:
                     logger.info("task %s[%s] deferred: %s runs", self.name, task_id, state.holder)
                     self.apply_async(args, kwargs, countdown=self.unique_defer_delay)
                 else:
