@@ -309,7 +309,9 @@ def test_eager_semantics_of_each_base(
     assert counter.stop() == 0
 
 
-def test_eager_redis_setting_lets_the_bases_use_redis(redis_url: str) -> None:
+def test_eager_redis_setting_lets_the_bases_use_redis(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """``celeryredis_eager_redis=True``: the old behaviour, for hosts that want it."""
     host = _host(redis_url, celeryredis_eager_redis=True, task_always_eager=True)
     client = redis.Redis.from_url(redis_url)
@@ -355,8 +357,12 @@ def test_eager_redis_setting_lets_the_bases_use_redis(redis_url: str) -> None:
         runs.append(depth)
         return str(self.delay(depth + 1).state)
 
+    caplog.clear()
+    caplog.set_level(logging.INFO, logger="celeryredis")
     assert exclusive_any.delay(0).get() == "IGNORED"
     assert runs == [0]
+    started = [r for r in caplog.records if getattr(r, "event", None) == "started"]
+    assert len(started) == 2  # the outer run and the one copy, dropped
     assert not client.keys("*celeryredis:lock:*")
     client.close()
 
