@@ -27,6 +27,7 @@ from celeryredis import (
     RateLimitedTask,
     RetryTask,
     UniqueTask,
+    enqueue_many,
     make_app,
 )
 from celeryredis.stats import read_counts
@@ -225,6 +226,9 @@ def test_no_base_connects_to_redis_when_running_eagerly(
     host = _host(f"redis://127.0.0.1:{counter.port}/0")
     _eager(host, how)
     slowest = _run_all(host, how)
+    if how == "always_eager":  # enqueue_many runs each call through apply_async
+        results = enqueue_many(host.tasks["until_executed"], [(1,), (1,), (2,)])
+        assert [r.get() for r in results] == [1, 1, 2]
     assert counter.stop() == 0
     assert max(slowest.values()) < HANG_BOUND_S, slowest
 
