@@ -130,6 +130,15 @@ SETTINGS: Final[Mapping[str, LibrarySetting]] = MappingProxyType(
                 "too).",
             ),
             LibrarySetting(
+                "celeryredis_eager_redis",
+                False,
+                "bool",
+                "Let the task bases use Redis (unique locks, rate limits, dead letters, "
+                "counters) when a task runs eagerly (task_always_eager, apply()); off, eager "
+                "runs never touch Redis, so a host's eager tests leave nothing in it and need "
+                "no Redis running.",
+            ),
+            LibrarySetting(
                 "celeryredis_validate",
                 "error",
                 "str",

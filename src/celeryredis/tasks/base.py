@@ -3,18 +3,20 @@
 One log record per lifecycle event on the ``celeryredis.task`` logger, with the
 fields as ``extra`` attributes:
 
-========== ======== ==========================================================
-event      level    when
-========== ======== ==========================================================
-started    INFO     the worker starts an attempt (``before_start``)
-succeeded  INFO     the attempt returned (``on_success``)
-retrying   WARNING  the attempt raised ``Retry`` (``on_retry``); with ``delay_s``
-failed     ERROR    the attempt failed for good (``on_failure``; for a hard time
-                    limit Celery runs it in the worker's main process)
-rejected   WARNING  the body raised ``Reject`` (Celery has no hook: caught here)
-revoked    WARNING  the task was revoked (``task_revoked``, see
-                    :mod:`celeryredis.signals`)
-========== ======== ==========================================================
+=================== ======== ==============================================================
+event               level    when
+=================== ======== ==============================================================
+started             INFO     the worker starts an attempt (``before_start``)
+succeeded           INFO     the attempt returned (``on_success``)
+retrying            WARNING  the attempt raised ``Retry`` (``on_retry``); with ``delay_s``
+failed              ERROR    the attempt failed for good (``on_failure``; for a hard time
+                             limit Celery runs it in the worker's main process)
+rejected            WARNING  the body raised ``Reject`` (Celery has no hook: caught here)
+dead_letter_skipped WARNING  an eager run failed for good: logged, not dead-lettered
+                             (see "Eager mode" below); with ``reason``
+revoked             WARNING  the task was revoked (``task_revoked``, see
+                             :mod:`celeryredis.signals`)
+=================== ======== ==============================================================
 
 Fields: ``event``, ``task_id``, ``task_name``, ``queue``, ``retries``,
 ``duration_s`` (monotonic clock; for a hard time limit, the limit), ``worker``,
@@ -28,6 +30,12 @@ While the body runs, every log record carries ``task_id`` and ``task_name``
 ``argsrepr``/``kwargsrepr`` set at publish, which Celery shows in its own log lines and
 events; URL passwords and the values of sensitive arguments are replaced by ``***`` in
 ``exc_message`` and the traceback.
+
+Eager mode (``task_always_eager``, ``apply()``): the task bases keep off Redis unless
+the app sets ``celeryredis_eager_redis=True`` — no dead-letter entry (a
+``dead_letter_skipped`` record instead), no counters, no unique lock, no rate limit —
+and Celery's result-backend retry loop is held off while the task runs (see
+:mod:`celeryredis.tasks._backend_retry`). Lifecycle records are emitted as usual.
 """
 
 from __future__ import annotations
@@ -48,7 +56,9 @@ from kombu.exceptions import OperationalError
 from celeryredis.exceptions import PublishError
 from celeryredis.log import bind_task_secrets, redact_exc_info, task_context
 from celeryredis.redaction import redact_call, redact_text, sensitive_words, summarize_call
-from celeryredis.stats import count
+from celeryredis.registry import setting
+from celeryredis.stats import Event, count
+from celeryredis.tasks._backend_retry import backend_retries_held
 from celeryredis.tasks._options import (
     OptionCheck,
     as_names,
@@ -189,6 +199,48 @@ class Task(celery.Task[Any, Any]):
         """
         return []
 
+    # -- eager mode ------------------------------------------------------------------------
+
+    def _redis_allowed(self, *, publishing: bool = False) -> bool:
+        """Whether the task bases may use Redis for this call.
+
+        Always on a worker. In eager mode — the current run is eager
+        (``self.request.is_eager``: ``task_always_eager`` or ``apply()``), or, when
+        ``publishing``, the app sets ``task_always_eager`` — only if the app sets
+        ``celeryredis_eager_redis=True``.
+        """
+        conf = self.app.conf
+        if publishing:
+            eager = bool(conf.task_always_eager)
+        else:
+            eager = bool(getattr(self.request, "is_eager", False))
+        return not eager or bool(setting(conf, "celeryredis_eager_redis"))
+
+    def _count(self, event: Event) -> None:
+        """Count ``event`` for this task (:mod:`celeryredis.stats`), unless this run is eager."""
+        if self._redis_allowed():
+            count(self.app, event, self.name)
+
+    def apply(
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *rest: Any,
+        **options: Any,
+    ) -> Any:
+        """Run the task here and now, as Celery does, without backend retries.
+
+        Unless ``task_store_eager_result`` is on (then the result is stored and the
+        retries protect that), the result backend's retry loop
+        (``result_backend_always_retry``) is held off while the task runs, so a
+        receiver that reads ``AsyncResult(task_id).state`` with Redis down fails at
+        once instead of sleeping through up to ``result_backend_max_retries`` backoffs.
+        """
+        if self.app.conf.task_store_eager_result:
+            return super().apply(args, kwargs, *rest, **options)
+        with backend_retries_held((self.backend, self.app.backend)):
+            return super().apply(args, kwargs, *rest, **options)
+
     # -- publishing ------------------------------------------------------------------------
 
     def _sensitive_words(self) -> tuple[str, ...]:
@@ -315,7 +367,7 @@ class Task(celery.Task[Any, Any]):
         self._log(
             "retrying", logging.WARNING, exc=exc, secrets=self._secrets(args, kwargs), delay_s=delay
         )
-        count(self.app, "retries", self.name)
+        self._count("retries")
         super().on_retry(exc, task_id, args, kwargs, einfo)
 
     def on_failure(
@@ -373,6 +425,16 @@ class Task(celery.Task[Any, Any]):
             return
         fields = self.lifecycle_fields(task_id)
         if not _first_time(task_id, fields.pop("receipt", None), "dead_letter"):
+            return
+        if not self._redis_allowed():
+            fields.update(
+                event="dead_letter_skipped",
+                reason=reason,
+                exc_type=type(exc).__name__,
+                exc_message=str(exc),
+                note="eager run: not stored; celeryredis_eager_redis=True stores it",
+            )
+            emit(logging.WARNING, fields)
             return
         from celeryredis.deadletter import DeadLetterError, DeadLetterQueue  # noqa: PLC0415
 
@@ -498,6 +560,9 @@ def emit(
     if "exc_type" in fields:
         message += ": %s: %s"
         values += (fields["exc_type"], fields["exc_message"])
+    if fields.get("note"):
+        message += " (%s)"
+        values += (fields["note"],)
     # Built through the record factory (so records carry the task context) and then
     # given the fields; Logger.makeRecord(extra=...) would refuse task_id/task_name,
     # which the factory may already have set.

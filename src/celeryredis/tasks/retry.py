@@ -50,6 +50,11 @@ class RetryTask(Task):
     ``retry_backoff_min``. After ``max_retries`` retries the next failure calls
     :meth:`on_retries_exhausted` once and the task fails.
 
+    In eager mode retries are Celery's eager retries: without
+    ``task_eager_propagates`` each one runs at once, inline (the delay is not
+    waited), and :meth:`on_retries_exhausted` runs after the last; with it, the
+    first retry raises :class:`celery.exceptions.Retry` to the caller.
+
     Retries come from these options, not from Celery's ``autoretry_for``:
     setting ``autoretry_for`` on a ``RetryTask`` is a
     :class:`~celeryredis.exceptions.ConfigurationError`.
