@@ -86,9 +86,11 @@ _RESOLVED: Final = MERGED_DICT_SETTINGS | {
     "celeryredis_transport",
     "celeryredis_validate",
     "celeryredis_validate_checks",
+    "result_backend_always_retry",
 }
 #: The host settings the resolved settings depend on (what the layer reads to resolve).
 _RESOLUTION_INPUTS: Final = _RESOLVED | {
+    "task_always_eager",
     "task_time_limit",
     "task_acks_late",
     "worker_prefetch_multiplier",
@@ -425,7 +427,24 @@ def _resolve(spec: _Spec, host: Mapping[str, Any], *, strict: bool) -> dict[str,
                 "ETA horizon + retry backoff cap + prefetch x task_time_limit, plus 10%",
             )
     _apply_transport(flat, conf)
+    _eager_backend(flat)
     return flat
+
+
+def _eager_backend(flat: dict[str, _Layered]) -> None:
+    """An eager app does not retry its result backend for a preset (tests never wait)."""
+    retry = flat.get("result_backend_always_retry")
+    eager = flat.get("task_always_eager")
+    if retry is None or retry.kind != "preset" or not retry.value:
+        return
+    if eager is not None and eager.value is True:
+        flat["result_backend_always_retry"] = _Layered(
+            False,
+            "derived",
+            "derived",
+            f"task_always_eager is on: {retry.source}'s result-backend retries would make "
+            "a test that reads a result with Redis down wait through every backoff",
+        )
 
 
 def _label(kind: Kind, layered: _Layered | None) -> str:

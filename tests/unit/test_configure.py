@@ -247,3 +247,16 @@ def test_a_foreign_host_task_class_gets_a_finding_that_says_how_to_combine() -> 
     good.config_from_object(_settings_class())
     configure(good)
     assert app_findings(good) == []
+
+
+def test_an_eager_host_does_not_retry_its_result_backend() -> None:
+    settings = _settings_class(CELERY_TASK_ALWAYS_EAGER=True)
+    app = Celery("eager_host")
+    app.config_from_object(settings, namespace="CELERY")
+    configure(app)
+    assert app.conf.result_backend_always_retry is False
+    settings.CELERY_TASK_ALWAYS_EAGER = False  # type: ignore[attr-defined]
+    assert app.conf.result_backend_always_retry is True  # the preset's, for workers
+    settings.CELERY_RESULT_BACKEND_ALWAYS_RETRY = True  # type: ignore[attr-defined]
+    settings.CELERY_TASK_ALWAYS_EAGER = True  # type: ignore[attr-defined]
+    assert app.conf.result_backend_always_retry is True  # the host chose it
