@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from celeryredis.presets import DERIVED, LIBRARY_SETTINGS, PRESETS, Preset
+from celeryredis.registry import SETTINGS
 from celeryredis.validation import CHECKS, MODES, derive_visibility_timeout, normalise_modes
 
 VT_KEY = "broker_transport_options.visibility_timeout"
@@ -79,13 +80,19 @@ def presets_page() -> str:
         "## Library settings (`celeryredis_*`)",
         "",
         "The library's own settings, accepted by `make_app()`, `configure()` and presets",
-        "beside Celery's. A preset may set a different value than the default shown here.",
+        "beside Celery's, from `celeryredis.registry` (their one definition). A preset may",
+        "set a different value than the default shown here; the last column names them.",
         "",
-        "| setting | default | meaning |",
-        "|---|---|---|",
+        "| setting | type | default | meaning | changed by |",
+        "|---|---|---|---|---|",
     ]
-    for name, (default, meaning) in LIBRARY_SETTINGS.items():
-        lines.append(f"| `{name}` | {_cell(name, default)} | {_text(meaning)} |")
+    for name, entry in SETTINGS.items():
+        changed = ", ".join(p.name for p in PRESETS.values() if name in p.settings) or "—"
+        kind = entry.type + (f" ({', '.join(entry.choices)})" if entry.choices else "")
+        lines.append(
+            f"| `{name}` | {kind} | {_cell(name, entry.default)} | {_text(entry.reason)} "
+            f"| {changed} |"
+        )
     lines.append("")
     return "\n".join(lines)
 

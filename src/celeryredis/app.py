@@ -1,49 +1,68 @@
-"""``make_app()``, ``configure()`` and ``explain()``.
+"""``make_app()``, ``configure()`` and ``explain()``: celeryredis's settings layer.
 
-Data flow: resolve the broker and result-backend URLs (argument, then
-environment, then the default) and validate them with :mod:`celeryredis.urls`;
-apply the presets in order, then the host's own configuration (``configure``
-only), then the keyword settings; derive the visibility timeout unless it was
-set; run :mod:`celeryredis.validation`; hand the result to Celery with
-``conf.update``; install the worker bootstep that validates again at start-up.
+celeryredis adds one *layer* to the app's configuration (Celery's ``app.add_defaults``,
+so it is attached when Celery loads the configuration, not before). Celery reads a
+setting from the first place that has it: its override layer (``app.conf.update``),
+then this layer, then the host's configuration object (``config_from_object``, Django
+settings under any ``namespace=``), then Celery's defaults. The layer answers:
 
-Nothing here runs at import time: the environment is read when ``make_app`` or
-``configure`` is called.
+* for a setting the host set in its configuration: nothing, so Celery reads the host's
+  value, live (a later change, e.g. pytest-django's ``settings`` fixture, is seen) —
+  except for keyword settings of :func:`configure`, which win;
+* for the merged dict settings (``broker_transport_options`` and friends), the URLs,
+  ``broker_read_url`` and ``celeryredis_transport``: the value resolved from the presets,
+  the host's live values, the keywords and what is derived from them (the visibility
+  timeout, the reliable transport's URL and lease options, publish retries per host);
+* otherwise the presets' value, then the ``celeryredis_*`` defaults.
+
+Resolution (:func:`_resolve`) is one pure step over typed sources: presets, host
+configuration, keywords, environment, derived. Validation runs when the layer is
+attached (the first time Celery loads the configuration), again when a worker starts,
+and :func:`make_app` runs it when it builds the app. Nothing here runs at import time.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
+import logging
 import math
 import os
 import weakref
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 from celery import Celery
 
 from celeryredis import presets as _presets
 from celeryredis import signals, worker
 from celeryredis.exceptions import ConfigurationError
-from celeryredis.presets import DERIVED, LIBRARY_SETTINGS, MERGED_DICT_SETTINGS, Preset
+from celeryredis.presets import (
+    DERIVED,
+    MERGED_DICT_SETTINGS,
+    Preset,
+    known_settings,
+)
+from celeryredis.redaction import redact_setting, redact_text
+from celeryredis.registry import SETTINGS, default
 from celeryredis.tasks import Task
 from celeryredis.transport import reliable_url
-from celeryredis.urls import REDACTED, parse_redis_url, redact_text
+from celeryredis.urls import parse_redis_url
 from celeryredis.validation import (
-    CHECKS,
+    Finding,
     derive_visibility_timeout,
     enforce,
     normalise_modes,
     old_setting_names,
     run_checks,
+    settings_view,
 )
 
-__all__ = ["DEFAULT_REDIS_URL", "ExplainRow", "PresetSpec", "configure", "explain", "make_app"]
+__all__ = ["ExplainRow", "PresetSpec", "configure", "explain", "make_app"]
 
-#: Used when no URL is given and no environment variable is set.
-DEFAULT_REDIS_URL: Final = "redis://localhost:6379/0"
+logger = logging.getLogger(__name__)
 
 #: What ``preset=`` accepts: a preset name, a :class:`~celeryredis.presets.Preset`,
 #: a dict of settings, or a sequence of those applied in order.
@@ -57,34 +76,33 @@ class _Unset:
 
 _UNSET: Final = _Unset()
 
-# Settings Celery reads with conf.get() without listing them in its defaults
-# (celery/backends/redis.py, celery/backends/base.py in 5.7).
-_HIDDEN_CELERY_SETTINGS: Final = frozenset(
-    {
-        "redis_backend_health_check_interval",
-        "redis_backend_credential_provider",
-        "redis_client_name",
-        "result_backend_thread_safe",
-        "result_failure_expires",
-        "result_compression",
-        "result_chord_expires",
-        "result_backend_max_retries",
-        "result_backend_always_retry",
-        "result_backend_base_sleep_between_retries_ms",
-        "result_backend_max_sleep_between_retries_ms",
-    }
-)
-_URL_SETTINGS: Final = frozenset({"broker_url", "result_backend"})
-_SECRET_WORDS: Final = ("password", "secret", "token", "credential")
+_REDIS_SCHEMES: Final = ("redis", "rediss", "sentinel", "unix", "redis+socket")
 _NEGATIVE_OK: Final = frozenset({"result_cache_max"})
-# Keys Celery keeps in its own settings that are not settings.
-_INTERNAL_KEYS: Final = frozenset({"deprecated_settings"})
+#: Settings the layer resolves on every read (they depend on other settings).
+_RESOLVED: Final = MERGED_DICT_SETTINGS | {
+    "broker_url",
+    "result_backend",
+    "broker_read_url",
+    "celeryredis_transport",
+    "celeryredis_validate",
+    "celeryredis_validate_checks",
+    "result_backend_always_retry",
+}
+#: The host settings the resolved settings depend on (what the layer reads to resolve).
+_RESOLUTION_INPUTS: Final = _RESOLVED | {
+    "task_always_eager",
+    "task_time_limit",
+    "task_acks_late",
+    "worker_prefetch_multiplier",
+    "worker_disable_prefetch",
+    "celeryredis_eta_horizon",
+    "celeryredis_retry_backoff_max",
+    "celeryredis_lease_seconds",
+    "celeryredis_lease_sweep_interval",
+    "celeryredis_fetch_batch_max",
+}
 
-
-def _known_settings() -> frozenset[str]:
-    from celery.app.defaults import SETTING_KEYS  # noqa: PLC0415
-
-    return frozenset(SETTING_KEYS) | _HIDDEN_CELERY_SETTINGS | frozenset(LIBRARY_SETTINGS)
+Kind = Literal["preset", "host", "argument", "env", "derived", "default"]
 
 
 def _declared_types() -> dict[str, str]:
@@ -93,39 +111,35 @@ def _declared_types() -> dict[str, str]:
     # flatten() yields (key, Option) pairs; celery-types declares it as a dict.
     options = cast("Iterable[tuple[str, Any]]", flatten(NAMESPACES))
     types = {key: str(opt.type) for key, opt in options}
-    for name, (default, _) in LIBRARY_SETTINGS.items():
-        types[name] = {
-            bool: "bool",
-            int: "int",
-            float: "float",
-            str: "string",
-            dict: "dict",
-            tuple: "any",
-        }[type(default)]
+    for name, entry in SETTINGS.items():
+        types[name] = {"str": "string", "names": "any"}.get(entry.type, entry.type)
     # Celery declares these as bool/float but documents dicts and timedeltas for them.
     for name in ("broker_use_ssl", "redis_backend_use_ssl"):
         types[name] = "any"
     return types
 
 
-def _check_value(name: str, value: Any, declared: str) -> None:
+def _check_value(name: str, value: Any, declared: str, where: str) -> None:
     """Refuse values of the wrong type for numeric and boolean settings."""
     if value is None or declared not in {"int", "float", "bool"}:
         return
     if declared == "bool":
         if not isinstance(value, bool):
-            raise ConfigurationError(f"{name} must be True or False, not {value!r}", setting=name)
+            raise ConfigurationError(
+                f"{name} must be True or False, not {value!r} (from {where})", setting=name
+            )
         return
     if isinstance(value, timedelta) and declared == "float":
         value = value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ConfigurationError(
-            f"{name} must be a number{' of seconds' if declared == 'float' else ''}, not {value!r}",
+            f"{name} must be a number{' of seconds' if declared == 'float' else ''}, "
+            f"not {value!r} (from {where})",
             setting=name,
         )
     if math.isnan(value) or (value < 0 and name not in _NEGATIVE_OK):
         raise ConfigurationError(
-            f"{name} must be a non-negative number, not {value!r}", setting=name
+            f"{name} must be a non-negative number, not {value!r} (from {where})", setting=name
         )
 
 
@@ -148,19 +162,14 @@ class ExplainRow:
     reason: str = ""
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Layered:
+    """A value with its provenance: ``kind`` drives behaviour, ``source`` is shown."""
+
     value: Any
+    kind: Kind
     source: str
-    reason: str
-
-
-@dataclass
-class _AppState:
-    rows: tuple[ExplainRow, ...]
-
-
-_STATE: weakref.WeakKeyDictionary[Celery, _AppState] = weakref.WeakKeyDictionary()
+    reason: str = ""
 
 
 def _unknown_setting(name: str, known: frozenset[str]) -> ConfigurationError:
@@ -177,14 +186,20 @@ def _unknown_setting(name: str, known: frozenset[str]) -> ConfigurationError:
 
 
 def _flatten(
-    values: Mapping[str, Any], source: str, reasons: Mapping[str, str] | None = None
+    values: Mapping[str, Any],
+    kind: Kind,
+    source: str,
+    reasons: Mapping[str, str] | None = None,
+    *,
+    strict: bool = True,
 ) -> dict[str, _Layered]:
-    known = _known_settings()
-    declared = _declared_types()
+    """Settings to ``{name or dict.key: _Layered}``; ``strict`` checks names and types."""
+    known = known_settings()
+    declared = _declared_types() if strict else {}
     flat: dict[str, _Layered] = {}
     for name, value in values.items():
         if not isinstance(name, str):
-            raise ConfigurationError(f"setting names must be strings, not {name!r}")
+            raise ConfigurationError(f"setting names must be strings, not {name!r} (from {source})")
         base, dot, _ = name.partition(".")
         if base not in known:
             raise _unknown_setting(base, known)
@@ -194,21 +209,33 @@ def _flatten(
                     f"{name!r}: only {', '.join(sorted(MERGED_DICT_SETTINGS))} take per-key names",
                     setting=name,
                 )
-            flat[name] = _Layered(value, source, (reasons or {}).get(name, ""))
+            flat[name] = _Layered(value, kind, source, (reasons or {}).get(name, ""))
             continue
-        if value is not DERIVED:
-            _check_value(name, value, declared.get(name, "any"))
+        if strict and value is not DERIVED:
+            _check_value(name, value, declared.get(name, "any"), source)
         if base in MERGED_DICT_SETTINGS:
-            if not isinstance(value, Mapping):
-                raise ConfigurationError(
-                    f"{base} must be a dict, not {type(value).__name__}", setting=base
-                )
-            for sub, subvalue in value.items():
-                if not isinstance(sub, str):
-                    raise ConfigurationError(f"{base} keys must be strings, not {sub!r}")
-                flat[f"{base}.{sub}"] = _Layered(subvalue, source, "")
+            flat.update(_flatten_dict(base, value, kind, source, strict=strict))
         else:
-            flat[name] = _Layered(value, source, (reasons or {}).get(name, ""))
+            flat[name] = _Layered(value, kind, source, (reasons or {}).get(name, ""))
+    return flat
+
+
+def _flatten_dict(
+    base: str, value: Any, kind: Kind, source: str, *, strict: bool
+) -> dict[str, _Layered]:
+    if not isinstance(value, Mapping):
+        if not strict:
+            return {}
+        raise ConfigurationError(
+            f"{base} must be a dict, not {type(value).__name__} (from {source})", setting=base
+        )
+    flat: dict[str, _Layered] = {}
+    for sub, subvalue in value.items():
+        if not isinstance(sub, str):
+            if strict:
+                raise ConfigurationError(f"{base} keys must be strings, not {sub!r}")
+            continue
+        flat[f"{base}.{sub}"] = _Layered(subvalue, kind, source)
     return flat
 
 
@@ -252,131 +279,138 @@ def _assemble(flat: Mapping[str, _Layered]) -> dict[str, Any]:
     return conf
 
 
-def _resolve_url(
-    explicit: Any,
-    setting: str,
-    env_names: Iterable[str],
-    environ: Mapping[str, str],
-    fallback: tuple[str, str] | None,
-) -> tuple[str | None, str]:
-    if explicit is not _UNSET:
-        if explicit is None:
-            return None, "argument"
-        return parse_redis_url(explicit, setting=setting).geturl(), "argument"
-    for var in env_names:
-        value = environ.get(var)
-        if value:
-            return parse_redis_url(value, setting=f"{setting} (from ${var})").geturl(), f"env:{var}"
-    if fallback is None:
-        return None, "default"
-    return parse_redis_url(fallback[0], setting=setting).geturl(), fallback[1]
+# --- resolution: one pure step over the sources -----------------------------------------
 
 
-def _refuse_env_override(
-    environ: Mapping[str, str], var: str, setting: str, value: Any, source: str
-) -> None:
-    """Celery reads $CELERY_BROKER_URL / $CELERY_RESULT_BACKEND over any setting."""
-    env = environ.get(var)
-    if not env or source.startswith("env:"):
-        return
-    try:
-        same = value is not None and parse_redis_url(env) == parse_redis_url(value)
-    except ConfigurationError:
-        same = False
-    if not same:
-        raise ConfigurationError(
-            f"${var} is set ({redact_text(env)!r}) but {setting} is "
-            f"{redact_text(str(value))!r} (from {source}); Celery lets ${var} override every "
-            f"setting, so the app would silently use the environment's value. Unset ${var} "
-            f"or make it agree with {setting}.",
-            setting=setting,
-        )
+@dataclass(frozen=True)
+class _Spec:
+    """What :func:`make_app` / :func:`configure` were given (all but the host's settings)."""
+
+    context: str
+    presets: Mapping[str, _Layered]
+    keywords: Mapping[str, _Layered]
+    broker_url: Any  # _UNSET, or a URL given as an argument
+    result_backend: Any  # _UNSET, None or a URL given as an argument
+    environ: Mapping[str, str]  # the URL variables, read when make_app/configure ran
+    validate: Any  # None: the celeryredis_validate setting decides
+
+    @property
+    def managed(self) -> frozenset[str]:
+        names = {n.partition(".")[0] for n in (*self.presets, *self.keywords)}
+        return frozenset(names | set(SETTINGS) | _RESOLVED)
 
 
-def _redact_value(name: str, value: Any) -> Any:
-    if isinstance(value, str):
-        if any(word in name.lower() for word in _SECRET_WORDS):
-            return REDACTED
-        return redact_text(value)
-    if isinstance(value, Mapping):
-        return {k: _redact_value(f"{name}.{k}", v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_redact_value(name, v) for v in value)
-    return value
+_URL_ENV: Final = ("CELERY_BROKER_URL", "REDIS_URL", "CELERY_RESULT_BACKEND")
 
 
-def _build(
-    *,
-    host_conf: Mapping[str, Any],
-    broker_url: Any,
-    result_backend: Any,
+def _make_spec(
+    context: str,
     preset: PresetSpec,
-    validate: Any,
     settings: Mapping[str, Any],
-    environ: Mapping[str, str],
-) -> tuple[dict[str, Any], tuple[ExplainRow, ...], Any, Any]:
-    flat: dict[str, _Layered] = {}
+    *,
+    validate: Any,
+    broker_url: Any = _UNSET,
+    result_backend: Any = _UNSET,
+) -> _Spec:
+    """Check the arguments (names, types, URLs, modes) and freeze them; reads no host config."""
+    presets: dict[str, _Layered] = {}
     for source, values, reasons in _preset_layers(preset):
-        flat.update(_flatten(values, source, reasons))
-    # The host's own configuration (configure() only) beats the presets.
-    host = {k: v for k, v in host_conf.items() if k not in _URL_SETTINGS}
-    flat.update(_flatten(host, "app config"))
-    flat.update(_flatten(settings, "argument"))
+        presets.update(_flatten(values, "preset", source, reasons))
+    keywords = _flatten(settings, "argument", "argument")
+    environ = {k: v for k in _URL_ENV if (v := os.environ.get(k))}
+    if broker_url is not _UNSET:
+        if broker_url is None:
+            raise ConfigurationError(
+                "broker_url=None: celeryredis needs a Redis broker; pass a redis:// URL",
+                setting="broker_url",
+            )
+        broker_url = parse_redis_url(broker_url, setting="broker_url").geturl()
+    if isinstance(result_backend, str):
+        result_backend = parse_redis_url(result_backend, setting="result_backend").geturl()
+    for var in ("CELERY_BROKER_URL", "REDIS_URL"):
+        if var in environ:
+            parse_redis_url(environ[var], setting=f"broker_url (from ${var})")
+    spec = _Spec(context, presets, keywords, broker_url, result_backend, environ, validate)
+    mode, per_check = _modes(spec, _resolve_plain(spec))
+    normalise_modes(mode, per_check)
+    return spec
 
-    mode_source = "argument"
+
+def _modes(spec: _Spec, flat: Mapping[str, _Layered]) -> tuple[Any, Any]:
+    validate = spec.validate
     if validate is None:
         layered = flat.get("celeryredis_validate")
-        validate, mode_source = (layered.value, layered.source) if layered else ("error", "default")
+        validate = layered.value if layered else "error"
     checks = flat.get("celeryredis_validate_checks")
-    default_mode, overrides = normalise_modes(validate, checks.value if checks else None)
-    flat["celeryredis_validate"] = _Layered(default_mode, mode_source, "validation mode")
+    return validate, checks.value if checks else None
+
+
+def _normal_url(value: Any, setting: str, source: str, *, strict: bool) -> Any:
+    """A Redis URL in the form Celery and kombu read (``unix://`` -> ``redis+socket://``)."""
+    if not isinstance(value, str) or value.split(":", 1)[0] not in _REDIS_SCHEMES:
+        if strict and setting == "broker_url" and value is not None:
+            parse_redis_url(str(value), setting=f"broker_url (from {source})")  # raises
+        return value
+    try:
+        return parse_redis_url(value, setting=f"{setting} (from {source})").geturl()
+    except ConfigurationError:
+        if strict:
+            raise
+        return value
+
+
+def _resolve_plain(spec: _Spec) -> dict[str, _Layered]:
+    return _resolve(spec, {}, strict=True)
+
+
+def _resolve(spec: _Spec, host: Mapping[str, Any], *, strict: bool) -> dict[str, _Layered]:
+    """Every setting celeryredis has a say in, with its provenance.
+
+    Order (later wins): presets, the host's configuration, keyword settings; then the
+    URLs; then what is derived (visibility timeout, publish retries per broker host,
+    the reliable transport's read URL and options). Pure: no I/O, no app.
+    """
+    flat: dict[str, _Layered] = dict(spec.presets)
+    plain_host = {k: v for k, v in host.items() if k not in ("broker_url", "result_backend")}
+    flat.update(_flatten(plain_host, "host", "app config", strict=strict))
+    flat.update(spec.keywords)
+
+    validate, per_check = _modes(spec, flat)
+    if spec.validate is not None:
+        mode_kind: Kind = "argument"
+    else:
+        mode_kind = (
+            flat["celeryredis_validate"].kind if "celeryredis_validate" in flat else "default"
+        )
+    try:
+        default_mode, overrides = normalise_modes(validate, per_check)
+    except ConfigurationError:
+        if strict:
+            raise
+        default_mode, overrides = "error", {}
+    flat["celeryredis_validate"] = _Layered(
+        default_mode,
+        mode_kind,
+        _label(mode_kind, flat.get("celeryredis_validate")),
+        "validation mode",
+    )
+    checks = flat.get("celeryredis_validate_checks")
     flat["celeryredis_validate_checks"] = _Layered(
-        dict(overrides), checks.source if checks else mode_source, "per-check modes"
+        dict(overrides),
+        checks.kind if checks else mode_kind,
+        checks.source if checks else _label(mode_kind, None),
+        "per-check modes",
     )
 
-    if broker_url is _UNSET and host_conf.get("broker_url"):
-        broker_url, broker_source = host_conf["broker_url"], "app config"
-        broker_url = parse_redis_url(broker_url, setting="broker_url").geturl()
-    else:
-        broker_url, broker_source = _resolve_url(
-            broker_url,
-            "broker_url",
-            ("CELERY_BROKER_URL", "REDIS_URL"),
-            environ,
-            (DEFAULT_REDIS_URL, "default"),
-        )
-    if broker_url is None:
-        raise ConfigurationError(
-            "broker_url=None: celeryredis needs a Redis broker; pass a redis:// URL",
-            setting="broker_url",
-        )
-    if result_backend is _UNSET and "result_backend" in host_conf:
-        backend_value = host_conf["result_backend"]
-        backend_source = "app config"
-        if isinstance(backend_value, str) and backend_value.split(":", 1)[0] in {
-            "redis",
-            "rediss",
-            "sentinel",
-            "unix",
-            "redis+socket",
-        }:
-            backend_value = parse_redis_url(backend_value, setting="result_backend").geturl()
-    else:
-        backend_value, backend_source = _resolve_url(
-            result_backend,
-            "result_backend",
-            ("CELERY_RESULT_BACKEND",),
-            environ,
-            (broker_url, "derived: the broker's Redis"),
-        )
-    _refuse_env_override(environ, "CELERY_BROKER_URL", "broker_url", broker_url, broker_source)
-    _refuse_env_override(
-        environ, "CELERY_RESULT_BACKEND", "result_backend", backend_value, backend_source
-    )
-    flat["broker_url"] = _Layered(broker_url, broker_source, "")
-    flat["result_backend"] = _Layered(backend_value, backend_source, "")
+    broker = _broker(spec, host, strict=strict)
+    if broker is not None:
+        flat["broker_url"] = broker
+    backend = _backend(spec, host, broker, strict=strict)
+    if backend is not None:
+        flat["result_backend"] = backend
 
-    _scale_publish_retries(flat, broker_url)
+    if broker is not None and isinstance(broker.value, str):
+        _scale_publish_retries(flat, broker.value)
     conf = _assemble(flat)
     vt_key = "broker_transport_options.visibility_timeout"
     if vt_key in flat and flat[vt_key].value is DERIVED:
@@ -389,16 +423,94 @@ def _build(
             flat[vt_key] = _Layered(
                 derived,
                 "derived",
+                "derived",
                 "ETA horizon + retry backoff cap + prefetch x task_time_limit, plus 10%",
             )
-
     _apply_transport(flat, conf)
+    _eager_backend(flat)
+    return flat
 
-    rows = tuple(
-        ExplainRow(name, _redact_value(name, layered.value), layered.source, layered.reason)
-        for name, layered in sorted(flat.items())
-    )
-    return conf, rows, default_mode, overrides
+
+def _eager_backend(flat: dict[str, _Layered]) -> None:
+    """An eager app does not retry its result backend for a preset (tests never wait)."""
+    retry = flat.get("result_backend_always_retry")
+    eager = flat.get("task_always_eager")
+    if retry is None or retry.kind != "preset" or not retry.value:
+        return
+    if eager is not None and eager.value is True:
+        flat["result_backend_always_retry"] = _Layered(
+            False,
+            "derived",
+            "derived",
+            f"task_always_eager is on: {retry.source}'s result-backend retries would make "
+            "a test that reads a result with Redis down wait through every backoff",
+        )
+
+
+def _label(kind: Kind, layered: _Layered | None) -> str:
+    if layered is not None and layered.kind == kind:
+        return layered.source
+    return {"argument": "argument", "default": "default"}.get(kind, kind)
+
+
+def _broker(spec: _Spec, host: Mapping[str, Any], *, strict: bool) -> _Layered | None:
+    if spec.broker_url is not _UNSET:
+        return _Layered(spec.broker_url, "argument", "argument")
+    if host.get("broker_url"):
+        value = _normal_url(host["broker_url"], "broker_url", "app config", strict=strict)
+        return _Layered(value, "host", "app config")
+    for var in ("CELERY_BROKER_URL", "REDIS_URL"):
+        if var in spec.environ:
+            value = _normal_url(spec.environ[var], "broker_url", f"${var}", strict=strict)
+            return _Layered(value, "env", f"env:{var}")
+    return None
+
+
+def _backend(
+    spec: _Spec, host: Mapping[str, Any], broker: _Layered | None, *, strict: bool
+) -> _Layered | None:
+    if spec.result_backend is not _UNSET:
+        return _Layered(spec.result_backend, "argument", "argument")
+    if "result_backend" in host:
+        value = _normal_url(host["result_backend"], "result_backend", "app config", strict=strict)
+        return _Layered(value, "host", "app config")
+    if "CELERY_RESULT_BACKEND" in spec.environ:
+        value = _normal_url(
+            spec.environ["CELERY_RESULT_BACKEND"],
+            "result_backend",
+            "$CELERY_RESULT_BACKEND",
+            strict=strict,
+        )
+        return _Layered(value, "env", "env:CELERY_RESULT_BACKEND")
+    if broker is None:
+        return None
+    return _Layered(broker.value, "derived", "derived: the broker's Redis")
+
+
+def _env_conflicts(flat: Mapping[str, _Layered], environ: Mapping[str, str]) -> None:
+    """Celery reads $CELERY_BROKER_URL / $CELERY_RESULT_BACKEND over any setting."""
+    for var, setting in (
+        ("CELERY_BROKER_URL", "broker_url"),
+        ("CELERY_RESULT_BACKEND", "result_backend"),
+    ):
+        env = environ.get(var)
+        layered = flat.get(setting)
+        if not env or layered is None or layered.kind == "env":
+            continue
+        try:
+            same = layered.value is not None and parse_redis_url(env) == parse_redis_url(
+                layered.value
+            )
+        except ConfigurationError:
+            same = False
+        if not same:
+            raise ConfigurationError(
+                f"${var} is set ({redact_text(env)!r}) but {setting} is "
+                f"{redact_text(str(layered.value))!r} (from {layered.source}); Celery lets "
+                f"${var} override every setting, so the app would silently use the "
+                f"environment's value. Unset ${var} or make it agree with {setting}.",
+                setting=setting,
+            )
 
 
 _TRANSPORT_OPTIONS: Final = {
@@ -418,19 +530,24 @@ def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
     """
     layered = flat.get("celeryredis_transport")
     if layered is None:
-        default = LIBRARY_SETTINGS["celeryredis_transport"][0]
         layered = flat["celeryredis_transport"] = _Layered(
-            default, "default", "celeryredis's default transport"
+            default("celeryredis_transport"),
+            "default",
+            "default",
+            "celeryredis's default transport",
         )
     if layered.value != "reliable":
         return
-    read = conf.get("broker_read_url") or conf["broker_url"]
+    read = conf.get("broker_read_url") or conf.get("broker_url")
+    if read is None:
+        return
     sentinel = not isinstance(read, str) or read.split(":", 1)[0] == "sentinel"
-    if sentinel and layered.source.startswith("preset:"):
+    if sentinel and layered.kind == "preset":
         # A preset's choice gives way: Sentinel users of `production` keep a working app.
         conf["celeryredis_transport"] = "stock"
         flat["celeryredis_transport"] = _Layered(
             "stock",
+            "derived",
             "derived",
             f"{layered.source} chooses 'reliable', which does not support sentinel:// "
             "broker URLs yet: kombu's stock transport",
@@ -438,23 +555,27 @@ def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
         return
     if sentinel:
         return  # validation refuses an explicit 'reliable' with sentinel://
+    from celeryredis.transport import register_aliases  # noqa: PLC0415
+
+    register_aliases()  # kombu learns the scheme when the transport is selected
     aliased = reliable_url(read)
-    source = flat["broker_read_url"].source if "broker_read_url" in flat else "derived"
+    own = flat.get("broker_read_url")
     conf["broker_read_url"] = aliased
     flat["broker_read_url"] = _Layered(
         aliased,
-        source,
+        own.kind if own else "derived",
+        own.source if own else "derived",
         "consumers use celeryredis's reliable transport (celeryredis_transport='reliable') "
         "through its URL scheme",
     )
     options = conf.setdefault("broker_transport_options", {})
     for setting, option in _TRANSPORT_OPTIONS.items():
         entry = flat.get(setting)
-        value = entry.value if entry else LIBRARY_SETTINGS[setting][0]
+        value = entry.value if entry else default(setting)
         options.setdefault(option, value)
         flat.setdefault(
             f"broker_transport_options.{option}",
-            _Layered(options[option], "derived", f"from {setting}"),
+            _Layered(options[option], "derived", "derived", f"from {setting}"),
         )
 
 
@@ -468,16 +589,283 @@ def _scale_publish_retries(flat: dict[str, _Layered], broker_url: str) -> None:
     """
     key = "task_publish_retry_policy.max_retries"
     layered = flat.get(key)
-    if layered is None or not layered.source.startswith("preset:"):
+    if layered is None or layered.kind != "preset":
         return
-    hosts = len(parse_redis_url(broker_url).hosts)
+    try:
+        hosts = len(parse_redis_url(broker_url).hosts)
+    except ConfigurationError:
+        return
     if hosts > 1 and isinstance(layered.value, int) and not isinstance(layered.value, bool):
         flat[key] = _Layered(
             layered.value * hosts,
             "derived",
+            "derived",
             f"{layered.source} value {layered.value} x {hosts} broker hosts: kombu counts "
             "one retry per host and sleeps once per round",
         )
+
+
+# --- the layer in app.conf --------------------------------------------------------------
+
+
+class _Layer(Mapping[str, Any]):
+    """celeryredis's layer in ``app.conf``, between Celery's overrides and the host's config.
+
+    See the module docstring for what it answers. It reads the host's configuration
+    live, so it holds no copy of it; keys may be plain (``task_time_limit``), prefixed
+    by the app's namespace (``CELERY_TASK_TIME_LIMIT``) or Celery's old names.
+    """
+
+    #: Marks this mapping for :func:`celeryredis.validation.settings_view`.
+    celeryredis_layer: Final = True
+
+    def __init__(self, app: Celery, spec: _Spec) -> None:
+        self._app = weakref.ref(app)
+        self.spec = spec
+        self._managed = spec.managed
+        self._top_keywords = {
+            k: v for k, v in _assemble(spec.keywords).items() if k not in _RESOLVED
+        }
+        self._top_presets = {k: v for k, v in _assemble(spec.presets).items() if k not in _RESOLVED}
+        self._old_names = {new: old for old, new in old_setting_names().items()}
+        #: Merged-dict values the host put in Celery's override layer before we attached.
+        self.absorbed: dict[str, Any] = {}
+        self._cache: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        #: The namespace prefix of the configuration the layer is attached to.
+        self.prefix: str | None = None
+
+    # Mapping protocol ---------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        name = self._name(key)
+        if name is None:
+            raise KeyError(key)
+        if name in _RESOLVED:
+            conf = self.resolved_conf()
+            if name not in conf:
+                raise KeyError(key)
+            value = conf[name]
+            return dict(value) if isinstance(value, dict) else value  # callers may change it
+        if name in self._top_keywords:
+            return self._top_keywords[name]
+        if self._host_has(name):
+            raise KeyError(key)  # the host's value, read live by Celery
+        if name in self._top_presets:
+            return self._top_presets[name]
+        if name in SETTINGS:
+            return SETTINGS[name].default
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        for name in sorted(self._managed):
+            if name in self:
+                yield name
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __contains__(self, key: object) -> bool:
+        if not isinstance(key, str):
+            return False
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def __repr__(self) -> str:
+        return f"<celeryredis settings layer of {self.spec.context}>"
+
+    # the host's configuration ----------------------------------------------------------
+
+    def _conf(self) -> Any:
+        app = self._app()
+        if app is None or not _loaded(app):
+            return None
+        return app.conf
+
+    def _prefix(self) -> str:
+        if self.prefix is not None:
+            return self.prefix
+        conf = self._conf()
+        prefix = getattr(conf, "prefix", None) if conf is not None else None
+        return prefix.upper() if isinstance(prefix, str) else ""
+
+    def bind(self, conf: Any) -> None:
+        """Remember the loaded configuration's namespace (a reload attaches again)."""
+        self.prefix = None
+        self.prefix = self._prefix() if conf is not None else None
+
+    def _name(self, key: str) -> str | None:
+        if key in self._managed:
+            return key
+        prefix = self._prefix()
+        if prefix and key.upper().startswith(prefix):
+            plain = key[len(prefix) :].lower()
+            return plain if plain in self._managed else None
+        return None
+
+    def _host_maps(self) -> list[Mapping[str, Any]]:
+        conf = self._conf()
+        if conf is None:
+            return []
+        maps: list[Mapping[str, Any]] = list(getattr(conf, "maps", ()))[:-1]  # not the defaults
+        return [m for m in maps if not getattr(m, "celeryredis_layer", False)]
+
+    def _candidates(self, name: str, prefix: str) -> tuple[str, ...]:
+        """The keys Celery would look ``name`` up under (namespaced, plain, old name)."""
+        cached = self._keys.get((name, prefix))
+        if cached is None:
+            old = self._old_names.get(name)
+            keys = (prefix + name.upper(), name) if prefix else (name,)
+            cached = self._keys[name, prefix] = (*keys, old) if old else keys
+        return cached
+
+    def host_get(self, name: str) -> Any:
+        """The host's value of ``name`` (as Celery would find it), or :data:`_UNSET`."""
+        return self._host_get(name, self._host_maps(), self._prefix())
+
+    def _host_get(self, name: str, maps: list[Mapping[str, Any]], prefix: str) -> Any:
+        if name in self.absorbed:
+            return self.absorbed[name]
+        keys = self._candidates(name, prefix)
+        for mapping in maps:
+            for key in keys:
+                if key in mapping:
+                    return mapping[key]
+        return _UNSET
+
+    def _host_has(self, name: str) -> bool:
+        return self.host_get(name) is not _UNSET
+
+    def host_settings(self, names: Iterable[str] | None = None) -> dict[str, Any]:
+        """The host's own values (plain names) of ``names`` (default: every known setting)."""
+        maps = self._host_maps()
+        prefix = self._prefix()
+        found = {}
+        for name in known_settings() if names is None else names:
+            value = self._host_get(name, maps, prefix)
+            if value is not _UNSET and not (name == "broker_url" and value is None):
+                found[name] = value
+        return found
+
+    def resolved(self, *, strict: bool = False) -> dict[str, _Layered]:
+        """The resolution over all of the host's live settings (explain, validation)."""
+        return _resolve(self.spec, self.host_settings(), strict=strict)
+
+    def resolved_conf(self) -> dict[str, Any]:
+        """The resolved settings, computed again only when a host input changed."""
+        host = self.host_settings(_RESOLUTION_INPUTS)
+        cached = self._cache
+        if cached is not None and cached[0] == host:
+            return cached[1]
+        conf = _assemble(_resolve(self.spec, host, strict=False))
+        self._cache = (copy.deepcopy(host), conf)
+        return conf
+
+    def describe_findings(self, findings: Iterable[Finding]) -> list[Finding]:
+        """The findings, each naming where its values came from (for the worker's check)."""
+        return _with_sources(findings, self.resolved())
+
+
+_LAYERS: weakref.WeakKeyDictionary[Celery, _Layer] = weakref.WeakKeyDictionary()
+
+
+def _loaded(app: Celery) -> bool:
+    """Has Celery loaded the app's configuration (``Celery.configured``)?"""
+    return bool(getattr(app, "configured", False))
+
+
+def _attach(app: Celery, layer: _Layer) -> None:
+    """Put the layer into the loaded ``app.conf`` (once), then validate."""
+    conf: Any = app.conf
+    if any(m is layer for m in conf.maps):
+        return
+    changes = conf.changes
+    for name in MERGED_DICT_SETTINGS:
+        for key in layer._candidates(name, layer._prefix()):
+            if isinstance(changes.get(key), Mapping):
+                # Set with conf.update() before configure(): merged like the host's own.
+                layer.absorbed[name] = changes.pop(key)
+                break
+    conf.add_defaults(layer)
+    layer.bind(conf)
+    _validate(app, layer)
+
+
+def _on_after_configure(sender: Celery, **kwargs: Any) -> None:
+    """Celery loaded the configuration again (config_from_object on a loaded app)."""
+    layer = _LAYERS.get(sender)
+    if layer is None:
+        return
+    try:
+        _attach(sender, layer)
+    except ConfigurationError as exc:
+        # A signal receiver cannot stop Celery; the worker refuses to start on it.
+        logger.error("%s", exc)  # noqa: TRY400 - the message is the whole story
+
+
+def _validate(app: Celery, layer: _Layer) -> None:
+    """The checks of make_app()/configure(), on the live configuration."""
+    flat = layer.resolved(strict=True)
+    _env_conflicts(flat, os.environ)
+    view = settings_view(app.conf, known_settings())
+    findings = run_checks(view) + worker.app_findings(app)
+    mode, per_check = _modes(layer.spec, flat)
+    enforce(_with_sources(findings, flat), mode, per_check, context=layer.spec.context)
+
+
+def _with_sources(findings: Iterable[Finding], flat: Mapping[str, _Layered]) -> list[Finding]:
+    """Name where each value in a finding came from (preset, app config, argument, ...)."""
+    out = []
+    for finding in findings:
+        parts: list[str] = []
+        for name in finding.settings:
+            rows = [(name, flat[name])] if name in flat else []
+            if not rows and name in MERGED_DICT_SETTINGS:
+                rows = [
+                    (key, layered)
+                    for key, layered in flat.items()
+                    if key.startswith(f"{name}.") and key.partition(".")[2] in finding.message
+                ]
+            parts.extend(
+                f"{key}={redact_setting(key, layered.value)!r} from {layered.source}"
+                for key, layered in rows
+            )
+        if parts:
+            finding = replace(finding, message=f"{finding.message} [{'; '.join(parts)}]")  # noqa: PLW2901
+        out.append(finding)
+    return out
+
+
+def _default_task_class(app: Celery) -> None:
+    """celeryredis.Task becomes the default task class unless the host chose its own."""
+    current: Any = app.task_cls
+    if current in ("celery.app.task:Task", "celery.app.task.Task", "celery:Task") or (
+        isinstance(current, type) and current.__module__ == "celery.app.task"
+    ):
+        app.task_cls = cast("Any", Task)
+        if "Task" in vars(app):  # the base class was built already: build it again
+            del app.Task
+
+
+def _install(app: Celery, spec: _Spec) -> _Layer:
+    layer = _Layer(app, spec)
+    _LAYERS[app] = layer
+    worker.install(app)
+    signals.install(app)
+    app.on_after_configure.connect(_on_after_configure, weak=False)
+    if _loaded(app):
+        _attach(app, layer)
+    else:
+
+        def attach_when_loaded() -> dict[str, Any]:
+            _attach(app, layer)
+            return {}
+
+        app.add_defaults(attach_when_loaded)
+    return layer
 
 
 def make_app(
@@ -496,7 +884,8 @@ def make_app(
     Args:
         main: The app's main module name (``Celery(main)``).
         broker_url: The broker's Redis URL. Default: ``$CELERY_BROKER_URL``,
-            then ``$REDIS_URL``, then ``redis://localhost:6379/0``.
+            then ``$REDIS_URL``; with none of them, :class:`ConfigurationError`
+            (there is no silent ``localhost`` default).
         result_backend: The result backend's Redis URL. Unset: ``$CELERY_RESULT_BACKEND``,
             then the broker's URL. ``None``: no result backend.
         preset: A preset name (``"production"``, ``"development"``,
@@ -511,11 +900,12 @@ def make_app(
             settings; they win over the presets.
 
     Returns:
-        An ordinary :class:`celery.Celery` app.
+        An ordinary :class:`celery.Celery` app. Its configuration stays lazy: a later
+        ``app.conf.update(...)`` wins, as it does over Celery's defaults.
 
     Raises:
-        ConfigurationError: An unknown preset or setting name, a bad URL, or a
-            failed validation check in ``"error"`` mode.
+        ConfigurationError: An unknown preset or setting name, a bad or missing URL,
+            or a failed validation check in ``"error"`` mode.
 
     Example:
         >>> app = make_app("billing", broker_url="redis://localhost:6379/0",
@@ -523,20 +913,24 @@ def make_app(
         >>> app.conf.task_acks_late, app.conf.task_time_limit
         (True, 300)
     """
-    broker: Any = _UNSET if broker_url is None else broker_url
-    conf, rows, mode, overrides = _build(
-        host_conf={},
-        broker_url=broker,
-        result_backend=result_backend,
-        preset=preset,
+    context = f"make_app({main!r})"
+    spec = _make_spec(
+        context,
+        preset,
+        settings,
         validate=validate,
-        settings=settings,
-        environ=os.environ,
+        broker_url=_UNSET if broker_url is None else broker_url,
+        result_backend=result_backend,
     )
-    enforce(run_checks(conf), mode, overrides, context=f"make_app({main!r})")
+    # No host configuration yet: validate what was given, now.
     app = Celery(main, include=list(include), task_cls=task_cls or Task)
-    app.conf.update(conf)
-    _install(app, rows)
+    layer = _Layer(app, spec)
+    flat = layer.resolved(strict=True)
+    _env_conflicts(flat, os.environ)
+    findings = run_checks(_assemble(flat))
+    mode, per_check = _modes(spec, flat)
+    enforce(_with_sources(findings, flat), mode, per_check, context=context)
+    _install(app, spec)
     return app
 
 
@@ -547,13 +941,20 @@ def configure(
     validate: Any = None,
     **settings: Any,
 ) -> Celery:
-    """Apply presets, settings and validation to a Celery app the host built.
+    """Layer presets, settings and validation under a Celery app the host built.
 
-    The host's own configuration (``config_from_object``, ``conf.update``,
-    Django settings with ``namespace="CELERY"``) wins over the presets, and
-    ``**settings`` win over both. Transport-option dicts are merged key by key.
-    URLs come from the app's ``broker_url`` / ``result_backend`` if set,
-    otherwise as in :func:`make_app`.
+    Safe anywhere a host calls it: at import time of its Celery module, before or after
+    ``config_from_object`` (Django settings with ``namespace="CELERY"``, a module path,
+    an object). It does not load the host's configuration: it takes effect when Celery
+    loads it, with the same result as a call after loading.
+
+    The host's configuration wins over the presets and stays live (a later change to a
+    ``CELERY_*`` Django setting is what ``app.conf`` returns); ``**settings`` win over
+    both. Dict settings (``broker_transport_options``, ...) are merged key by key. URLs
+    come from the app's ``broker_url`` / ``result_backend``, otherwise as in
+    :func:`make_app`. :class:`celeryredis.Task` becomes the app's default task class
+    unless the host chose its own. Validation runs when the configuration is loaded and
+    again when a worker starts.
 
     Args:
         app: The app to configure; it is changed in place.
@@ -565,77 +966,27 @@ def configure(
         The same app.
 
     Raises:
-        ConfigurationError: As for :func:`make_app`, or if ``configure`` was
-            already applied to this app.
+        ConfigurationError: An unknown preset or setting name, a bad value among
+            ``**settings``, or ``configure`` was already applied to this app; at load
+            time (the first read of ``app.conf``), a bad URL or a failed check.
     """
-    if app in _STATE:
+    if app in _LAYERS:
         raise ConfigurationError(
             f"configure() was already applied to app {app.main!r}; call it once, with every setting"
         )
-    host_conf = _host_settings(app)
-    findings = list(CHECKS["old-setting-names"].run(host_conf))
-    if findings:
-        enforce(findings, "error", context=f"configure({app.main!r})")
-    conf, rows, mode, overrides = _build(
-        host_conf=host_conf,
-        broker_url=_UNSET,
-        result_backend=_UNSET,
-        preset=preset,
-        validate=validate,
-        settings=settings,
-        environ=os.environ,
-    )
-    enforce(run_checks(conf), mode, overrides, context=f"configure({app.main!r})")
-    prefix = _namespace_prefix(app)
-    if prefix:
-        # Celery looks a setting up under its prefixed name first, in every layer:
-        # an unprefixed value would lose to the host's own prefixed one.
-        conf = {prefix + key.upper(): value for key, value in conf.items()}
-    app.conf.update(conf)
-    _install(app, rows)
+    spec = _make_spec(f"configure({app.main!r})", preset, settings, validate=validate)
+    _default_task_class(app)
+    _install(app, spec)
     return app
 
 
-def _namespace_prefix(app: Celery) -> str:
-    """``"CELERY_"`` for ``config_from_object(..., namespace="CELERY")``, else ``""``."""
-    prefix = getattr(app.conf, "prefix", None)
-    return prefix.upper() if isinstance(prefix, str) else ""
-
-
-def _host_settings(app: Celery) -> dict[str, Any]:
-    """The settings the host set on ``app`` itself (not Celery's defaults).
-
-    Under a namespace (Django's ``namespace="CELERY"``) the host's keys are
-    ``CELERY_TASK_TIME_LIMIT`` and so on: they are read without the prefix, in
-    lower case, as Celery itself reads them; a prefixed key beats a plain one.
-    """
-    known = _known_settings() | set(old_setting_names())
-    app.conf["task_serializer"]  # loads the host's pending (lazy) configuration
-    prefix = _namespace_prefix(app)
-    plain: dict[str, Any] = {}
-    prefixed: dict[str, Any] = {}
-    for key, value in app.conf.without_defaults().items():
-        if prefix and key.upper().startswith(prefix):
-            name = key[len(prefix) :].lower()
-            if name in known and name not in _INTERNAL_KEYS:
-                prefixed[name] = value
-        # A config *object* also exposes its dunder attributes and module-level names.
-        elif key in known and key not in _INTERNAL_KEYS:
-            plain[key] = value
-    return plain | prefixed
-
-
-def _install(app: Celery, rows: tuple[ExplainRow, ...]) -> None:
-    _STATE[app] = _AppState(rows)
-    worker.install(app)
-    signals.install(app)
-
-
 def explain(app: Celery) -> list[ExplainRow]:
-    """Return every setting celeryredis or the user set, with its source.
+    """Return every setting celeryredis, the host or the user set, with its source.
 
-    Values are redacted: URL passwords and values of settings whose name
-    contains ``password``, ``secret``, ``token`` or ``credential`` show ``***``.
+    Loads the app's configuration first (as a worker would), so an app whose
+    :func:`configure` runs when its configuration loads is explained too. Values are
+    redacted: URL passwords and values of settings whose name contains ``password``,
+    ``secret``, ``token`` or ``credential`` show ``***``.
 
     Args:
         app: An app built by :func:`make_app` or passed to :func:`configure`.
@@ -646,13 +997,20 @@ def explain(app: Celery) -> list[ExplainRow]:
     Raises:
         ConfigurationError: The app was not built or configured by celeryredis.
     """
-    state = _STATE.get(app)
-    if state is None:
+    conf = getattr(app, "conf", None)
+    if conf is not None:
+        conf.get("task_serializer")  # Celery loads the configuration (and runs on_after_configure)
+    layer = _LAYERS.get(app)
+    if layer is None:
         raise ConfigurationError(
             f"app {getattr(app, 'main', app)!r} was not built by make_app() nor passed to "
             "configure(); explain() knows only those"
         )
-    return list(state.rows)
+    flat = layer.resolved()
+    return [
+        ExplainRow(name, redact_setting(name, layered.value), layered.source, layered.reason)
+        for name, layered in sorted(flat.items())
+    ]
 
 
 def format_explain(rows: Iterable[ExplainRow]) -> str:

@@ -31,8 +31,8 @@ from celeryredis.connection import get_redis
 from celeryredis.exceptions import CeleryRedisError, DuplicateTaskError
 from celeryredis.keys import bulk_marker_key
 from celeryredis.locks import LockError, TokenLock, acquire_many
+from celeryredis.redaction import redact_text
 from celeryredis.tasks.unique import UNIQUE_HEADER, UniqueTask
-from celeryredis.urls import redact_text
 
 __all__ = ["BulkDuplicateError", "BulkPublishError", "Progress", "enqueue_many"]
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from celeryredis.exceptions import CeleryRedisError
-from celeryredis.urls import redact_text
+from celeryredis.redaction import redact_text
 
 __all__ = ["main"]
 

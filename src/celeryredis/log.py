@@ -10,6 +10,11 @@ the first time a task runs (never at import).
 
 The library never adds handlers itself; :func:`configure_logging` is the opt-in
 helper for workers.
+
+Redaction: the same first task also puts a :class:`RedactingFilter` on every handler
+of the root logger (and :func:`configure_logging` on its own handler), so no record a
+worker writes — Celery's own ``raised unexpected`` lines included — shows the
+password of a URL in its message, its extra fields or its traceback.
 """
 
 from __future__ import annotations
@@ -19,16 +24,22 @@ import contextvars
 import logging
 import sys
 import threading
-from collections.abc import Iterator
+import traceback
+from collections.abc import Iterable, Iterator, Mapping
 from typing import IO, Any
 
 from celeryredis.exceptions import ConfigurationError
+from celeryredis.redaction import redact_text
 
 __all__ = [
     "TEXT_FORMAT",
+    "RedactingFilter",
+    "bind_task_secrets",
     "configure_logging",
     "current_task_context",
     "install_record_factory",
+    "install_redaction",
+    "redact_exc_info",
     "task_context",
 ]
 
@@ -40,6 +51,9 @@ _CONTEXT: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVa
 )
 _install_lock = threading.Lock()
 _installed_factory: Any = None
+# The secret argument values of the task this thread runs or ran last: Celery logs a
+# task's failure after the body (and our hooks) returned, in the same thread.
+_THREAD_SECRETS = threading.local()
 
 
 def current_task_context() -> tuple[str, str] | None:
@@ -58,11 +72,112 @@ def task_context(task_id: str, task_name: str) -> Iterator[None]:
         _CONTEXT.reset(token)
 
 
+def bind_task_secrets(secrets: Iterable[str]) -> None:
+    """Hide ``secrets`` (a task's sensitive argument values) in this thread's records.
+
+    :class:`celeryredis.Task` calls it when an attempt starts; the values stay bound
+    until the next attempt in the thread, so Celery's own failure and retry records,
+    written after the body returned, are covered too.
+    """
+    _THREAD_SECRETS.values = tuple(secrets)
+
+
+def _bound_secrets() -> tuple[str, ...]:
+    values: tuple[str, ...] = getattr(_THREAD_SECRETS, "values", ())
+    return values
+
+
+def redact_exc_info(exc_info: Any, secrets: Iterable[str] = ()) -> str:
+    """The formatted traceback of ``exc_info``, URL passwords and ``secrets`` as ``***``.
+
+    Accepts an ``(type, value, traceback)`` tuple or an exception.
+    """
+    if isinstance(exc_info, BaseException):
+        exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    try:
+        text = "".join(traceback.format_exception(*exc_info))
+    except Exception:  # a broken exception must not break logging
+        text = f"{getattr(exc_info[0], '__name__', exc_info[0])}: <unprintable>"
+    return redact_text(text.rstrip("\n"), secrets)
+
+
+# Attributes every LogRecord has; anything else on a record came from ``extra``.
+_RECORD_ATTRIBUTES = frozenset(
+    {
+        "name", "msg", "args", "levelname", "levelno", "pathname", "filename", "module",
+        "exc_info", "exc_text", "stack_info", "lineno", "funcName", "created", "msecs",
+        "relativeCreated", "thread", "threadName", "processName", "process", "taskName",
+        "message", "asctime",
+    }
+)  # fmt: skip
+
+
+def _redact_extra(value: Any, depth: int = 0) -> Any:
+    if depth > 4:
+        return value
+    if isinstance(value, str):
+        return redact_text(value, _bound_secrets())
+    if isinstance(value, BaseException):
+        return redact_text(f"{type(value).__name__}: {value}", _bound_secrets())
+    if isinstance(value, Mapping):
+        return {k: _redact_extra(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_redact_extra(v, depth + 1) for v in value)
+    return value
+
+
+class RedactingFilter(logging.Filter):
+    """Show URL passwords as ``***`` in a record's message, extra fields and traceback.
+
+    The sensitive argument values of the task the thread runs (or ran last, see
+    :func:`bind_task_secrets`) are hidden too.
+
+    A record's exception is formatted once into ``exc_text`` (redacted) and its
+    ``exc_info`` cleared, because formatters (python-json-logger's among them) would
+    otherwise format the exception's own text again.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Redact ``record`` in place; never drops it."""
+        try:
+            message = record.getMessage()
+        except Exception:  # let the handler report a broken record as it always does
+            return True
+        secrets = _bound_secrets()
+        redacted = redact_text(message, secrets)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and record.exc_info[0] is not None:
+            record.exc_text = redact_exc_info(record.exc_info, secrets)
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact_text(record.exc_text, secrets)
+        for key, value in list(record.__dict__.items()):
+            if key not in _RECORD_ATTRIBUTES:
+                record.__dict__[key] = _redact_extra(value)
+        return True
+
+
+def install_redaction(logger: logging.Logger | None = None) -> None:
+    """Put a :class:`RedactingFilter` on every handler of ``logger`` (default: root).
+
+    Idempotent; handlers added later are not covered (call it again after them).
+    """
+    target = logger or logging.getLogger()
+    for handler in target.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
+
+
 def install_record_factory() -> None:
-    """Wrap the current log record factory so records carry the task context (idempotent)."""
+    """Wrap the current log record factory so records carry the task context (idempotent).
+
+    The first call in a process also runs :func:`install_redaction` on the root logger.
+    """
     global _installed_factory  # noqa: PLW0603 - one factory per process
     if logging.getLogRecordFactory() is _installed_factory:
         return
+    install_redaction()
     with _install_lock:
         previous = logging.getLogRecordFactory()
         if previous is _installed_factory:
@@ -127,6 +242,7 @@ def configure_logging(
     """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.addFilter(_ContextDefaults())
+    handler.addFilter(RedactingFilter())
     if json:
         try:
             from pythonjsonlogger.json import JsonFormatter  # noqa: PLC0415 - optional extra

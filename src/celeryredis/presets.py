@@ -21,12 +21,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final
 
 from celeryredis.exceptions import ConfigurationError
+from celeryredis.registry import SETTINGS
 
 __all__ = [
     "DERIVED",
@@ -40,6 +42,7 @@ __all__ = [
     "Preset",
     "Setting",
     "get_preset",
+    "known_settings",
 ]
 
 
@@ -67,72 +70,10 @@ MERGED_DICT_SETTINGS: Final = frozenset(
     {"broker_transport_options", "result_backend_transport_options", "task_publish_retry_policy"}
 )
 
-#: The library's own settings (prefix ``celeryredis_``) with their defaults and
-#: meaning. Later features add to this table.
+#: The library's own settings (prefix ``celeryredis_``) with their defaults and meaning,
+#: from :data:`celeryredis.registry.SETTINGS` (the one place they are defined).
 LIBRARY_SETTINGS: Final[Mapping[str, tuple[Any, str]]] = MappingProxyType(
-    {
-        "celeryredis_eta_horizon": (
-            900.0,
-            "Longest countdown/ETA (seconds) the app publishes; part of the "
-            "visibility-timeout formula.",
-        ),
-        "celeryredis_retry_backoff_max": (
-            600.0,
-            "Longest retry delay (seconds) any task may choose; part of the "
-            "visibility-timeout formula (Celery's own retry_backoff_max default).",
-        ),
-        "celeryredis_allow_pickle": (
-            False,
-            "Explicit opt-in to pickle serialisation (refused by validation otherwise).",
-        ),
-        "celeryredis_dead_letter": (
-            False,
-            "Keep tasks that fail for good (and poison messages) in the dead-letter queue.",
-        ),
-        "celeryredis_dead_letter_max_len": (
-            10_000,
-            "Most entries the dead-letter stream keeps (the oldest go first).",
-        ),
-        "celeryredis_dead_letter_max_age": (
-            7 * 86400.0,
-            "Seconds a dead-letter entry is kept.",
-        ),
-        "celeryredis_heartbeat_interval": (
-            5.0,
-            "Seconds between a worker's heartbeats (its key lives three intervals); 0 turns "
-            "the heartbeat off.",
-        ),
-        "celeryredis_sensitive_names": (
-            (),
-            "Extra words that make a task argument name sensitive (its value is shown as ***).",
-        ),
-        "celeryredis_transport": (
-            "stock",
-            "Which kombu transport consumes: 'reliable' (celeryredis's atomic batched fetch "
-            "with leases, wire-compatible with stock) or 'stock' (kombu's BRPOP transport).",
-        ),
-        "celeryredis_lease_seconds": (
-            30.0,
-            "Reliable transport: seconds a held message's lease lasts (renewed every third); "
-            "a dead worker's messages return this long after its last renewal.",
-        ),
-        "celeryredis_lease_sweep_interval": (
-            1.0,
-            "Reliable transport: seconds between sweeps that requeue expired leases.",
-        ),
-        "celeryredis_fetch_batch_max": (
-            64,
-            "Reliable transport: most messages one fetch pops (the prefetch window bounds it too).",
-        ),
-        "celeryredis_validate": (
-            "error",
-            "What a failed validation check does: 'error', 'warn' or 'ignore'.",
-        ),
-        "celeryredis_validate_checks": (
-            {},
-            "Per-check override of celeryredis_validate: {check_id: 'error'|'warn'|'ignore'}.",
-        ),
-    }
+    {name: (entry.default, entry.reason) for name, entry in SETTINGS.items()}
 )
 
 
@@ -291,7 +232,9 @@ _CONNECTION_SAFETY = {
         10, "PING idle broker connections every 10 s before using them."
     ),
     "broker_transport_options.retry_on_timeout": _s(
-        False, "Keeps kombu's batched publish safe from double sends (kombu redis.py K:1082)."
+        False,
+        "Keeps kombu's batched publish safe from double sends (a retried timed-out MULTI "
+        "could send a batch twice).",
     ),
     "broker_connection_retry_on_startup": _s(
         True, "A worker started before Redis waits for it instead of exiting."
@@ -495,3 +438,30 @@ def get_preset(name: str) -> Preset:
             "or pass a Preset or a dict of settings",
             setting="preset",
         ) from None
+
+
+# Settings Celery reads with conf.get() without listing them in its defaults
+# (celery/backends/redis.py, celery/backends/base.py in 5.7).
+_HIDDEN_CELERY_SETTINGS: Final = frozenset(
+    {
+        "redis_backend_health_check_interval",
+        "redis_backend_credential_provider",
+        "redis_client_name",
+        "result_backend_thread_safe",
+        "result_failure_expires",
+        "result_compression",
+        "result_chord_expires",
+        "result_backend_max_retries",
+        "result_backend_always_retry",
+        "result_backend_base_sleep_between_retries_ms",
+        "result_backend_max_sleep_between_retries_ms",
+    }
+)
+
+
+@functools.cache
+def known_settings() -> frozenset[str]:
+    """Every setting name celeryredis accepts: Celery's (lower case) and ``celeryredis_*``."""
+    from celery.app.defaults import SETTING_KEYS  # noqa: PLC0415
+
+    return frozenset(SETTING_KEYS) | _HIDDEN_CELERY_SETTINGS | frozenset(LIBRARY_SETTINGS)

@@ -1,37 +1,115 @@
-"""Redact sensitive task arguments and summarise arguments for logs (pure, no I/O).
+"""The one home of redaction: what is sensitive, and how it is hidden (pure, no I/O).
 
-A keyword (or a positional argument bound to a parameter) is sensitive when its
-name contains one of the sensitive words, case-insensitively: ``password``,
-``token``, ``secret``, ``api_key``, ``authorization`` and any configured extras.
-Sensitive values are replaced by ``***`` wherever celeryredis shows arguments:
-its log records, the ``argsrepr``/``kwargsrepr`` it sets at publish (which
-Celery shows in its own log lines and events), reprs and exception messages.
+Everything celeryredis shows — log records, dead-letter entries and their views, CLI
+text and JSON, reprs, exception messages, the ``argsrepr``/``kwargsrepr`` it sets at
+publish, the effective configuration — goes through the functions here:
+
+- :func:`redact_text` replaces the password of every URL in a text with ``***``
+  (``redis://user:***@host``) and, given the values of sensitive arguments, every
+  occurrence of those values.
+- An argument (keyword, or positional bound to a parameter of the task's signature),
+  a setting or a mapping key is sensitive when its name contains one of the
+  sensitive words, case-insensitively: :data:`DEFAULT_SENSITIVE_NAMES`, plus the app
+  setting ``celeryredis_sensitive_names`` and a task's ``sensitive_names``
+  (:func:`sensitive_words` builds the list).
+- :func:`redact_call` gives the redacted view of a call and the secret values it
+  hid, which :func:`redact_text` then removes from exception texts and tracebacks.
+
+Decisions are taken where the task's signature is known (in the worker, when a
+dead-letter entry or a log record is written) and stored with what they redact, so a
+process that never imported the task module shows the same ``***``.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import re
 import reprlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
-
-from celeryredis.urls import REDACTED, redact_text
 
 __all__ = [
     "DEFAULT_SENSITIVE_NAMES",
+    "REDACTED",
+    "RedactedCall",
     "is_sensitive",
     "redact_call",
+    "redact_setting",
+    "redact_text",
+    "redact_value",
+    "sensitive_words",
     "summarize_call",
 ]
 
-#: Words that make an argument name sensitive (matched as case-insensitive substrings).
-DEFAULT_SENSITIVE_NAMES: Final = ("password", "token", "secret", "api_key", "authorization")
+#: What a secret is replaced with wherever it would be shown.
+REDACTED: Final = "***"
+
+#: Words that make an argument, setting or key name sensitive (case-insensitive substrings).
+DEFAULT_SENSITIVE_NAMES: Final = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "authorization",
+    "credential",
+    "private_key",
+)
+
+#: Secret values shorter than this are not searched for in free text (a one-character
+#: "secret" would blank out every occurrence of that character).
+MIN_SECRET_CHARS: Final = 4
+
+# user:password@ in anything that looks like a URL, parsable or not.
+_USERINFO_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s;]*:)[^@\s;]*(?P<at>@)")
 
 _repr = reprlib.Repr()
 _repr.maxstring = 80
 _repr.maxother = 80
 _repr.maxlevel = 3
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """Replace every URL password in ``text``, and every one of ``secrets``, with ``***``.
+
+    Works on any string: log lines, exception messages, tracebacks, JSON, URLs that
+    cannot be parsed, several URLs in one line.
+
+    Args:
+        text: Arbitrary text.
+        secrets: Values to hide wherever they occur (those shorter than
+            ``MIN_SECRET_CHARS`` (4) characters are ignored).
+
+    Example:
+        >>> redact_text("connecting to redis://app:s3cret@db:6379/0")
+        'connecting to redis://app:***@db:6379/0'
+        >>> redact_text("login failed for hunter22", secrets=["hunter22"])
+        'login failed for ***'
+    """
+    text = _USERINFO_RE.sub(lambda m: f"{m.group('head')}{REDACTED}{m.group('at')}", text)
+    for secret in sorted({s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def sensitive_words(
+    conf: Mapping[str, Any] | None = None, extra: Iterable[str] = ()
+) -> tuple[str, ...]:
+    """The sensitive words in force: the defaults, the app's setting, then ``extra``.
+
+    Args:
+        conf: An app's configuration (its ``celeryredis_sensitive_names`` is added).
+        extra: More words, e.g. a task's ``sensitive_names``.
+
+    Example:
+        >>> sensitive_words({"celeryredis_sensitive_names": ["iban"]}, ["pin"])[-2:]
+        ('iban', 'pin')
+    """
+    configured = (conf.get("celeryredis_sensitive_names") if conf is not None else None) or ()
+    return (*DEFAULT_SENSITIVE_NAMES, *configured, *extra)
 
 
 def is_sensitive(name: str, words: Iterable[str] = DEFAULT_SENSITIVE_NAMES) -> bool:
@@ -45,18 +123,41 @@ def is_sensitive(name: str, words: Iterable[str] = DEFAULT_SENSITIVE_NAMES) -> b
     return any(word.lower() in lowered for word in words)
 
 
-def _redact_value(value: Any, words: Sequence[str]) -> Any:
+def redact_value(value: Any, words: Sequence[str] = DEFAULT_SENSITIVE_NAMES) -> Any:
+    """A copy of ``value`` with sensitive mapping keys' values and URL passwords as ``***``.
+
+    Mappings, lists and tuples are walked; strings are passed through :func:`redact_text`.
+    """
     if isinstance(value, Mapping):
         return {
-            k: REDACTED
-            if isinstance(k, str) and is_sensitive(k, words)
-            else _redact_value(v, words)
+            k: REDACTED if isinstance(k, str) and is_sensitive(k, words) else redact_value(v, words)
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
-        return type(value)(_redact_value(v, words) for v in value)
+        return type(value)(redact_value(v, words) for v in value)
     if isinstance(value, str):
         return redact_text(value)
+    return value
+
+
+def redact_setting(name: str, value: Any, words: Sequence[str] = DEFAULT_SENSITIVE_NAMES) -> Any:
+    """The value of setting ``name`` as it may be shown.
+
+    A string setting whose name (or ``name.key`` path inside a mapping) is sensitive is
+    ``***``; URL passwords are redacted everywhere.
+
+    Example:
+        >>> redact_setting("broker_url", "redis://:pw@h:6379/0")
+        'redis://:***@h:6379/0'
+        >>> redact_setting("broker_transport_options", {"password": "pw", "db": 1})
+        {'password': '***', 'db': 1}
+    """
+    if isinstance(value, str):
+        return REDACTED if is_sensitive(name, words) else redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: redact_setting(f"{name}.{k}", v, words) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact_setting(name, v, words) for v in value)
     return value
 
 
@@ -83,33 +184,109 @@ def _parameter_names(func: Callable[..., Any] | None, count: int) -> list[str | 
     return names
 
 
+def _secret_strings(value: Any) -> list[str]:
+    """Every scalar inside a sensitive value, as text (to find it again in free text)."""
+    if isinstance(value, Mapping):
+        return [s for v in value.values() for s in _secret_strings(v)]
+    if isinstance(value, list | tuple | set | frozenset):
+        return [s for v in value for s in _secret_strings(v)]
+    if isinstance(value, bytes):
+        try:
+            return [value.decode()]
+        except UnicodeDecodeError:
+            return []
+    if value is None or isinstance(value, bool):
+        return []
+    return [str(value)]
+
+
+def _nested_secrets(value: Any, words: Sequence[str]) -> list[str]:
+    """Values under sensitive keys inside ``value`` (which itself is not sensitive)."""
+    if isinstance(value, Mapping):
+        found: list[str] = []
+        for k, v in value.items():
+            if isinstance(k, str) and is_sensitive(k, words):
+                found += _secret_strings(v)
+            else:
+                found += _nested_secrets(v, words)
+        return found
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _nested_secrets(v, words)]
+    return []
+
+
+@dataclass(frozen=True)
+class RedactedCall:
+    """The redacted view of a call, and the secret values it hides.
+
+    Attributes:
+        args: Positional arguments, sensitive ones as ``***``.
+        kwargs: Keyword arguments, sensitive ones as ``***``.
+        changed: Whether anything was redacted.
+        secrets: The hidden values as text, to remove from exception texts with
+            :func:`redact_text`. Never shown.
+        positions: Indexes of the positional arguments that are sensitive.
+    """
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    changed: bool
+    secrets: tuple[str, ...] = field(repr=False, default=())
+    positions: tuple[int, ...] = ()
+
+
 def redact_call(
     args: Sequence[Any] | None,
     kwargs: Mapping[str, Any] | None,
     *,
     words: Sequence[str] = DEFAULT_SENSITIVE_NAMES,
     func: Callable[..., Any] | None = None,
-) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
-    """Return copies of ``args`` and ``kwargs`` with sensitive values replaced by ``***``.
+    positions: Iterable[int] = (),
+) -> RedactedCall:
+    """The call with sensitive values replaced by ``***``.
 
     Positional arguments are matched to ``func``'s parameter names when ``func`` is
-    given; nested dicts are redacted by key; URL passwords in strings are redacted.
+    given; ``positions`` marks more positional arguments as sensitive (a decision
+    taken elsewhere, e.g. by the publisher); nested mapping keys are matched by name;
+    URL passwords in strings are redacted.
 
-    Returns:
-        ``(args, kwargs, changed)``, where ``changed`` says whether anything was redacted.
+    Example:
+        >>> def connect(host, password): ...
+        >>> call = redact_call(("db", "hunter22"), {}, func=connect)
+        >>> call.args, call.secrets, call.positions
+        (('db', '***'), ('hunter22',), (1,))
     """
     args = tuple(args or ())
     kwargs = dict(kwargs or {})
     names = _parameter_names(func, len(args))
-    new_args = tuple(
-        REDACTED if name is not None and is_sensitive(name, words) else _redact_value(value, words)
-        for name, value in zip(names, args, strict=True)
+    forced = set(positions)
+    secrets: list[str] = []
+    sensitive_at: list[int] = []
+    new_args: list[Any] = []
+    for index, (name, value) in enumerate(zip(names, args, strict=True)):
+        if index in forced or (name is not None and is_sensitive(name, words)):
+            new_args.append(REDACTED)
+            sensitive_at.append(index)
+            secrets += _secret_strings(value)
+        else:
+            new_args.append(redact_value(value, words))
+            secrets += _nested_secrets(value, words)
+    new_kwargs: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if is_sensitive(key, words):
+            new_kwargs[key] = REDACTED
+            secrets += _secret_strings(value)
+        else:
+            new_kwargs[key] = redact_value(value, words)
+            secrets += _nested_secrets(value, words)
+    red_args = tuple(new_args)
+    return RedactedCall(
+        red_args,
+        new_kwargs,
+        red_args != args or new_kwargs != kwargs,
+        tuple(dict.fromkeys(s for s in secrets if s and s != REDACTED)),
+        tuple(sensitive_at),
     )
-    new_kwargs = {
-        key: REDACTED if is_sensitive(key, words) else _redact_value(value, words)
-        for key, value in kwargs.items()
-    }
-    return new_args, new_kwargs, (new_args != args or new_kwargs != kwargs)
 
 
 def summarize_call(
@@ -126,10 +303,10 @@ def summarize_call(
         >>> summarize_call((1,), {"password": "hunter2", "user": "ann"})
         "(1, password='***', user='ann')"
     """
-    red_args, red_kwargs, _ = redact_call(args, kwargs, words=words, func=func)
-    parts = [_repr.repr(a) for a in red_args]
-    parts += [f"{k}={_repr.repr(v)}" for k, v in red_kwargs.items()]
-    text = "(" + ", ".join(parts) + ")"
+    call = redact_call(args, kwargs, words=words, func=func)
+    parts = [_repr.repr(a) for a in call.args]
+    parts += [f"{k}={_repr.repr(v)}" for k, v in call.kwargs.items()]
+    text = redact_text("(" + ", ".join(parts) + ")", call.secrets)
     if len(text) > max_chars:
         text = text[: max(0, max_chars - 15)] + f"... [{len(text)} chars]"
     return text

@@ -24,6 +24,7 @@ from types import MappingProxyType
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from celeryredis.exceptions import ConfigurationError
+from celeryredis.redaction import REDACTED, redact_text
 
 __all__ = [
     "REDACTED",
@@ -33,9 +34,6 @@ __all__ = [
     "redact_text",
     "redact_url",
 ]
-
-#: What a password is replaced with wherever a URL is shown.
-REDACTED = "***"
 
 #: Accepted values of the ``ssl_cert_reqs`` query parameter, mapped to the
 #: canonical lower-case form (kombu and Celery accept both spellings).
@@ -63,36 +61,17 @@ _CLUSTER_SCHEMES = frozenset(
 _DEFAULT_PORTS = MappingProxyType({"redis": 6379, "rediss": 6379, "sentinel": 26379})
 _DIGITS_RE = re.compile(r"[0-9]{1,9}")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-# user:password@ in anything that looks like a URL; used where parsing failed.
-_USERINFO_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s;]*:)[^@\s;]*(?P<at>@)")
 _SUPPORTED_TEXT = (
     "supported: redis://, rediss://, redis+socket:// (or unix://) and "
     "sentinel://host:port;sentinel://host:port"
 )
 
 
-def redact_text(text: str) -> str:
-    """Replace the password of every URL found in ``text`` with ``***``.
-
-    Works on any string, including URLs that cannot be parsed and log lines
-    that contain several URLs.
-
-    Args:
-        text: Arbitrary text.
-
-    Returns:
-        The text with each ``scheme://user:password@`` shown as
-        ``scheme://user:***@``.
-
-    Example:
-        >>> redact_text("connecting to redis://app:s3cret@db:6379/0")
-        'connecting to redis://app:***@db:6379/0'
-    """
-    return _USERINFO_RE.sub(lambda m: f"{m.group('head')}{REDACTED}{m.group('at')}", text)
-
-
 def redact_url(url: str | None) -> str | None:
     """Return ``url`` with its password (if any) replaced by ``***``.
+
+    ``REDACTED`` and ``redact_text`` are re-exported here from
+    :mod:`celeryredis.redaction`, the one home of redaction.
 
     Args:
         url: A URL, or None.

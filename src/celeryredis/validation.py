@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any, Final, Literal
 
 from celeryredis.exceptions import ConfigurationError
+from celeryredis.registry import setting, uses_reliable_transport
 from celeryredis.urls import RedisURL, parse_redis_url
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "old_setting_names",
     "required_visibility_timeout",
     "run_checks",
+    "settings_view",
     "uses_reliable_transport",
 ]
 
@@ -188,8 +190,8 @@ def required_visibility_timeout(conf: Mapping[str, Any]) -> float | None:
         ``H + cap + M*T`` (``(M-1)*T`` without ``task_acks_late``), or None when
         it cannot be bounded (no hard time limit, or unlimited prefetch).
     """
-    horizon = _num(conf.get("celeryredis_eta_horizon", 0.0)) or 0.0
-    backoff = _num(conf.get("celeryredis_retry_backoff_max", 0.0)) or 0.0
+    horizon = _num(setting(conf, "celeryredis_eta_horizon")) or 0.0
+    backoff = _num(setting(conf, "celeryredis_retry_backoff_max")) or 0.0
     limit = _num(conf.get("task_time_limit"))
     prefetch = _effective_prefetch(conf)
     if limit is None or prefetch is None or prefetch <= 0:
@@ -211,11 +213,6 @@ def derive_visibility_timeout(conf: Mapping[str, Any]) -> float | None:
 
 
 # --- the checks ---------------------------------------------------------------------------
-
-
-def uses_reliable_transport(conf: Mapping[str, Any]) -> bool:
-    """True when ``celeryredis_transport`` selects the reliable (leased) transport."""
-    return bool(conf.get("celeryredis_transport", "stock") == "reliable")
 
 
 def _check_visibility_timeout(conf: Mapping[str, Any]) -> Iterable[Finding]:
@@ -240,8 +237,8 @@ def _check_visibility_timeout(conf: Mapping[str, Any]) -> Iterable[Finding]:
     if required is None or vt is None:
         return  # acks-late-without-time-limit reports the missing hard limit.
     if vt <= required:
-        horizon = conf.get("celeryredis_eta_horizon", 0)
-        backoff = conf.get("celeryredis_retry_backoff_max", 0)
+        horizon = setting(conf, "celeryredis_eta_horizon")
+        backoff = setting(conf, "celeryredis_retry_backoff_max")
         factor = "prefetch" if conf.get("task_acks_late") else "(prefetch - 1)"
         yield Finding(
             "visibility-timeout",
@@ -415,9 +412,63 @@ def _check_old_names(conf: Mapping[str, Any]) -> Iterable[Finding]:
             "old-setting-names",
             "error",
             f"{key!r} is an old upper-case setting name; use {table[key]!r} (Celery refuses to "
-            "mix old and new names, and celeryredis sets new ones).",
+            "mix old and new names, and Celery 6 drops the old ones).",
             (key,),
         )
+
+
+def _check_broker_url(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    if conf.get("broker_url") or conf.get("task_always_eager"):
+        return
+    yield Finding(
+        "broker-url",
+        "error",
+        "no broker URL: pass make_app(broker_url=...), set the app's broker_url setting "
+        "(CELERY_BROKER_URL under Django's namespace), or set $CELERY_BROKER_URL or "
+        "$REDIS_URL. celeryredis has no silent localhost default, so no test or worker "
+        "reaches a Redis by accident.",
+        ("broker_url",),
+    )
+
+
+def settings_view(conf: Mapping[str, Any], known: Iterable[str]) -> dict[str, Any]:
+    """The effective settings of ``app.conf`` by their plain names, for the checks.
+
+    ``app.conf`` under a namespace (Django's ``CELERY_``) holds keys such as
+    ``CELERY_BROKER_URL`` and every other setting of the host; iterating it would read
+    them as old setting names. This view holds each known setting's effective value
+    (``conf.get`` resolves the namespace), plus the old upper-case names the host's own
+    configuration really uses, so that check still finds them.
+
+    Args:
+        conf: ``app.conf`` (or any mapping of settings).
+        known: The plain setting names to read.
+    """
+    finalize = getattr(conf, "finalize", None)
+    if callable(finalize):
+        finalize()  # an app.conf not loaded yet answers no `in` test until Celery loads it
+    view = {name: conf.get(name) for name in known if name in conf}
+    table = old_setting_names()
+    prefix = getattr(conf, "prefix", None)
+    prefix = prefix.upper() if isinstance(prefix, str) else ""
+    maps = getattr(conf, "maps", None)
+    sources: list[Any] = list(maps)[:-1] if maps else [conf]
+    names = frozenset(known)
+    for mapping in sources:
+        if getattr(mapping, "celeryredis_layer", False):
+            continue
+        for key in list(mapping):
+            if not isinstance(key, str):
+                continue
+            if prefix:
+                if not key.upper().startswith(prefix):
+                    continue
+                rest = key[len(prefix) :]
+                if rest.lower() not in names and rest.upper() in table:
+                    view.setdefault(rest.upper(), mapping[key])
+            elif key in table and key not in names:
+                view.setdefault(key, mapping[key])
+    return view
 
 
 def _check_restore_sweep(conf: Mapping[str, Any]) -> Iterable[Finding]:
@@ -456,7 +507,7 @@ def _check_worker_lost_loop(conf: Mapping[str, Any]) -> Iterable[Finding]:
 
 
 def _check_heartbeat_interval(conf: Mapping[str, Any]) -> Iterable[Finding]:
-    value = conf.get("celeryredis_heartbeat_interval", 5.0)
+    value = setting(conf, "celeryredis_heartbeat_interval")
     interval = _num(value)
     if interval is None or interval < 0 or (0 < interval < 0.1):
         yield Finding(
@@ -477,7 +528,7 @@ def _check_heartbeat_interval(conf: Mapping[str, Any]) -> Iterable[Finding]:
 
 
 def _check_transport(conf: Mapping[str, Any]) -> Iterable[Finding]:
-    name = conf.get("celeryredis_transport", "stock")
+    name = setting(conf, "celeryredis_transport")
     if name not in ("reliable", "stock"):
         yield Finding(
             "transport",
@@ -487,9 +538,9 @@ def _check_transport(conf: Mapping[str, Any]) -> Iterable[Finding]:
             ("celeryredis_transport",),
         )
         return
-    lease = _num(conf.get("celeryredis_lease_seconds", 30.0))
-    sweep = _num(conf.get("celeryredis_lease_sweep_interval", 1.0))
-    batch = conf.get("celeryredis_fetch_batch_max", 64)
+    lease = _num(setting(conf, "celeryredis_lease_seconds"))
+    sweep = _num(setting(conf, "celeryredis_lease_sweep_interval"))
+    batch = setting(conf, "celeryredis_fetch_batch_max")
     if lease is None or lease < 1:
         yield Finding(
             "transport",
@@ -599,6 +650,21 @@ CHECKS: Final[Mapping[str, Check]] = MappingProxyType(
                 "Old upper-case setting names are refused.",
                 "Celery refuses mixed old and new names, or silently uses the old set.",
                 _check_old_names,
+            ),
+            Check(
+                "broker-url",
+                "error",
+                "A broker URL must be set; there is no silent localhost default.",
+                "A worker or a test would reach whatever Redis listens on localhost:6379.",
+                _check_broker_url,
+            ),
+            Check(
+                "task-class",
+                "warning",
+                "The app's default task class should derive from celeryredis.Task.",
+                "@shared_task tasks get no lifecycle records and never reach the dead-letter "
+                "queue.",
+                _per_task_only,
             ),
             Check(
                 "restore-sweep-slow",

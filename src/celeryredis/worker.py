@@ -31,8 +31,11 @@ from celeryredis.deadletter import DeadLetterError, DeadLetterQueue, dead_letter
 from celeryredis.exceptions import ConfigurationError
 from celeryredis.health import remove_heartbeat, write_heartbeat
 from celeryredis.keys import poison_key
-from celeryredis.urls import redact_text
-from celeryredis.validation import enforce, run_checks
+from celeryredis.presets import known_settings
+from celeryredis.redaction import redact_text
+from celeryredis.registry import setting, uses_reliable_transport
+from celeryredis.tasks import Task
+from celeryredis.validation import Finding, enforce, run_checks, settings_view
 
 __all__ = ["Consumer", "HeartbeatStep", "PoisonStep", "ValidationStep", "install"]
 
@@ -53,11 +56,16 @@ class ValidationStep(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         app: Celery = parent.app
         conf = app.conf
-        findings = run_checks(conf)
+        view = settings_view(conf, known_settings())
+        findings = run_checks(view) + app_findings(app)
         for task in app.tasks.values():
             task_findings = getattr(task, "celeryredis_findings", None)
             if task_findings is not None:
-                findings.extend(task_findings(conf))
+                findings.extend(task_findings(view))
+        for mapping in getattr(conf, "maps", ()):
+            describe = getattr(mapping, "describe_findings", None)
+            if getattr(mapping, "celeryredis_layer", False) and describe is not None:
+                findings = describe(findings)  # names where each value came from
         try:
             enforce(
                 findings,
@@ -68,6 +76,39 @@ class ValidationStep(bootsteps.StartStopStep):
         except ConfigurationError as exc:
             logger.critical("refusing to start: %s", exc)
             raise
+
+
+def app_findings(app: Celery) -> list[Finding]:
+    """Checks of the app itself (not of its settings): its default task class."""
+    from kombu.utils.imports import symbol_by_name  # noqa: PLC0415
+
+    try:
+        cls = symbol_by_name(app.task_cls or "celery.app.task:Task")
+    except (ImportError, AttributeError) as exc:
+        return [
+            Finding(
+                "task-class",
+                "error",
+                f"the app's task class {app.task_cls!r} cannot be imported: {exc}",
+                ("task_cls",),
+            )
+        ]
+    if isinstance(cls, type) and issubclass(cls, Task):
+        return []
+    name = getattr(cls, "__name__", repr(cls))
+    where = f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', name)}"
+    return [
+        Finding(
+            "task-class",
+            "warning",
+            f"the app's default task class {where} does not derive from celeryredis.Task, so "
+            "its tasks (@shared_task ones too) get no lifecycle records and never reach the "
+            f"dead-letter queue. Combine them: class AppTask(celeryredis.Task, {name}): ... "
+            "and pass it as Celery(task_cls=AppTask) (or set celeryredis_validate_checks="
+            "{'task-class': 'ignore'} to keep yours as it is).",
+            ("task_cls",),
+        )
+    ]
 
 
 class Consumer(_CeleryConsumer):
@@ -129,7 +170,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
     requires = ("celery.worker.consumer.tasks:Tasks",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
-        self.interval = float(parent.app.conf.get("celeryredis_heartbeat_interval") or 0)
+        self.interval = float(setting(parent.app.conf, "celeryredis_heartbeat_interval"))
         self.enabled = self.interval > 0
         self._tref: Any = None
         self._client: redis.Redis | None = None
@@ -218,10 +259,10 @@ class PoisonStep(bootsteps.StartStopStep):
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         conf = parent.app.conf
-        self.enabled = conf.get("celeryredis_transport") == "reliable" and bool(
-            conf.get("celeryredis_dead_letter")
+        self.enabled = uses_reliable_transport(conf) and bool(
+            setting(conf, "celeryredis_dead_letter")
         )
-        self.interval = float(conf.get("celeryredis_heartbeat_interval") or 5.0)
+        self.interval = float(setting(conf, "celeryredis_heartbeat_interval") or 5.0)
         self._tref: Any = None
         super().__init__(parent, **kwargs)
 

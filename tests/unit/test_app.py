@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 import celeryredis
 from celeryredis import ConfigurationError, configure, explain, make_app
-from celeryredis.app import DEFAULT_REDIS_URL, format_explain
+from celeryredis.app import format_explain
 from celeryredis.presets import PRODUCTION, TESTING
 from celeryredis.worker import ValidationStep
 
@@ -69,7 +69,10 @@ def test_user_visibility_timeout_wins_and_dicts_merge_per_key() -> None:
 
 
 def test_url_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert make_app("t").conf.broker_url == DEFAULT_REDIS_URL
+    # No silent localhost default: a missing URL says where one can come from.
+    with pytest.raises(ConfigurationError, match=r"no broker URL.*\$REDIS_URL"):
+        make_app("t")
+    assert make_app("t", task_always_eager=True).conf.broker_url is None  # eager needs none
     monkeypatch.setenv("REDIS_URL", "redis://r:6379/1")
     app = make_app("t")
     assert app.conf.broker_url == "redis://r:6379/1"
@@ -133,6 +136,7 @@ def test_bad_env_url_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None
 def test_bad_arguments_raise_configuration_error(
     kwargs: dict[str, Any], fragment: str | None
 ) -> None:
+    kwargs = {"broker_url": URL, **kwargs}
     if fragment is None:  # accepted: Celery's int settings take floats fine
         make_app("t", **kwargs)
         return
@@ -253,15 +257,27 @@ def test_configure_reads_namespaced_host_settings() -> None:
 def test_configure_refuses_old_setting_names() -> None:
     app = Celery("old")
     app.config_from_object({"CELERY_TASK_SERIALIZER": "json", "BROKER_URL": URL})
+    configure(app)  # lazy: nothing is read yet
     with pytest.raises(ConfigurationError, match="old-setting-names"):
-        configure(app)
+        app.conf.get("task_serializer")  # Celery loads the configuration: the check runs
 
 
 def test_configure_validates() -> None:
     app = Celery("bad")
     app.conf.update(broker_url=URL, task_soft_time_limit=5000)
+    configure(app)
+    with pytest.raises(
+        ConfigurationError,
+        match=r"soft-limit-not-below-hard.*task_soft_time_limit=5000 from app config"
+        r".*task_time_limit=1800 from preset:production",
+    ):
+        app.conf.get("task_time_limit")
+    # After loading, configure() validates at once.
+    loaded = Celery("loaded")
+    loaded.conf.update(broker_url=URL, task_soft_time_limit=5000)
+    loaded.conf.get("task_time_limit")
     with pytest.raises(ConfigurationError, match="soft-limit-not-below-hard"):
-        configure(app)
+        configure(loaded)
 
 
 def test_import_has_no_side_effects() -> None:

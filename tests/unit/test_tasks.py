@@ -148,14 +148,14 @@ def test_default_retry_for_is_the_transient_family() -> None:
 def test_redaction_of_calls() -> None:
     def body(user: str, password: str, *, api_key: str, data: dict[str, Any]) -> None: ...
 
-    args, kwargs, changed = redact_call(
+    call = redact_call(
         ("ann", "hunter2-Secret"),
         {"api_key": "k", "data": {"Authorization": "Bearer x", "n": 1}},
         func=body,
     )
-    assert changed
-    assert args == ("ann", "***")
-    assert kwargs == {"api_key": "***", "data": {"Authorization": "***", "n": 1}}
+    assert call.changed
+    assert call.args == ("ann", "***")
+    assert call.kwargs == {"api_key": "***", "data": {"Authorization": "***", "n": 1}}
     assert is_sensitive("X_Auth_TOKEN")
     summary = summarize_call(("x" * 1000,), {"pin": "1234"}, words=("pin",), max_chars=100)
     assert len(summary) <= 100

@@ -3,29 +3,39 @@
 One log record per lifecycle event on the ``celeryredis.task`` logger, with the
 fields as ``extra`` attributes:
 
-========== ======== ==========================================================
-event      level    when
-========== ======== ==========================================================
-started    INFO     the worker starts an attempt (``before_start``)
-succeeded  INFO     the attempt returned (``on_success``)
-retrying   WARNING  the attempt raised ``Retry`` (``on_retry``); with ``delay_s``
-failed     ERROR    the attempt failed for good (``on_failure``; for a hard time
-                    limit Celery runs it in the worker's main process)
-rejected   WARNING  the body raised ``Reject`` (Celery has no hook: caught here)
-revoked    WARNING  the task was revoked (``task_revoked``, see
-                    :mod:`celeryredis.signals`)
-========== ======== ==========================================================
+=================== ======== ==============================================================
+event               level    when
+=================== ======== ==============================================================
+started             INFO     the worker starts an attempt (``before_start``)
+succeeded           INFO     the attempt returned (``on_success``)
+retrying            WARNING  the attempt raised ``Retry`` (``on_retry``); with ``delay_s``
+failed              ERROR    the attempt failed for good (``on_failure``; for a hard time
+                             limit Celery runs it in the worker's main process)
+rejected            WARNING  the body raised ``Reject`` (Celery has no hook: caught here)
+dead_letter_skipped WARNING  an eager run failed for good: logged, not dead-lettered
+                             (see "Eager mode" below); with ``reason``
+revoked             WARNING  the task was revoked (``task_revoked``, see
+                             :mod:`celeryredis.signals`)
+=================== ======== ==============================================================
 
 Fields: ``event``, ``task_id``, ``task_name``, ``queue``, ``retries``,
 ``duration_s`` (monotonic clock; for a hard time limit, the limit), ``worker``,
 ``parent_id``, ``root_id``; ``args_summary`` (redacted and size-capped) on
-``started``; ``exc_type`` and ``exc_message`` (plus the traceback as
-``exc_info``) on ``failed``, ``retrying`` and ``rejected``.
+``started``; ``exc_type`` and ``exc_message`` (plus the traceback as the record's
+``exc_text``) on ``failed``, ``retrying`` and ``rejected``.
 
 While the body runs, every log record carries ``task_id`` and ``task_name``
-(see :mod:`celeryredis.log`). Keyword arguments whose names look sensitive are
-replaced by ``***`` in our records and in the ``argsrepr``/``kwargsrepr`` set at
-publish, which Celery shows in its own log lines and events.
+(see :mod:`celeryredis.log`). Arguments whose names look sensitive (see
+:mod:`celeryredis.redaction`) are replaced by ``***`` in our records and in the
+``argsrepr``/``kwargsrepr`` set at publish, which Celery shows in its own log lines and
+events; URL passwords and the values of sensitive arguments are replaced by ``***`` in
+``exc_message`` and the traceback.
+
+Eager mode (``task_always_eager``, ``apply()``): the task bases keep off Redis unless
+the app sets ``celeryredis_eager_redis=True`` — no dead-letter entry (a
+``dead_letter_skipped`` record instead), no counters, no unique lock, no rate limit —
+and Celery's result-backend retry loop is held off while the task runs (see
+:mod:`celeryredis.tasks._backend_retry`). Lifecycle records are emitted as usual.
 """
 
 from __future__ import annotations
@@ -44,9 +54,11 @@ from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
 from celeryredis.exceptions import PublishError
-from celeryredis.log import task_context
-from celeryredis.redaction import DEFAULT_SENSITIVE_NAMES, redact_call, summarize_call
-from celeryredis.stats import count
+from celeryredis.log import bind_task_secrets, redact_exc_info, task_context
+from celeryredis.redaction import redact_call, redact_text, sensitive_words, summarize_call
+from celeryredis.registry import setting
+from celeryredis.stats import Event, count
+from celeryredis.tasks._backend_retry import backend_retries_held
 from celeryredis.tasks._options import (
     OptionCheck,
     as_names,
@@ -54,7 +66,6 @@ from celeryredis.tasks._options import (
     as_positive_int,
     check_task_class,
 )
-from celeryredis.urls import redact_text
 from celeryredis.validation import Finding, enforce
 
 __all__ = ["AppRetryBudget", "Task", "emit", "lifecycle_logger", "remember_routing"]
@@ -188,11 +199,60 @@ class Task(celery.Task[Any, Any]):
         """
         return []
 
+    # -- eager mode ------------------------------------------------------------------------
+
+    def _redis_allowed(self, *, publishing: bool = False) -> bool:
+        """Whether the task bases may use Redis for this call.
+
+        Always on a worker. In eager mode — the current run is eager
+        (``self.request.is_eager``: ``task_always_eager`` or ``apply()``), or, when
+        ``publishing``, the app sets ``task_always_eager`` — only if the app sets
+        ``celeryredis_eager_redis=True``.
+        """
+        conf = self.app.conf
+        if publishing:
+            eager = bool(conf.task_always_eager)
+        else:
+            eager = bool(getattr(self.request, "is_eager", False))
+        return not eager or bool(setting(conf, "celeryredis_eager_redis"))
+
+    def _count(self, event: Event) -> None:
+        """Count ``event`` for this task (:mod:`celeryredis.stats`), unless this run is eager."""
+        if self._redis_allowed():
+            count(self.app, event, self.name)
+
+    def apply(
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        *rest: Any,
+        **options: Any,
+    ) -> Any:
+        """Run the task here and now, as Celery does, without backend retries.
+
+        Unless ``task_store_eager_result`` is on (then the result is stored and the
+        retries protect that), the result backend's retry loop
+        (``result_backend_always_retry``) is held off while the task runs, so a
+        receiver that reads ``AsyncResult(task_id).state`` with Redis down fails at
+        once instead of sleeping through up to ``result_backend_max_retries`` backoffs.
+        """
+        if self.app.conf.task_store_eager_result:
+            return super().apply(args, kwargs, *rest, **options)
+        with backend_retries_held((self.backend, self.app.backend)):
+            return super().apply(args, kwargs, *rest, **options)
+
     # -- publishing ------------------------------------------------------------------------
 
     def _sensitive_words(self) -> tuple[str, ...]:
-        extra = self.app.conf.get("celeryredis_sensitive_names") or ()
-        return (*DEFAULT_SENSITIVE_NAMES, *extra, *self.sensitive_names)
+        return sensitive_words(self.app.conf, self.sensitive_names)
+
+    def _secrets(self, args: Any, kwargs: Any) -> tuple[str, ...]:
+        """The values of this call's sensitive arguments, to hide in exception texts."""
+        try:
+            call = redact_call(args, kwargs, words=self._sensitive_words(), func=self.run)
+        except Exception:  # odd argument shapes: only URL passwords are hidden then
+            return ()
+        return call.secrets
 
     def apply_async(
         self,
@@ -207,12 +267,10 @@ class Task(celery.Task[Any, Any]):
         still carries the real arguments for the task body.
         """
         if "argsrepr" not in options and "kwargsrepr" not in options:
-            red_args, red_kwargs, changed = redact_call(
-                args, kwargs, words=self._sensitive_words(), func=self.run
-            )
-            if changed:
-                options["argsrepr"] = repr(red_args)
-                options["kwargsrepr"] = repr(red_kwargs)
+            call = redact_call(args, kwargs, words=self._sensitive_words(), func=self.run)
+            if call.changed:
+                options["argsrepr"] = repr(call.args)
+                options["kwargsrepr"] = repr(call.kwargs)
         started = time.monotonic()
         try:
             return super().apply_async(args, kwargs, *rest, **options)
@@ -245,7 +303,13 @@ class Task(celery.Task[Any, Any]):
                 return super().__call__(*args, **kwargs)
             except Reject as exc:
                 requeue = bool(getattr(exc, "requeue", False))
-                self._log("rejected", logging.WARNING, exc=exc, requeue=requeue)
+                self._log(
+                    "rejected",
+                    logging.WARNING,
+                    exc=exc,
+                    secrets=self._secrets(args, kwargs),
+                    requeue=requeue,
+                )
                 if not requeue:  # Celery calls no failure hook for Reject
                     self._dead_letter("rejected", exc, task_id, args, kwargs)
                 raise
@@ -266,6 +330,7 @@ class Task(celery.Task[Any, Any]):
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Log ``started`` and start the attempt's clock."""
         self.request.celeryredis_started = time.monotonic()  # type: ignore[attr-defined]
+        bind_task_secrets(self._secrets(args, kwargs))
         summary = summarize_call(
             args,
             kwargs,
@@ -299,8 +364,10 @@ class Task(celery.Task[Any, Any]):
         elif isinstance(when, datetime):
             aware = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
             delay = max(0.0, (aware - datetime.now(timezone.utc)).total_seconds())
-        self._log("retrying", logging.WARNING, exc=exc, delay_s=delay)
-        count(self.app, "retries", self.name)
+        self._log(
+            "retrying", logging.WARNING, exc=exc, secrets=self._secrets(args, kwargs), delay_s=delay
+        )
+        self._count("retries")
         super().on_retry(exc, task_id, args, kwargs, einfo)
 
     def on_failure(
@@ -312,7 +379,14 @@ class Task(celery.Task[Any, Any]):
         einfo: Any,
     ) -> None:
         """Log ``failed`` (once per attempt) and dead-letter the task."""
-        self._log("failed", logging.ERROR, exc=exc, task_id=task_id, einfo=einfo)
+        self._log(
+            "failed",
+            logging.ERROR,
+            exc=exc,
+            task_id=task_id,
+            einfo=einfo,
+            secrets=self._secrets(args, kwargs),
+        )
         reason = getattr(self.request, "celeryredis_reason", None) or self._failure_reason(exc)
         if reason is not None:
             self._dead_letter(reason, exc, task_id, args, kwargs, einfo=einfo)
@@ -352,6 +426,16 @@ class Task(celery.Task[Any, Any]):
         fields = self.lifecycle_fields(task_id)
         if not _first_time(task_id, fields.pop("receipt", None), "dead_letter"):
             return
+        if not self._redis_allowed():
+            fields.update(
+                event="dead_letter_skipped",
+                reason=reason,
+                exc_type=type(exc).__name__,
+                exc_message=str(exc),
+                note="eager run: not stored; celeryredis_eager_redis=True stores it",
+            )
+            emit(logging.WARNING, fields)
+            return
         from celeryredis.deadletter import DeadLetterError, DeadLetterQueue  # noqa: PLC0415
 
         request = self.request
@@ -370,6 +454,8 @@ class Task(celery.Task[Any, Any]):
                 traceback=str(getattr(einfo, "traceback", "") or ""),
                 attempts=int(fields.get("retries") or 0) + 1,
                 worker=fields.get("worker"),
+                func=self.run,
+                sensitive_names=self.sensitive_names,
             )
         except DeadLetterError:
             lifecycle_logger.exception(
@@ -414,6 +500,7 @@ class Task(celery.Task[Any, Any]):
         exc: BaseException | None = None,
         task_id: str | None = None,
         einfo: Any = None,
+        secrets: Sequence[str] = (),
         **more: Any,
     ) -> None:
         if not lifecycle_logger.isEnabledFor(level):
@@ -432,14 +519,14 @@ class Task(celery.Task[Any, Any]):
         fields["event"] = event
         if exc is not None:
             fields["exc_type"] = type(exc).__name__
-            fields["exc_message"] = str(exc)
+            fields["exc_message"] = redact_text(str(exc), secrets)
         fields.update(more)
         exc_info = None
         if einfo is not None and getattr(einfo, "exc_info", None):
             exc_info = einfo.exc_info
         elif exc is not None and event == "failed":
             exc_info = (type(exc), exc, exc.__traceback__)
-        emit(level, fields, exc_info)
+        emit(level, fields, exc_info, secrets=secrets)
 
 
 def _is_connection_failure(exc: BaseException) -> bool:
@@ -457,8 +544,15 @@ def _is_connection_failure(exc: BaseException) -> bool:
     )
 
 
-def emit(level: int, fields: dict[str, Any], exc_info: Any = None) -> None:
-    """Send one lifecycle record with ``fields`` as record attributes."""
+def emit(
+    level: int, fields: dict[str, Any], exc_info: Any = None, *, secrets: Sequence[str] = ()
+) -> None:
+    """Send one lifecycle record with ``fields`` as record attributes.
+
+    The traceback of ``exc_info`` is attached as the record's ``exc_text``, with URL
+    passwords and ``secrets`` (the values of sensitive arguments) shown as ``***``,
+    instead of as ``exc_info``: a formatter would print the exception's own text.
+    """
     if not lifecycle_logger.isEnabledFor(level):
         return
     message = "task %s[%s] %s"
@@ -466,11 +560,16 @@ def emit(level: int, fields: dict[str, Any], exc_info: Any = None) -> None:
     if "exc_type" in fields:
         message += ": %s: %s"
         values += (fields["exc_type"], fields["exc_message"])
+    if fields.get("note"):
+        message += " (%s)"
+        values += (fields["note"],)
     # Built through the record factory (so records carry the task context) and then
     # given the fields; Logger.makeRecord(extra=...) would refuse task_id/task_name,
     # which the factory may already have set.
     record = logging.getLogRecordFactory()(
-        lifecycle_logger.name, level, __file__, 0, message, values, exc_info
+        lifecycle_logger.name, level, __file__, 0, message, values, None
     )
     record.__dict__.update(fields)
+    if exc_info:
+        record.exc_text = redact_exc_info(exc_info, secrets)
     lifecycle_logger.handle(record)

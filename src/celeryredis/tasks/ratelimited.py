@@ -10,7 +10,6 @@ from celery.exceptions import Ignore
 
 from celeryredis.exceptions import ConfigurationError
 from celeryredis.ratelimit import RateLimiter, parse_rate, rate_limiter
-from celeryredis.stats import count
 from celeryredis.tasks._options import OptionCheck, as_positive_int
 from celeryredis.tasks.base import Task, emit
 
@@ -57,21 +56,33 @@ class RateLimitedTask(Task):
         """The limit's key for a call, e.g. a customer id; None: one limit for the task."""
         return None
 
-    def _limiter(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> RateLimiter:
+    def _rate(self) -> str:
         if self.distributed_rate_limit is None:
             raise ConfigurationError(
                 f"task {self.name!r} is a RateLimitedTask without distributed_rate_limit",
                 setting="distributed_rate_limit",
             )
+        return self.distributed_rate_limit
+
+    def _limiter(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> RateLimiter:
+        rate = self._rate()
         extra = self.rate_limit_key(args, kwargs)
         name = self.name if extra is None else f"{self.name}:{extra}"
-        return rate_limiter(
-            self.app, name, self.distributed_rate_limit, burst=self.rate_limit_burst
-        )
+        return rate_limiter(self.app, name, rate, burst=self.rate_limit_burst)
 
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Run now, or reserve the next slot, re-publish for it and skip this attempt."""
+        """Run now, or reserve the next slot, re-publish for it and skip this attempt.
+
+        An eager run is not limited: it runs at once, as Celery runs an eager task's
+        countdown. With ``celeryredis_eager_redis`` on, the limiter is asked; over the
+        limit with ``task_always_eager`` (where a re-publish would run at once and ask
+        again) the run is logged and counted as ``deferred`` and runs now.
+        """
         request = self.request
+        if not self._redis_allowed():
+            self._rate()  # still refuse a missing rate
+            super().before_start(task_id, args, kwargs)
+            return
         headers = getattr(request, "headers", None) or {}
         slot = getattr(request, RESERVED_HEADER, None) or headers.get(RESERVED_HEADER)
         if slot:
@@ -85,6 +96,17 @@ class RateLimitedTask(Task):
             super().before_start(task_id, args, kwargs)
             return
         countdown = decision.wait if decision.reserved else max(horizon, 0.1)
+        if self.app.conf.task_always_eager:
+            # celeryredis_eager_redis: a re-publish would run right here, at once (Celery
+            # ignores an eager countdown), and ask again: run now instead, as Celery would.
+            fields = self.lifecycle_fields(task_id)
+            fields.update(
+                event="deferred", delay_s=0.0, reserved=decision.reserved, note="eager: runs now"
+            )
+            emit(logging.INFO, fields)
+            self._count("rate_limit_deferrals")
+            super().before_start(task_id, args, kwargs)
+            return
         new_headers = {k: v for k, v in headers.items() if k != RESERVED_HEADER}
         if decision.reserved:
             new_headers[RESERVED_HEADER] = repr(decision.slot)
@@ -99,5 +121,5 @@ class RateLimitedTask(Task):
         fields = self.lifecycle_fields(task_id)
         fields.update(event="deferred", delay_s=countdown, reserved=decision.reserved)
         emit(logging.INFO, fields)
-        count(self.app, "rate_limit_deferrals", self.name)
+        self._count("rate_limit_deferrals")
         raise Ignore

@@ -13,6 +13,8 @@ import redis.exceptions
 from celery.exceptions import TaskPredicate
 
 from celeryredis.exceptions import ConfigurationError
+from celeryredis.log import task_context
+from celeryredis.redaction import redact_text
 from celeryredis.tasks._options import (
     OptionCheck,
     as_bool,
@@ -47,6 +49,11 @@ class RetryTask(Task):
     ``[0, that]`` when ``retry_jitter`` is on, and never below
     ``retry_backoff_min``. After ``max_retries`` retries the next failure calls
     :meth:`on_retries_exhausted` once and the task fails.
+
+    In eager mode retries are Celery's eager retries: without
+    ``task_eager_propagates`` each one runs at once, inline (the delay is not
+    waited), and :meth:`on_retries_exhausted` runs after the last; with it, the
+    first retry raises :class:`celery.exceptions.Retry` to the caller.
 
     Retries come from these options, not from Celery's ``autoretry_for``:
     setting ``autoretry_for`` on a ``RetryTask`` is a
@@ -189,28 +196,31 @@ class RetryTask(Task):
             retries = request.retries or 0
             if not self._retryable(exc, retries + 1):
                 raise
-            if retries >= self.max_retries:
-                logger.warning(
-                    "task %s[%s]: retries exhausted after %d attempts: %s: %s",
+            # Logged after the body's task context ended: bind it again for the records.
+            with task_context(request.id, self.name):
+                text = redact_text(str(exc), self._secrets(args, kwargs))
+                if retries >= self.max_retries:
+                    logger.warning(
+                        "task %s[%s]: retries exhausted after %d attempts: %s: %s",
+                        self.name,
+                        request.id,
+                        retries + 1,
+                        type(exc).__name__,
+                        text,
+                    )
+                    request.celeryredis_reason = "retries_exhausted"  # type: ignore[attr-defined]
+                    self.on_retries_exhausted(exc, request.id, args, kwargs)
+                    raise
+                delay = self.retry_delay(retries)
+                logger.info(
+                    "task %s[%s]: attempt %d failed (%s: %s); retry %d of %d in %.3f s",
                     self.name,
                     request.id,
                     retries + 1,
                     type(exc).__name__,
-                    exc,
+                    text,
+                    retries + 1,
+                    self.max_retries,
+                    delay,
                 )
-                request.celeryredis_reason = "retries_exhausted"  # type: ignore[attr-defined]
-                self.on_retries_exhausted(exc, request.id, args, kwargs)
-                raise
-            delay = self.retry_delay(retries)
-            logger.info(
-                "task %s[%s]: attempt %d failed (%s: %s); retry %d of %d in %.3f s",
-                self.name,
-                request.id,
-                retries + 1,
-                type(exc).__name__,
-                exc,
-                retries + 1,
-                self.max_retries,
-                delay,
-            )
-            raise self.retry(exc=exc, countdown=delay, max_retries=self.max_retries) from exc
+                raise self.retry(exc=exc, countdown=delay, max_retries=self.max_retries) from exc

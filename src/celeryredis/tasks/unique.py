@@ -78,6 +78,10 @@ class UniqueTask(Task):
     ``AsyncResult``; ``"raise"`` raises :class:`~celeryredis.DuplicateTaskError` with
     the existing id and the time left; ``"ignore"`` returns None.
 
+    In eager mode (``task_always_eager``, ``apply()``) there is no lock, unless the
+    app sets ``celeryredis_eager_redis=True``: every call runs (the key is still
+    computed, so a bad ``unique_on`` is still an error).
+
     Attributes:
         unique_mode: See above.
         unique_on: Parameter names the key is built from (None: all).
@@ -158,7 +162,7 @@ class UniqueTask(Task):
         key = headers.get(UNIQUE_HEADER) or self.unique_lock_key(args, kwargs)
         headers[UNIQUE_HEADER] = key
         options["headers"] = headers
-        if self.unique_mode == "while_executing":
+        if self.unique_mode == "while_executing" or not self._redis_allowed(publishing=True):
             return super().apply_async(args, kwargs, *rest, **options)
         task_id = options.get("task_id") or str(uuid.uuid4())
         options["task_id"] = task_id
@@ -200,6 +204,8 @@ class UniqueTask(Task):
         if task_id is None:
             return super().__call__(*args, **kwargs)
         key = self._request_key(request) or self.unique_lock_key(args, kwargs)
+        if not self._redis_allowed():  # eager: no lock (the key is still checked above)
+            return super().__call__(*args, **kwargs)
         lock = self._lock(key, task_id, float(self.unique_running_ttl))
         if self.unique_mode == "until_executing":
             lock.release()
@@ -209,19 +215,22 @@ class UniqueTask(Task):
         else:
             state = lock.acquire()
             if not state.acquired:
-                if self.unique_while_executing == "defer":
+                # With task_always_eager a deferred copy would run at once, here, and
+                # be deferred again while this one runs: it is dropped instead.
+                defer = not self.app.conf.task_always_eager
+                if self.unique_while_executing == "defer" and defer:
                     logger.info("task %s[%s] deferred: %s runs", self.name, task_id, state.holder)
                     self.apply_async(args, kwargs, countdown=self.unique_defer_delay)
                 else:
                     logger.info("task %s[%s] dropped: %s runs", self.name, task_id, state.holder)
-                    count(self.app, "duplicate_refusals", self.name)
+                    self._count("duplicate_refusals")
                 raise Ignore
             _RENEWER.add(lock)
         return super().__call__(*args, **kwargs)
 
     def unique_release(self, task_id: str, key: str | None) -> None:
         """Release this task's lock (finished, failed for good, or revoked)."""
-        if key is None or self.unique_mode == "until_executing":
+        if key is None or self.unique_mode == "until_executing" or not self._redis_allowed():
             return
         lock = self._lock(key, task_id, float(self.unique_running_ttl))
         _RENEWER.discard(lock)
@@ -244,7 +253,7 @@ class UniqueTask(Task):
     ) -> None:
         """Keep the lock across the retry (the republish renewed it), stop renewing it."""
         key = self._request_key()
-        if key is not None:
+        if key is not None and self._redis_allowed():
             _RENEWER.discard(self._lock(key, task_id, float(self.unique_running_ttl)))
         super().on_retry(exc, task_id, args, kwargs, einfo)
 
