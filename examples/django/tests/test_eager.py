@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from celery.exceptions import Retry
 from django.test import Client
 
 from orders.tasks import OrderNotFound, cancel, charge, rebuild_invoice, send_confirmation
@@ -24,9 +27,17 @@ def test_a_view_queues_a_task_eagerly(client: Client) -> None:
     assert response.json()["task_id"]
 
 
-def test_retry_task_retries_a_transient_error_eagerly() -> None:
+def test_retry_task_retries_a_transient_error_eagerly(settings: Any) -> None:
+    # Celery runs eager retries inline only when exceptions do not propagate.
+    settings.CELERY_TASK_EAGER_PROPAGATES = False
     result = charge.delay(9, gateway_timeouts=2)
     assert result.get(timeout=5) == "order 9 charged after 2 retries"
+
+
+def test_with_eager_propagates_the_first_retry_reaches_the_caller() -> None:
+    # Celery's behaviour with task_eager_propagates=True, for any task (docs/testing.md).
+    with pytest.raises(Retry):
+        charge.delay(9, gateway_timeouts=1)
 
 
 def test_a_permanent_failure_propagates_in_eager_mode() -> None:
@@ -34,13 +45,13 @@ def test_a_permanent_failure_propagates_in_eager_mode() -> None:
         cancel.delay(10)
 
 
-def test_unique_task_takes_its_lock_on_the_test_redis(celery_on_test_redis: str) -> None:
+def test_a_unique_task_runs_eagerly() -> None:
     assert rebuild_invoice.delay(11).get(timeout=5) == "invoice of order 11 rebuilt"
 
 
 def test_the_tasks_use_celeryredis_task_bases() -> None:
     from celeryredis import RetryTask, Task, UniqueTask
 
-    assert isinstance(send_confirmation, Task), type(send_confirmation).__mro__
+    assert isinstance(send_confirmation, Task), send_confirmation.__class__.__mro__
     assert isinstance(charge, RetryTask)
     assert isinstance(rebuild_invoice, UniqueTask)
