@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from celery.exceptions import Retry
+from celery.signals import task_postrun
 from django.test import Client
 
 from orders.tasks import OrderNotFound, cancel, charge, rebuild_invoice, send_confirmation
@@ -55,3 +56,24 @@ def test_the_tasks_use_celeryredis_task_bases() -> None:
     assert isinstance(send_confirmation, Task), send_confirmation.__class__.__mro__
     assert isinstance(charge, RetryTask)
     assert isinstance(rebuild_invoice, UniqueTask)
+
+
+@pytest.mark.django_db
+def test_shared_tasks_keep_djangos_delay_on_commit(
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    # Celery's Django task class adds delay_on_commit(); the app's task class keeps it.
+    results: list[object] = []
+
+    def record(retval: object = None, **_: object) -> None:
+        results.append(retval)
+
+    task_postrun.connect(record, weak=False)
+    try:
+        with django_capture_on_commit_callbacks(execute=True) as callbacks:
+            send_confirmation.delay_on_commit(12)
+            assert results == []  # nothing runs before the transaction commits
+    finally:
+        task_postrun.disconnect(record)
+    assert len(callbacks) == 1
+    assert results == ["confirmation sent for order 12"]
