@@ -13,7 +13,10 @@ the core suite on both edges of the range). Importing this module runs
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
+import textwrap
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -22,11 +25,14 @@ from celery.app import defaults as _defaults
 
 __all__ = [
     "CELERY_VERSION",
+    "MIRRORED",
     "PRIVATE_API",
     "check",
     "decorated_class_keys",
     "exec_options",
+    "mirrored_changes",
     "missing",
+    "made_by_decorator",
     "old_setting_names",
     "reply_to",
     "require_supported",
@@ -59,6 +65,15 @@ PRIVATE_API: Final[tuple[tuple[str, str, str], ...]] = (
     ),
 )
 
+#: Celery functions that :func:`celeryredis.enqueue_many` re-implements (``bulk._Sender``
+#: builds each message as ``apply_async`` + ``send_task`` do), with the SHA-256 prefix of
+#: their source in each Celery version the copy was checked against. A new Celery whose
+#: source differs fails ``tests/unit/test_compat.py`` until bulk.py is compared again.
+MIRRORED: Final[dict[str, dict[str, str]]] = {
+    "celery.app.base.Celery.send_task": {"5.7.0": "b504731aa5f3b590"},
+    "celery.app.task.Task.apply_async": {"5.7.0": "15d38f684796b349"},
+}
+
 # Keys Celery itself puts into a decorated task's class dict (celery/app/base.py,
 # Celery._task_from_fun), private ones among them.
 _CLASS_DICT_KEYS: Final = frozenset(
@@ -82,6 +97,11 @@ _CLASS_DICT_KEYS: Final = frozenset(
 def decorated_class_keys() -> frozenset[str]:
     """Keys ``@app.task`` puts into the class dict of the task class it creates."""
     return _CLASS_DICT_KEYS
+
+
+def made_by_decorator(class_dict: Mapping[str, Any]) -> bool:
+    """Whether ``@app.task`` created the class with this dict (Celery marks it ``_decorated``)."""
+    return bool(class_dict.get("_decorated"))
 
 
 def old_setting_names() -> Mapping[str, str]:
@@ -147,6 +167,25 @@ def check() -> None:
             + "; ".join(lacking)
             + f". Install {REQUIREMENT!r} (the range celeryredis is tested with)."
         )
+
+
+def source_hash(dotted: str) -> str:
+    """The SHA-256 prefix (16 hex digits) of a Celery function's dedented source."""
+    text = textwrap.dedent(inspect.getsource(_lookup(dotted)))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def mirrored_changes() -> list[str]:
+    """The functions in :data:`MIRRORED` whose installed source matches no checked version."""
+    changed = []
+    for dotted, checked in MIRRORED.items():
+        found = source_hash(dotted)
+        if found not in checked.values():
+            changed.append(
+                f"{dotted} in Celery {celery.__version__} (source {found}) differs from the "
+                f"versions bulk._Sender was checked against ({', '.join(sorted(checked))})"
+            )
+    return changed
 
 
 def require_supported(installed: tuple[int, ...] = CELERY_VERSION) -> None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from importlib.metadata import version
 from typing import Any, Final
 
@@ -170,11 +170,11 @@ def _has(module: str, owner: str, name: str, how: str) -> bool:
     return re.search(rf"\b(?:self|cycle)\.{re.escape(name)}\s*(?::[^=\n]*)?=[^=]", text) is not None
 
 
-def missing(entries: Sequence[tuple[str, str, str, str, str]] = PRIVATE_API) -> list[str]:
+def missing() -> list[str]:
     """The entries of :data:`PRIVATE_API` the installed kombu lacks, as readable lines."""
     return [
         f"{module}.{owner}.{name} ({why})"
-        for module, owner, name, how, why in entries
+        for module, owner, name, how, why in PRIVATE_API
         if not _has(module, owner, name, how)
     ]
 

@@ -133,7 +133,7 @@ def check_task_class(cls: type, options: Mapping[str, OptionCheck]) -> None:
         # Defaults computed by a descriptor (e.g. the app's retry budget) are not values.
         if name in options and not hasattr(type(value), "__get__"):
             options[name](name, value)
-    if not own.get("_decorated"):
+    if not _celery_compat.made_by_decorator(own):
         return
     for name in own:
         if name in _CELERY_CLASS_KEYS or name in options:
