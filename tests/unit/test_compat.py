@@ -263,3 +263,15 @@ def test_old_setting_names_and_class_keys_come_from_celery() -> None:
     assert not _celery_compat.made_by_decorator(vars(celery.Task))
     unknown = set(made) - _celery_compat.decorated_class_keys()
     assert not unknown, f"Celery puts keys into a task class dict the shim does not know: {unknown}"
+
+
+def test_the_development_docs_list_every_private_name() -> None:
+    text = (SRC.parents[1] / "docs" / "development.md").read_text(encoding="utf-8")
+    names = [entry[0].rsplit(".", 1)[1] for entry in _celery_compat.PRIVATE_API]
+    names += [entry[2] for entry in _kombu_compat.PRIVATE_API]
+    names += [
+        dotted.rsplit(".", 2)[1] + "." + dotted.rsplit(".", 1)[1]
+        for dotted in _celery_compat.MIRRORED
+    ]
+    absent = [name for name in names if f"{name}`" not in text and f"{name}," not in text]
+    assert not absent, f"docs/development.md does not list these private names: {absent}"
