@@ -90,16 +90,14 @@ PRIVATE_API: Final[tuple[tuple[str, str, str, str, str], ...]] = (
 )
 
 
-def _transport_module() -> Any:
-    return importlib.import_module(_REDIS)
-
-
+# kombu's Redis key layout, as literals so that importing celeryredis does not import
+# kombu's Redis transport; tests/unit/test_compat.py compares them with kombu's.
 #: kombu's key of an exchange's bindings, less the exchange (``Channel.keyprefix_queue``).
-BINDING_KEY_HEAD: Final = str(_transport_module().Channel.keyprefix_queue % ("",))
+BINDING_KEY_HEAD: Final = "_kombu.binding."
 #: kombu's separator between a queue name and its priority step (``Channel.sep``).
-DEFAULT_SEP: Final = str(_transport_module().Channel.sep)
-#: kombu's default priority steps (``priority_steps``); 0 is the queue's own key.
-DEFAULT_PRIORITY_STEPS: Final = tuple(int(s) for s in _transport_module().PRIORITY_STEPS)
+DEFAULT_SEP: Final = "\x06\x16"
+#: kombu's default priority steps (``PRIORITY_STEPS``); 0 is the queue's own key.
+DEFAULT_PRIORITY_STEPS: Final = (0, 3, 6, 9)
 
 
 def queue_key(prefix: str, queue: str, step: int, sep: str = DEFAULT_SEP) -> str:

@@ -232,7 +232,9 @@ def test_a_newer_dependency_is_checked_for_the_private_names(
 def test_the_key_layout_is_kombus() -> None:
     kombu_redis = importlib.import_module("kombu.transport.redis")
     channel = kombu_redis.Channel
-    assert _kombu_compat.BINDING_KEY_HEAD == "_kombu.binding."
+    assert channel.keyprefix_queue % ("",) == _kombu_compat.BINDING_KEY_HEAD
+    assert channel.sep == _kombu_compat.DEFAULT_SEP
+    assert list(_kombu_compat.DEFAULT_PRIORITY_STEPS) == list(kombu_redis.PRIORITY_STEPS)
     assert channel.keyprefix_queue % ("celery",) == _kombu_compat.BINDING_KEY_HEAD + "celery"
     fake = types.SimpleNamespace(sep=channel.sep, priority_steps=kombu_redis.PRIORITY_STEPS)
     fake.priority = lambda n: channel.priority(fake, n)
