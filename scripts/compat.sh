@@ -43,10 +43,12 @@ for edge in "${edges[@]}"; do
   start=$SECONDS
   rm -rf "$venv"
   "$PYTHON" -m venv "$venv"
+  # (This machine's pip configuration warns about every missing local index folder.)
   pip=("$venv/bin/python" -m pip -q --disable-pip-version-check)
-  "${pip[@]}" install -U 'pip>=25.1'
-  # Outside the tree's directory pip would not find the dependency groups: run from ROOT.
-  (cd "$ROOT" && "${pip[@]}" install "${upgrade[@]}" . "${pins[@]}" --group test)
+  "${pip[@]}" install -U 'pip>=25.1' 2> >(grep -v '^WARNING: Location' >&2)
+  # --group reads pyproject.toml from the current directory: run from ROOT.
+  (cd "$ROOT" && "${pip[@]}" install "${upgrade[@]}" . "${pins[@]}" --group test) \
+    2> >(grep -v '^WARNING: Location' >&2)
   versions=$("$venv/bin/python" -c 'import importlib.metadata as m, sys
 print(f"python {sys.version.split()[0]}, " + ", ".join(f"{p} {m.version(p)}" for p in ("celery", "kombu", "redis", "billiard", "vine")))')
   setup=$((SECONDS - start))

@@ -1,7 +1,9 @@
 """The reliable transport's classes: ``Transport``, ``Channel``, ``QoS``.
 
 Subclasses of kombu 5.7's Redis transport (``kombu.transport.redis``). The hooks, all
-private kombu API, are named in ``docs/transport.md``:
+private kombu API, are named in ``docs/transport.md``; every private kombu name this
+module uses is an entry of :data:`celeryredis._kombu_compat.PRIVATE_API`
+(``tests/unit/test_compat.py`` fails on one that is not):
 
 - ``Channel._brpop_start`` / ``Channel._brpop_read``: the poll connection's command and
   its reply. Instead of ``BRPOP`` the channel sends either the fetch script (pops up to
