@@ -17,8 +17,10 @@ TEST_BUDGET ?= 720
 # `make faults` (not part of CI): every scenario twice, Celery's defaults and production.
 FAULTS_BUDGET ?= 1800
 DOCS_BUDGET ?= 180
+# `make compat` (not part of CI): two virtualenvs, the core suite in each.
+COMPAT_BUDGET ?= 2400
 
-.PHONY: help venv redis lint typecheck imports test unit integration docs demo install-check bench faults clean
+.PHONY: help venv redis lint typecheck imports test unit integration docs demo install-check bench faults compat clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -78,6 +80,9 @@ faults: venv redis  ## Fault scenarios under Celery's defaults and production; r
 	  timeout $(FAULTS_BUDGET) $(BIN)/pytest tests/faults -m faults -q -p no:cacheprovider -rA \
 	  --durations=20 || status=$$?; \
 	$(BIN)/python scripts/faults_report.py build/faults.json docs/reliability.md; exit $$status
+
+compat: redis  ## The core suite against the floor and the newest Celery/kombu/redis-py (not in make test).
+	timeout $(COMPAT_BUDGET) scripts/compat.sh $(COMPAT_EDGES)
 
 clean:  ## Remove the virtualenv and build output.
 	rm -rf $(VENV) docs/_build build dist .pytest_cache .mypy_cache .ruff_cache

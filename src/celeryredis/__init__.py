@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+# First: refuse a Celery, kombu or redis-py outside the supported range, by name.
+from celeryredis import _celery_compat, _kombu_compat  # noqa: F401
 from celeryredis.app import ExplainRow, configure, explain, make_app
 from celeryredis.bulk import BulkDuplicateError, BulkPublishError, enqueue_many
 from celeryredis.deadletter import DeadLetter, DeadLetterError, DeadLetterQueue

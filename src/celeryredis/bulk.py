@@ -26,6 +26,7 @@ from celery.result import AsyncResult
 from celery.utils.functional import maybe_list
 from kombu.exceptions import OperationalError
 
+from celeryredis import _celery_compat, _kombu_compat
 from celeryredis._kombu_batch import BatchProducer, Command
 from celeryredis.connection import get_redis
 from celeryredis.exceptions import CeleryRedisError, DuplicateTaskError
@@ -401,7 +402,7 @@ def _publish_chunk(
         pipe = client.pipeline(transaction=True)
         _queue_commands(pipe, commands)
         # The channel's client adds the broker's global_keyprefix itself.
-        prefix = getattr(client, "global_keyprefix", "") or ""
+        prefix = _kombu_compat.client_key_prefix(client)
         pipe.set(marker[len(prefix) :] if prefix else marker, 1, ex=_MARKER_TTL)
         sent = True
         pipe.execute()
@@ -479,7 +480,7 @@ class _Sender:
         self.ignore_result = task.ignore_result
         self.check = getattr(task, "__header__", None) if task.typing else None
         self.sent_event = app.conf.task_send_sent_event
-        self.thread_oid = app.thread_oid
+        self.thread_oid = _celery_compat.reply_to(app)
         self.route = app.amqp.router.route
         self.create_message = app.amqp.create_task_message
         self.send_message = app.amqp.send_task_message
@@ -568,11 +569,8 @@ _NOT_MESSAGE_OPTIONS = ("producer", "connection", "router", "result_cls", "add_t
 
 
 def _exec_options(task: Any) -> dict[str, Any]:
-    """The task's own publish options (queue, priority, serializer ...), not None ones.
-
-    ``Task._get_exec_options`` is what Celery's ``apply_async`` and ``send_task`` use.
-    """
-    return {k: v for k, v in task._get_exec_options().items() if v is not None}
+    """The task's own publish options (queue, priority, serializer ...), not None ones."""
+    return _celery_compat.exec_options(task)
 
 
 def _expiration_seconds(app: Celery, expires: Any) -> float:

@@ -35,6 +35,7 @@ from typing import Any, Final, Literal
 import redis
 from celery import Celery
 
+from celeryredis import _kombu_compat
 from celeryredis.connection import new_redis
 from celeryredis.keys import dead_letter_key, heartbeat_key, workers_key
 from celeryredis.urls import parse_redis_url, redact_text
@@ -66,8 +67,8 @@ TTL_INTERVALS: Final = 3
 #: Workers in the index that stopped beating are reported as lost for this long.
 _LOST_WINDOW: Final = 3600.0
 _INDEX_TTL: Final = 86400
-_DEFAULT_SEP: Final = "\x06\x16"
-_DEFAULT_STEPS: Final = (0, 3, 6, 9)
+_DEFAULT_SEP: Final = _kombu_compat.DEFAULT_SEP
+_DEFAULT_STEPS: Final = _kombu_compat.DEFAULT_PRIORITY_STEPS
 
 
 def _worst(statuses: Iterable[Status]) -> Status:
@@ -445,7 +446,7 @@ def _transport(conf: Mapping[str, Any]) -> tuple[str, str, tuple[int, ...], str]
 def _bound_queues(client: redis.Redis, conf: Mapping[str, Any]) -> set[str]:
     """Queues kombu has bound in Redis (declared by a publisher or a worker)."""
     keyprefix, sep, _, _ = _transport(conf)
-    head = f"{keyprefix}_kombu.binding."
+    head = f"{keyprefix}{_kombu_compat.BINDING_KEY_HEAD}"
     names: set[str] = set()
     for key in client.scan_iter(match=f"{head}*", count=1000):
         exchange = _text(key)[len(head) :]
@@ -529,7 +530,7 @@ def inspect_queues(
         pipe = client.pipeline(transaction=False)
         for name in names:
             for step in steps:
-                key = f"{keyprefix}{name}" + (f"{sep}{step}" if step else "")
+                key = _kombu_compat.queue_key(keyprefix, name, step, sep)
                 pipe.llen(key)
                 pipe.lrange(key, first, last)
         replies = pipe.execute()
