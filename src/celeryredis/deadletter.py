@@ -38,6 +38,7 @@ from typing import Any, Final, Literal
 import redis
 from celery import Celery
 
+from celeryredis._celery_compat import discard_buffered_result
 from celeryredis.connection import get_redis
 from celeryredis.exceptions import CeleryRedisError
 from celeryredis.keys import dead_letter_key
@@ -614,6 +615,7 @@ class DeadLetterQueue:
             # runs; forget it so the caller waits for the replay's own result.
             with contextlib.suppress(NotImplementedError):  # no result backend
                 self.app.AsyncResult(task_id).forget()
+            discard_buffered_result(self.app.backend, task_id)
         options: dict[str, Any] = {
             "task_id": task_id,
             "argsrepr": repr(tuple(entry.args)),

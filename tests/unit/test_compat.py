@@ -278,3 +278,18 @@ def test_the_development_docs_list_every_private_name() -> None:
     ]
     absent = [name for name in names if f"{name}`" not in text and f"{name}," not in text]
     assert not absent, f"docs/development.md does not list these private names: {absent}"
+
+
+def test_the_result_message_buffer_exists_on_a_real_backend() -> None:
+    """``discard_buffered_result`` relies on ``BaseBackend._pending_messages``."""
+    from celery import Celery
+
+    app = Celery("buffer_pin", backend="redis://127.0.0.1:1/0", set_as_current=False)
+    backend = app.backend  # builds the backend object; opens no connection
+    buffered = backend._pending_messages
+    buffered.put("t1", {"status": "FAILURE", "task_id": "t1"})
+    assert buffered.total == 1
+    _celery_compat.discard_buffered_result(backend, "t1")
+    assert "t1" not in buffered
+    assert buffered.total == 0
+    _celery_compat.discard_buffered_result(backend, "t1")  # nothing buffered: no error
