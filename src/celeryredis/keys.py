@@ -34,6 +34,7 @@ from typing import Any
 
 __all__ = [
     "NAMESPACE",
+    "POISON_NAME",
     "bulk_marker_key",
     "dead_letter_key",
     "heartbeat_key",
@@ -48,6 +49,10 @@ __all__ = [
 
 #: Our namespace inside the broker's key prefix.
 NAMESPACE = "celeryredis:"
+
+#: The poison list's name before kombu's client adds ``global_keyprefix`` (the reliable
+#: transport's Redis client adds the prefix itself); :func:`poison_key` has the full key.
+POISON_NAME = f"{NAMESPACE}poison"
 
 
 def prefix(conf: Mapping[str, Any]) -> str:

@@ -105,11 +105,21 @@ def install(app: Celery) -> None:
     The receivers act only on tasks whose class derives from
     :class:`celeryredis.Task`, and hold no reference to ``app``.
     """
-    signals.task_received.connect(_on_received, weak=False, dispatch_uid="celeryredis:received")
-    signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="celeryredis:revoked")
-    signals.task_failure.connect(_on_failure, weak=False, dispatch_uid="celeryredis:failure")
-    signals.task_unknown.connect(_on_unknown, weak=False, dispatch_uid="celeryredis:unknown")
-    signals.task_rejected.connect(_on_rejected, weak=False, dispatch_uid="celeryredis:rejected")
+    signals.task_received.connect(
+        _on_received, weak=False, dispatch_uid="celeryredis.signals.received"
+    )
+    signals.task_revoked.connect(
+        _on_revoked, weak=False, dispatch_uid="celeryredis.signals.revoked"
+    )
+    signals.task_failure.connect(
+        _on_failure, weak=False, dispatch_uid="celeryredis.signals.failure"
+    )
+    signals.task_unknown.connect(
+        _on_unknown, weak=False, dispatch_uid="celeryredis.signals.unknown"
+    )
+    signals.task_rejected.connect(
+        _on_rejected, weak=False, dispatch_uid="celeryredis.signals.rejected"
+    )
     signals.before_task_publish.connect(
-        _on_before_publish, weak=False, dispatch_uid="celeryredis:sent_at"
+        _on_before_publish, weak=False, dispatch_uid="celeryredis.signals.sent_at"
     )

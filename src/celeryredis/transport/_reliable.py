@@ -38,6 +38,7 @@ from kombu.utils.json import dumps, loads
 
 from celeryredis._kombu_compat import deliver, raw_payload, replace_restore_timer
 from celeryredis._scripts import source
+from celeryredis.keys import POISON_NAME
 
 # kombu's stubs (celery-types) cover little of the Redis transport's private API, which
 # this module extends on purpose: treat the modules as untyped.
@@ -49,7 +50,7 @@ __all__ = ["Channel", "QoS", "Transport"]
 logger = logging.getLogger(__name__)
 
 #: Where items that are not kombu messages go (under the global key prefix), capped at 1000.
-POISON_KEY: Final = "celeryredis:poison"
+POISON_KEY: Final = POISON_NAME  # the prefix is added by the channel (self._key)
 _MIN_REDIS: Final = (6, 2)
 _SCRIPTS: Final = ("transport_fetch", "transport_renew", "transport_claim", "transport_restore")
 _CHUNK: Final = 1000
