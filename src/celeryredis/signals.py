@@ -25,6 +25,7 @@ from celery import Celery, signals
 
 from celeryredis.deadletter import dead_letter_message
 from celeryredis.health import SENT_AT_HEADER
+from celeryredis.log import install_redaction
 from celeryredis.tasks.base import Task, emit, remember_routing
 from celeryredis.tasks.unique import UNIQUE_HEADER, UniqueTask
 
@@ -123,3 +124,18 @@ def install(app: Celery) -> None:
     signals.before_task_publish.connect(
         _on_before_publish, weak=False, dispatch_uid="celeryredis.signals.sent_at"
     )
+    # A prefork worker's main process never runs a task (the first task a process runs
+    # installs the redacting filter): cover its own records (hard time limits, worker
+    # lost) once Celery has set its logging up.
+    signals.after_setup_logger.connect(
+        _on_logging_ready, weak=False, dispatch_uid="celeryredis.signals.redaction"
+    )
+    signals.after_setup_task_logger.connect(
+        _on_logging_ready, weak=False, dispatch_uid="celeryredis.signals.task_redaction"
+    )
+
+
+def _on_logging_ready(logger: logging.Logger | None = None, **kwargs: Any) -> None:
+    install_redaction()
+    if logger is not None:
+        install_redaction(logger)
