@@ -16,6 +16,7 @@ wraps ``ssl``'s.
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 from collections.abc import Callable, Iterator
@@ -41,6 +42,9 @@ __all__ = [
 ]
 
 
+_PIPELINE_PREFIX: Final = re.compile(r"Command # \d+ \(.*?\) of pipeline caused error: ", re.S)
+
+
 @dataclass(frozen=True)
 class Diagnosis:
     """What a Redis failure means.
@@ -63,8 +67,14 @@ class Diagnosis:
 
     @property
     def detail(self) -> str:
-        """``Type: message`` of :attr:`error`, redacted."""
-        return redact_text(f"{type(self.error).__name__}: {self.error}")
+        """``Type: message`` of :attr:`error`, redacted.
+
+        redis-py prefixes a pipeline's error with the command and its arguments
+        (``Command # 1 (LPUSH celery {"body": ...) of pipeline caused error:``); the
+        arguments may hold task arguments, so that prefix is left out.
+        """
+        message = _PIPELINE_PREFIX.sub("", str(self.error))
+        return redact_text(f"{type(self.error).__name__}: {message}")
 
 
 #: kind -> (cause, fix) of every error that retrying cannot fix. ``{setting}`` is

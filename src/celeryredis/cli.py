@@ -18,6 +18,7 @@ import click
 import redis
 from celery import Celery
 
+from celeryredis._errors import classify, describe
 from celeryredis.app import explain, format_explain
 from celeryredis.bulk import BulkPublishError, enqueue_many
 from celeryredis.connection import get_redis, new_redis
@@ -190,7 +191,11 @@ def queues_command(
         finally:
             client.close()
     except redis.RedisError as exc:
-        raise click.ClickException(redact_text(f"broker Redis unreachable: {exc}")) from exc
+        diagnosis = classify(exc)
+        verb = "refused the app" if diagnosis.permanent else "unreachable"
+        raise click.ClickException(
+            f"broker Redis {verb}: {describe(diagnosis, 'broker_url')}"
+        ) from exc
     if as_json:
         _echo_json([q.to_dict() for q in rows])
         return

@@ -241,8 +241,17 @@ class Task(celery.Task[Any, Any]):
         if not self.typing:
             return
         header = getattr(self, "__header__", None)
-        if header is not None:
+        if header is not None:  # a decorated function: Celery's own check
             header(*(args or ()), **(kwargs or {}))
+            return
+        try:  # a task class: its run() method
+            signature = inspect.signature(self.run)
+        except (TypeError, ValueError):  # no signature to check
+            return
+        try:
+            signature.bind(*(args or ()), **(kwargs or {}))
+        except TypeError as exc:
+            raise TypeError(f"{self.name}: {exc}") from None
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:  # noqa: N802 - Celery's name
         """Celery's ``AsyncResult``, whose ``.get()`` fails at once if results are not stored.
