@@ -6,6 +6,7 @@ Used by the pytest plugin and by the demo; it does not import pytest.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -16,13 +17,44 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
 
 import redis
 
 from celeryredis.exceptions import CeleryRedisError
 
-__all__ = ["RedisServer", "RedisServerError", "RedisServerNotFound", "find_redis_server"]
+__all__ = [
+    "RedisServer",
+    "RedisServerError",
+    "RedisServerNotFound",
+    "find_redis_server",
+    "register_proxy",
+    "started_here",
+]
+
+# Loopback ports of the servers this process started (their port and any --tls-port),
+# with each server's run_id (None until known), and of the FaultProxy instances in front
+# of them (listen port -> upstream port). The pytest plugin's workers refuse to start
+# against any other Redis (see ``_guard.py``).
+_SERVERS: dict[int, str | None] = {}
+_PROXIES: dict[int, int] = {}
+
+
+def register_proxy(listen_port: int, upstream_port: int) -> None:
+    """Record a proxy this process started in front of one of its servers."""
+    _PROXIES[listen_port] = upstream_port
+
+
+def started_here() -> dict[str, dict[str, Any]]:
+    """The servers and proxies this process started: ``{"servers": {port: run_id}, ...}``.
+
+    JSON-ready (ports as strings), for a worker subprocess to check its URLs against.
+    """
+    return {
+        "servers": {str(port): run_id for port, run_id in _SERVERS.items()},
+        "proxies": {str(port): upstream for port, upstream in _PROXIES.items()},
+    }
 
 
 class RedisServerError(CeleryRedisError):
@@ -164,6 +196,7 @@ class RedisServer:
                 start_new_session=True,
             )
             if self._wait_ping():
+                self._register()
                 return self
             self._reap()
             if "Address already in use" not in self._log_tail():
@@ -192,6 +225,31 @@ class RedisServer:
             return False
         finally:
             client.close()
+
+    def _ports(self) -> list[int]:
+        ports = [self.port]
+        args = list(self.extra_args)
+        for flag, value in itertools.pairwise(args):
+            if flag == "--tls-port" and value.isdigit() and int(value):
+                ports.append(int(value))
+        return ports
+
+    def _register(self) -> None:
+        run_id: str | None
+        client = self.client()
+        try:
+            run_id = str(client.info("server")["run_id"])
+        except (redis.RedisError, KeyError):
+            run_id = None
+        finally:
+            client.close()
+        for port in self._ports():
+            _SERVERS[port] = run_id
+
+    @property
+    def run_id(self) -> str | None:
+        """The running server's ``run_id`` (``INFO server``), recorded at start."""
+        return _SERVERS.get(self.port)
 
     def _log_tail(self, lines: int = 20) -> str:
         try:
@@ -234,6 +292,8 @@ class RedisServer:
     def cleanup(self) -> None:
         """Stop the server and remove its directory if this object created it."""
         self.stop()
+        for port in self._ports():
+            _SERVERS.pop(port, None)
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 
