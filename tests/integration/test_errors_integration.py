@@ -119,7 +119,8 @@ def test_permanent_publish_errors_fail_at_once_with_their_own_cause(
     assert re.search(CASES[kind], message), message
     assert "retrying will not help" in message
     assert "Retry later" not in message
-    assert USER_PW not in message and ADMIN_PW not in message
+    assert USER_PW not in message
+    assert ADMIN_PW not in message
 
 
 def test_a_stopped_server_still_gets_the_retry_budget(

@@ -46,7 +46,7 @@ def foreign_server(tmp_path: Path) -> Iterator[int]:
     port = _free_port()
     directory = tmp_path / "foreign"
     directory.mkdir()
-    process = subprocess.Popen(  # noqa: S603 - fixed argv
+    process = subprocess.Popen(
         [find_redis_server(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(directory)],
         stdout=subprocess.DEVNULL,
