@@ -88,7 +88,9 @@ def test_worker_consumes_from_the_fixture_server_not_the_hard_coded_one(
     worker.wait_ready()
 
     assert on_b.send_task("guard.where").get(timeout=20) == server_b.port
-    assert a.info("stats")["total_connections_received"] == connections_to_a  # none from it
+    # One connection to A: the fixture's own run_id check of the servers it started
+    # (started_here()); none from the worker.
+    assert a.info("stats")["total_connections_received"] == connections_to_a + 1
     assert b.get("guard:ran") == b"1"
     assert a.get("guard:ran") is None
     assert a.llen("celery") == 1  # A's message is still waiting: nothing consumed from A
@@ -142,12 +144,15 @@ def test_the_default_url_is_refused_without_connecting(
 
 
 def test_a_different_server_on_a_recorded_port_is_refused(
-    redis_server_factory: Callable[..., RedisServer],
+    redis_server_factory: Callable[..., RedisServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     server = redis_server_factory()
     spec: dict[str, Any] = started_here()
     assert spec["servers"][str(server.port)] == server.run_id
     assert check_urls({"broker_url": server.url}, spec) == []
-    spec["servers"][str(server.port)] = "0" * 40  # as if another server now had the port
+    # As if another server now answered on the port: its run_id is not the recorded one.
+    monkeypatch.setattr(server, "_run_id", "0" * 40)
+    spec = started_here()
+    assert str(server.port) not in spec["servers"]
     (problem,) = check_urls({"broker_url": server.url}, spec)
     assert "is not the one the fixture started there" in problem

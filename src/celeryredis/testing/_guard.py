@@ -11,10 +11,11 @@
    see them disagree with its own URL, and the settings are updated too;
 3. checks every Redis URL the worker would use (broker, read/write broker URLs,
    result backend): each must name a loopback port of a server (or fault proxy) the
-   test process started, and a server that answers ``INFO`` must report the
-   ``run_id`` recorded when it was started. Anything else — the developer's Redis on
-   6379 — and the worker is refused: a line ``celeryredis.testing: refusing ...`` and
-   exit status 3, before anything connects to it;
+   test process started and, the parent having just asked each of its running
+   servers, one that still reports the ``run_id`` recorded when it was started.
+   Anything else — the developer's Redis on 6379 — and the worker is refused: a line
+   ``celeryredis.testing: refusing ...`` and exit status 3, before anything connects to
+   it;
 4. runs Celery's own command line (``celery -A <app> worker ...``).
 
 The spec comes from the parent in ``$CELERYREDIS_TESTING_GUARD`` (JSON).
@@ -27,8 +28,6 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
-
-import redis
 
 from celeryredis.urls import parse_redis_url, redact_url
 
@@ -46,28 +45,20 @@ def _is_redis(url: Any) -> bool:
     return isinstance(url, str) and url.startswith(_REDIS_SCHEMES)
 
 
-def _run_id(url: str) -> str | None:
-    """The run_id of the server behind ``url``; None if it cannot tell (down, ACL, TLS)."""
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-    except (ValueError, TypeError):
-        return None
-    try:
-        return str(client.info("server")["run_id"])
-    except (redis.RedisError, OSError, KeyError):
-        return None
-    finally:
-        client.close()
-
-
 def check_urls(urls: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
     """Problems with ``urls`` (setting -> URL): any Redis the test session did not start.
 
+    Nothing connects: the parent checked its servers' ``run_id`` just before (see
+    :func:`celeryredis.testing._server.started_here`), so a worker's own credentials
+    (an ACL user may not run ``INFO``) are never used for it.
+
     Args:
         urls: The worker's effective settings, e.g. ``{"broker_url": ...}``.
-        spec: ``{"servers": {port: run_id}, "proxies": {port: upstream}, "trust": [port]}``.
+        spec: ``{"servers": {port: run_id}, "replaced": {port: run_id},
+            "proxies": {port: upstream}, "trust": [port]}``.
     """
     servers: dict[str, Any] = dict(spec.get("servers") or {})
+    replaced: dict[str, Any] = dict(spec.get("replaced") or {})
     proxies: dict[str, Any] = dict(spec.get("proxies") or {})
     trusted = {str(p) for p in spec.get("trust") or ()}
     problems: list[str] = []
@@ -85,20 +76,20 @@ def check_urls(urls: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
             continue
         for host, port in parsed.hosts:
             key = str(port)
-            if host not in _LOOPBACK or not (key in servers or key in proxies or key in trusted):
+            upstream = str(proxies.get(key))
+            if host in _LOOPBACK and (key in replaced or upstream in replaced):
+                problems.append(
+                    f"{setting} {shown}: the server on port {port} (run_id "
+                    f"{replaced.get(key) or replaced.get(upstream)}) is not the one the fixture "
+                    "started there"
+                )
+            elif host not in _LOOPBACK or not (
+                key in servers or upstream in servers or key in trusted
+            ):
                 problems.append(
                     f"{setting} {shown}: {host}:{port} is not a redis-server this test session "
                     "started"
                 )
-                continue
-            expected = servers.get(key) or servers.get(str(proxies.get(key)))
-            if expected and not parsed.is_sentinel:
-                found = _run_id(url)
-                if found is not None and found != expected:
-                    problems.append(
-                        f"{setting} {shown}: the server on port {port} (run_id {found}) is not "
-                        f"the one the fixture started there (run_id {expected})"
-                    )
     return problems
 
 

@@ -33,11 +33,11 @@ __all__ = [
     "started_here",
 ]
 
-# Loopback ports of the servers this process started (their port and any --tls-port),
-# with each server's run_id (None until known), and of the FaultProxy instances in front
-# of them (listen port -> upstream port). The pytest plugin's workers refuse to start
-# against any other Redis (see ``_guard.py``).
-_SERVERS: dict[int, str | None] = {}
+# The servers this process started, by each loopback port they listen on (their port and
+# any --tls-port), and the FaultProxy instances in front of them (listen port -> upstream
+# port). The pytest plugin's workers refuse to start against any other Redis (see
+# ``_guard.py``).
+_SERVERS: dict[int, RedisServer] = {}
 _PROXIES: dict[int, int] = {}
 
 
@@ -47,12 +47,29 @@ def register_proxy(listen_port: int, upstream_port: int) -> None:
 
 
 def started_here() -> dict[str, dict[str, Any]]:
-    """The servers and proxies this process started: ``{"servers": {port: run_id}, ...}``.
+    """The servers and proxies this process started, checked now.
 
-    JSON-ready (ports as strings), for a worker subprocess to check its URLs against.
+    Each running server is asked for its ``run_id`` (``INFO server``, with the
+    fixture's own credentials, on its plain port) and compared with the one recorded
+    when it was started; a port where another server answers now is listed under
+    ``replaced``. A server that is stopped (a test may restart it) stays listed.
+
+    Returns:
+        ``{"servers": {port: run_id}, "replaced": {port: run_id}, "proxies":
+        {port: upstream_port}}``, JSON-ready (ports as strings), for a worker
+        subprocess to check its URLs against without connecting anywhere.
     """
+    servers: dict[str, Any] = {}
+    replaced: dict[str, Any] = {}
+    for port, server in list(_SERVERS.items()):
+        found = server.current_run_id() if server.is_running() else None
+        if found is not None and server.run_id is not None and found != server.run_id:
+            replaced[str(port)] = found
+        else:
+            servers[str(port)] = server.run_id
     return {
-        "servers": {str(port): run_id for port, run_id in _SERVERS.items()},
+        "servers": servers,
+        "replaced": replaced,
         "proxies": {str(port): upstream for port, upstream in _PROXIES.items()},
     }
 
@@ -132,6 +149,7 @@ class RedisServer:
         self._own_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="celeryredis-redis-"))
         self.port = 0
+        self._run_id: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -234,22 +252,31 @@ class RedisServer:
                 ports.append(int(value))
         return ports
 
-    def _register(self) -> None:
-        run_id: str | None
-        client = self.client()
+    def current_run_id(self) -> str | None:
+        """The ``run_id`` of whatever server answers on :attr:`port` now (None: none)."""
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            password=self.password,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+        )
         try:
-            run_id = str(client.info("server")["run_id"])
-        except (redis.RedisError, KeyError):
-            run_id = None
+            return str(client.info("server")["run_id"])
+        except (redis.RedisError, OSError, KeyError):
+            return None
         finally:
             client.close()
+
+    def _register(self) -> None:
+        self._run_id = self.current_run_id()
         for port in self._ports():
-            _SERVERS[port] = run_id
+            _SERVERS[port] = self
 
     @property
     def run_id(self) -> str | None:
-        """The running server's ``run_id`` (``INFO server``), recorded at start."""
-        return _SERVERS.get(self.port)
+        """The server's ``run_id`` (``INFO server``), recorded when it last started."""
+        return self._run_id
 
     def _log_tail(self, lines: int = 20) -> str:
         try:
@@ -293,7 +320,8 @@ class RedisServer:
         """Stop the server and remove its directory if this object created it."""
         self.stop()
         for port in self._ports():
-            _SERVERS.pop(port, None)
+            if _SERVERS.get(port) is self:
+                del _SERVERS[port]
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 
