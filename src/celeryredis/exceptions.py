@@ -83,7 +83,7 @@ class PublishError(CeleryRedisError, ConnectionError):
     Raised by ``celeryredis.Task.apply_async()`` (and so ``.delay()``). The task was
     **not** sent. The original error is the ``__cause__``.
 
-    Two kinds, told apart by :attr:`permanent`:
+    Two kinds, told apart by ``permanent``:
 
     - a *permanent* error (wrong or missing password, ``NOPERM``, a database index
       out of range, a TLS certificate that fails verification, an unknown command)
