@@ -16,6 +16,7 @@ wraps ``ssl``'s.
 
 from __future__ import annotations
 
+import functools
 import re
 import socket
 import ssl
@@ -28,13 +29,14 @@ from redis import exceptions as rx
 from redis.sentinel import MasterNotFoundError
 
 from celeryredis.exceptions import RedisRefusedError
-from celeryredis.urls import redact_text
+from celeryredis.urls import parse_redis_url, redact_text
 
 __all__ = [
     "PERMANENT_KINDS",
     "Diagnosis",
     "classify",
     "describe",
+    "fails_fast",
     "is_redis_failure",
     "permanent_errback",
     "refusal",
@@ -259,6 +261,22 @@ def refusal(exc: BaseException, *, where: str, setting: str) -> RedisRefusedErro
         kind=diagnosis.kind,
         where=where,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def fails_fast(url: Any) -> bool:
+    """Whether a permanent error from ``url`` may end the retries at once.
+
+    Not for a URL with several hosts (``sentinel://a;sentinel://b`` or other failover
+    alternates): kombu moves to the next host on each retry, and another host may
+    accept what this one refused (its own password, say), so the retry budget stays.
+    """
+    if not isinstance(url, str) or not url:
+        return False
+    try:
+        return len(parse_redis_url(url).hosts) <= 1
+    except ValueError:
+        return False
 
 
 def permanent_errback(

@@ -26,7 +26,7 @@ from celery.result import AsyncResult
 from celery.utils.functional import maybe_list
 from kombu.exceptions import OperationalError
 
-from celeryredis._errors import classify, describe
+from celeryredis._errors import classify, describe, fails_fast
 from celeryredis._kombu_batch import BatchProducer, Command
 from celeryredis.connection import get_redis
 from celeryredis.exceptions import CeleryRedisError, DuplicateTaskError
@@ -223,7 +223,7 @@ def enqueue_many(
             # One attempt first: an error retrying cannot fix fails at once.
             connection.ensure_connection(max_retries=0)
         except broker_errors as exc:
-            if classify(exc).permanent:
+            if classify(exc).permanent and fails_fast(app.conf.broker_url):
                 raise BulkPublishError(
                     f"enqueue_many({task.name}): the broker's Redis refused the app: "
                     f"{describe(classify(exc), 'broker_url')}; nothing was published",

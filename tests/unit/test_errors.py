@@ -187,3 +187,15 @@ def test_binding_errors_are_type_errors_at_publish_for_every_base() -> None:
     for task, args in ((unique, (7,)), (rate, (1,)), (retry, (1, 2)), (rated, (1,))):
         with pytest.raises(TypeError, match="argument"):
             task.delay(*args)
+
+
+def test_only_single_host_urls_fail_fast() -> None:
+    from celeryredis._errors import fails_fast
+
+    assert fails_fast("redis://:pw@127.0.0.1:6400/0")
+    assert fails_fast("rediss://127.0.0.1:6400/0?ssl_cert_reqs=required")
+    assert fails_fast("sentinel://127.0.0.1:26379/0")
+    # Several hosts: kombu tries the next one, which may accept what this one refused.
+    assert not fails_fast("sentinel://:pw@127.0.0.1:26379/0;sentinel://127.0.0.1:26380/0")
+    assert not fails_fast(None)
+    assert not fails_fast("rpc://")

@@ -46,6 +46,7 @@ from celeryredis._backend_guard import guard_backend
 from celeryredis._errors import (
     classify,
     describe,
+    fails_fast,
     is_redis_failure,
     permanent_errback,
     refused_by,
@@ -221,8 +222,11 @@ class Task(celery.Task[Any, Any]):
                 options["argsrepr"] = repr(red_args)
                 options["kwargsrepr"] = repr(red_kwargs)
         self.check_arguments(args, kwargs)
-        options["retry_policy"] = _with_permanent_errback(options.get("retry_policy"))
-        guard_backend(self.backend)
+        conf = self.app.conf
+        if fails_fast(conf.broker_url):
+            options["retry_policy"] = _with_permanent_errback(options.get("retry_policy"))
+        if fails_fast(conf.result_backend):
+            guard_backend(self.backend)
         started = time.monotonic()
         try:
             return super().apply_async(args, kwargs, *rest, **options)
