@@ -133,12 +133,11 @@ def test_worker_is_refused_against_a_server_the_session_did_not_start(
     watcher.close()
 
 
-def test_the_default_url_is_refused_without_connecting(
+def test_the_developers_redis_is_refused_without_connecting(
     tmp_path: Path, celery_worker_process: Callable[..., WorkerProcess]
 ) -> None:
-    (tmp_path / "guardapp.py").write_text(
-        "from celeryredis import make_app\napp = make_app('guardapp', preset='testing')\n"
-    )
+    # Nothing connects to it: the check compares ports with the servers this session started.
+    _write_app(tmp_path, "redis://localhost:6379/0")
     with pytest.raises(WorkerProcessError, match=r"localhost:6379 is not a redis-server"):
         celery_worker_process("guardapp", cwd=tmp_path)
 
