@@ -19,6 +19,8 @@ from celeryredis.exceptions import (
     ConfigurationError,
     DuplicateTaskError,
     PublishError,
+    RedisRefusedError,
+    ResultNotStoredError,
 )
 from celeryredis.health import HealthReport, check_health, check_worker, inspect_queues
 from celeryredis.log import configure_logging
@@ -47,7 +49,9 @@ __all__ = [
     "PublishError",
     "RateLimitedTask",
     "RateLimiter",
+    "RedisRefusedError",
     "RedisURL",
+    "ResultNotStoredError",
     "RetryTask",
     "Setting",
     "Task",

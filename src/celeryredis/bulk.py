@@ -27,6 +27,7 @@ from celery.utils.functional import maybe_list
 from kombu.exceptions import OperationalError
 
 from celeryredis import _celery_compat, _kombu_compat
+from celeryredis._errors import classify, describe, fails_fast
 from celeryredis._kombu_batch import BatchProducer, Command
 from celeryredis.connection import get_redis
 from celeryredis.exceptions import CeleryRedisError, DuplicateTaskError
@@ -220,11 +221,20 @@ def enqueue_many(
             *connection.connection_errors,
         )
         try:
+            # One attempt first: an error retrying cannot fix fails at once.
+            connection.ensure_connection(max_retries=0)
+        except broker_errors as exc:
+            if classify(exc).permanent and fails_fast(app.conf.broker_url):
+                raise BulkPublishError(
+                    f"enqueue_many({task.name}): the broker's Redis refused the app: "
+                    f"{describe(classify(exc), 'broker_url')}; nothing was published",
+                ) from exc
+        try:
             channel = connection.default_channel
         except broker_errors as exc:
             raise BulkPublishError(
                 f"enqueue_many({task.name}): cannot reach the broker: "
-                f"{redact_text(str(exc))}; nothing was published",
+                f"{describe(classify(exc), 'broker_url')}; nothing was published",
             ) from exc
         producer = BatchProducer(channel)
         sender = _Sender(app, task, producer)
@@ -392,7 +402,9 @@ def _publish_chunk(
         producer.take_commands()
         _release_locks(batch, chunk)
         raise _stopped(
-            batch, f"enqueue_many({task.name}): building call #{call.index} failed: {exc!r}", chunk
+            batch,
+            f"enqueue_many({task.name}): building call #{call.index} failed: {_why(exc)}",
+            chunk,
         ) from exc
     commands = producer.take_commands()
     marker = bulk_marker_key(app.conf, batch.batch_id, chunk_no)
@@ -421,20 +433,33 @@ def _publish_chunk(
             ) from exc
         _release_locks(batch, chunk)
         raise _stopped(
-            batch, f"enqueue_many({task.name}): Redis refused the chunk: {exc!r}", chunk
+            batch, f"enqueue_many({task.name}): Redis refused the chunk: {_why(exc)}", chunk
         ) from exc
     batch.published.extend(call.result for call in chunk)
     batch.next_index = chunk[-1].index + 1
 
 
+def _why(exc: BaseException) -> str:
+    """``repr(exc)``, plus the cause and fix when retrying cannot help (see ``_errors``)."""
+    diagnosis = classify(exc)
+    if diagnosis.permanent:
+        return describe(diagnosis, "broker_url")
+    return redact_text(repr(exc))
+
+
 def _maybe_sent(exc: BaseException) -> bool:
     """Whether the failure may have come after Redis received the transaction.
 
-    Only a failure to connect (redis-py: "Error N connecting to ...") proves that
-    nothing was sent; a broken or timed-out connection may have lost just the reply.
+    Only a failure to connect (redis-py: "Error N connecting to ...") or a refusal
+    retrying cannot fix (see ``_errors``) proves that nothing was sent; a broken or
+    timed-out connection may have lost just the reply.
     (kombu's clients do not retry a command: a transaction is never sent twice.)
     """
-    return not (isinstance(exc, redis.ConnectionError) and " connecting to " in str(exc))
+    if isinstance(exc, redis.ConnectionError) and " connecting to " in str(exc):
+        return False
+    # A refusal (NOPERM aborts the whole MULTI/EXEC with EXECABORT; a wrong password or
+    # database fails at connect): Redis answered, and ran nothing of the transaction.
+    return not classify(exc).permanent
 
 
 def _queue_commands(pipe: Any, commands: list[Command]) -> None:

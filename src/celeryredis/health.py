@@ -36,6 +36,7 @@ import redis
 from celery import Celery
 
 from celeryredis import _kombu_compat
+from celeryredis._errors import classify, describe
 from celeryredis.connection import new_redis
 from celeryredis.keys import dead_letter_key, heartbeat_key, workers_key
 from celeryredis.urls import parse_redis_url, redact_text
@@ -391,7 +392,7 @@ def check_worker(app: Celery, name: str, *, timeout: float = 5.0) -> HealthPart:
             client.close()
     except redis.RedisError as exc:
         return HealthPart(
-            f"worker:{name}", "fail", f"broker Redis unreachable: {_error(exc)}", None, {}
+            f"worker:{name}", "fail", f"broker Redis {_failure(exc, 'broker_url')}", None, {}
         )
     if len(found) > 1:
         return HealthPart(
@@ -576,6 +577,13 @@ def _error(exc: BaseException) -> str:
     return redact_text(f"{type(exc).__name__}: {exc}")
 
 
+def _failure(exc: BaseException, setting: str) -> str:
+    """``refused the app: <cause>; <fix>`` or ``unreachable: <cause>`` (see ``_errors``)."""
+    diagnosis = classify(exc)
+    verb = "refused the app" if diagnosis.permanent else "unreachable"
+    return f"{verb}: {describe(diagnosis, setting)}"
+
+
 def _ping(client: redis.Redis) -> float:
     started = time.monotonic()
     client.ping()
@@ -599,7 +607,7 @@ def _backend_part(app: Celery, timeout: float) -> HealthPart:
         finally:
             client.close()
     except redis.RedisError as exc:
-        return HealthPart("backend", "fail", f"result backend unreachable: {_error(exc)}")
+        return HealthPart("backend", "fail", f"result backend {_failure(exc, 'result_backend')}")
     return HealthPart("backend", "ok", f"reachable in {latency * 1000:.1f} ms", latency)
 
 
@@ -734,9 +742,11 @@ def check_health(
             )
         except redis.RedisError as exc:
             if not parts:
-                parts.append(HealthPart("broker", "fail", f"unreachable: {_error(exc)}"))
+                parts.append(HealthPart("broker", "fail", _failure(exc, "broker_url")))
             else:
-                parts.append(HealthPart("broker", "fail", f"failed mid-check: {_error(exc)}"))
+                parts.append(
+                    HealthPart("broker", "fail", f"failed mid-check: {_failure(exc, 'broker_url')}")
+                )
         finally:
             client.close()
     parts.insert(1, _backend_part(app, timeout))

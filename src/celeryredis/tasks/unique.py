@@ -158,6 +158,7 @@ class UniqueTask(Task):
         **options: Any,
     ) -> Any:
         """Publish unless an equal task is already queued or running (see ``on_duplicate``)."""
+        self.check_arguments(args, kwargs)  # a wrong call is a TypeError, before the key
         headers = dict(options.get("headers") or {})
         key = headers.get(UNIQUE_HEADER) or self.unique_lock_key(args, kwargs)
         headers[UNIQUE_HEADER] = key

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,7 @@ import pytest
 from celery import Celery
 
 from celeryredis.testing._proxy import FaultProxy
-from celeryredis.testing._server import RedisServer, RedisServerNotFound
+from celeryredis.testing._server import RedisServer, RedisServerNotFound, started_here
 from celeryredis.testing._worker import WorkerProcess
 
 __all__ = [
@@ -105,14 +105,44 @@ def celeryredis_app(redis_url: str) -> Celery:
 
 @pytest.fixture
 def celery_worker_process(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start real ``celery worker`` subprocesses; each is stopped by process group at teardown."""
+    """Start real ``celery worker`` subprocesses; each is stopped by process group at teardown.
+
+    Call it as ``celery_worker_process("proj", redis_url=redis_url, **options)`` (the
+    options of :class:`WorkerProcess`). The worker uses the fixture's Redis, never the
+    one the host app hard-codes:
+
+    - ``redis_url`` (or ``REDIS_URL`` / ``CELERY_BROKER_URL`` in ``env``) becomes the
+      worker's broker, and its result backend too when the app stores results in
+      Redis (``result_backend=`` to give another), whatever ``broker_url`` the app
+      module sets;
+    - every Redis URL the worker would use must be a loopback server (or fault
+      proxy) that this test session started, checked by port and by the server's
+      ``run_id``; otherwise the call raises :class:`WorkerProcessError` before the
+      worker connects to anything. ``trust_ports`` adds loopback ports of servers the
+      test started by other means (e.g. Sentinel processes).
+    """
     workers: list[WorkerProcess] = []
     counter = itertools.count(1)
 
-    def start(app: str, **kwargs: Any) -> WorkerProcess:
+    def start(
+        app: str,
+        *,
+        redis_url: str | None = None,
+        result_backend: str | None = None,
+        trust_ports: Iterable[int] = (),
+        **kwargs: Any,
+    ) -> WorkerProcess:
         kwargs.setdefault("cwd", tmp_path)
         kwargs.setdefault("log_path", tmp_path / f"worker-{next(counter)}.log")
-        worker = WorkerProcess(app, **kwargs)
+        env = dict(kwargs.get("env") or {})
+        broker = redis_url or env.get("CELERY_BROKER_URL") or env.get("REDIS_URL")
+        guard: dict[str, Any] = {
+            **started_here(),
+            "trust": [int(p) for p in trust_ports],
+            "broker_url": broker,
+            "result_backend": result_backend or env.get("CELERY_RESULT_BACKEND"),
+        }
+        worker = WorkerProcess(app, guard=guard, **kwargs)
         workers.append(worker)
         return worker
 
