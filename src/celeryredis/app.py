@@ -91,6 +91,7 @@ _RESOLVED: Final = MERGED_DICT_SETTINGS | {
 #: The host settings the resolved settings depend on (what the layer reads to resolve).
 _RESOLUTION_INPUTS: Final = _RESOLVED | {
     "task_always_eager",
+    "task_store_eager_result",
     "task_time_limit",
     "task_acks_late",
     "worker_prefetch_multiplier",
@@ -435,8 +436,11 @@ def _eager_backend(flat: dict[str, _Layered]) -> None:
     """An eager app does not retry its result backend for a preset (tests never wait)."""
     retry = flat.get("result_backend_always_retry")
     eager = flat.get("task_always_eager")
+    stored = flat.get("task_store_eager_result")
     if retry is None or retry.kind != "preset" or not retry.value:
         return
+    if stored is not None and stored.value is True:
+        return  # eager results are written: the retries protect that write
     if eager is not None and eager.value is True:
         flat["result_backend_always_retry"] = _Layered(
             False,
