@@ -337,8 +337,7 @@ def parse_redis_url(url: str, *, setting: str | None = None) -> RedisURL:
         if scheme in CLUSTER_SCHEMES:
             raise _fail(
                 url,
-                "separate a cluster's nodes with ',' (rediscluster://host:port,host:port), "
-                "not ';'",
+                "separate a cluster's nodes with ',' (rediscluster://host:port,host:port), not ';'",
                 setting=setting,
             )
         raise _fail(
