@@ -24,7 +24,8 @@ def test_cluster_url_with_acl_user_and_tls() -> None:
     url = parse_redis_url(
         f"redisclusters://app:{SECRET}@a:7000,b/0?ssl_cert_reqs=CERT_REQUIRED&ssl_ca_certs=/ca.pem"
     )
-    assert url.is_cluster and url.is_tls
+    assert url.is_cluster
+    assert url.is_tls
     assert (url.username, url.password) == ("app", SECRET)
     assert url.hosts == (("a", 7000), ("b", 6379))
     assert url.ssl_cert_reqs == "required"
