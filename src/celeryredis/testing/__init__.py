@@ -34,8 +34,8 @@ This module does not import pytest; the demo uses :class:`RedisServer` too.
 
 from __future__ import annotations
 
-from celeryredis.testing._cluster import LocalRedisCluster, find_redis_cli
 from celeryredis.testing._proxy import FaultProxy, FaultProxyError
+from celeryredis.testing._rediscluster import LocalRedisCluster, find_redis_cli
 from celeryredis.testing._server import (
     RedisServer,
     RedisServerError,

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from celeryredis.testing._cluster import LocalRedisCluster
 from celeryredis.testing._proxy import FaultProxy
+from celeryredis.testing._rediscluster import LocalRedisCluster
 from celeryredis.testing._server import RedisServer, RedisServerNotFound
 from celeryredis.testing._worker import WorkerProcess
 
