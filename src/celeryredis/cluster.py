@@ -36,6 +36,7 @@ from redis.exceptions import (
     ClusterDownError,
     ClusterError,
     MasterDownError,
+    RedisClusterException,
     SlotNotCoveredError,
     TryAgainError,
 )
@@ -63,12 +64,12 @@ CLUSTER_ERRORS: Final = (
 )
 
 # Connection parameters Celery's RedisBackend collects (from redis_* settings) that a
-# cluster client passes on to each node's connection.
+# cluster client passes on to each node's connection. Not redis_retry_on_timeout:
+# redis-py (>= 6) deprecates it on a client and the cluster client retries timeouts itself.
 _NODE_PARAMS: Final = (
     "socket_timeout",
     "socket_connect_timeout",
     "socket_keepalive",
-    "retry_on_timeout",
     "health_check_interval",
     "client_name",
     "max_connections",
@@ -167,6 +168,12 @@ class ClusterResultConsumer(ResultConsumer):  # type: ignore[misc]
 
     def _reconnect_pubsub(self) -> None:
         # Celery's version calls client.connection_pool.reset() and a cross-slot MGET.
+        try:
+            self._resubscribe()
+        except RedisClusterException as exc:  # "cannot be connected": retried like one
+            raise redis.ConnectionError(f"Redis Cluster unreachable: {exc}") from exc
+
+    def _resubscribe(self) -> None:
         with self._locked():
             self._pubsub = None
             if self.subscribed_to:
@@ -212,6 +219,7 @@ class RedisClusterBackend(RedisBackend):  # type: ignore[misc]
         # Celery's URL parser reads one host; the cluster's nodes are ours.
         super().__init__(host, *args, url=None, **kwargs)
         self.url = url
+        self.connection_errors = (*self.connection_errors, *CLUSTER_ERRORS)
         options = self.app.conf.get("result_backend_transport_options") or {}
         prefix = options.get("global_keyprefix") or ""
         if "{" in prefix:
