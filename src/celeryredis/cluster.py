@@ -29,7 +29,10 @@ import random
 from typing import Any, Final
 
 import redis
-from celery.backends.redis import RedisBackend, ResultConsumer
+from celery.backends.redis import (  # type: ignore[attr-defined]
+    RedisBackend,
+    ResultConsumer,
+)
 from kombu.utils import symbol_by_name
 from redis.cluster import ClusterNode, ClusterPubSub, RedisCluster
 from redis.exceptions import (
@@ -105,7 +108,7 @@ def cluster_client(
     """
     parsed = url if isinstance(url, RedisURL) else parse_redis_url(url, setting=setting)
     kwargs = cluster_params(parsed, params, setting=setting)
-    nodes = [ClusterNode(host, port) for host, port in parsed.hosts]
+    nodes = [ClusterNode(host, port) for host, port in parsed.hosts]  # type: ignore[no-untyped-call]
     return RedisCluster(startup_nodes=nodes, **kwargs)
 
 
@@ -153,7 +156,8 @@ class ClusterResultConsumer(ResultConsumer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._connection_errors = (*self._connection_errors, *CLUSTER_ERRORS)
+        errors: tuple[type[BaseException], ...] = self._connection_errors  # type: ignore[has-type]
+        self._connection_errors = (*errors, *CLUSTER_ERRORS)
 
     def on_after_fork(self) -> None:
         """In a forked child: fresh locks, and drop the parent's pub/sub connection.
@@ -188,7 +192,7 @@ class ClusterResultConsumer(ResultConsumer):  # type: ignore[misc]
                 self._pubsub.subscribe(*self.subscribed_to)
 
 
-class RedisClusterBackend(RedisBackend):  # type: ignore[misc]
+class RedisClusterBackend(RedisBackend):
     """Celery's Redis result backend on a Redis Cluster.
 
     Select it with ``result_backend="rediscluster://host:port,host:port"`` (or
@@ -217,10 +221,16 @@ class RedisClusterBackend(RedisBackend):  # type: ignore[misc]
                 setting="result_backend",
             )
         # Celery's URL parser reads one host; the cluster's nodes are ours.
-        super().__init__(host, *args, url=None, **kwargs)
+        super().__init__(host, *args, url=None, **kwargs)  # type: ignore[misc]
         self.url = url
-        self.connection_errors = (*self.connection_errors, *CLUSTER_ERRORS)
-        options = self.app.conf.get("result_backend_transport_options") or {}
+        errors: tuple[type[BaseException], ...] = self.connection_errors  # type: ignore[has-type]
+        self.connection_errors = (*errors, *CLUSTER_ERRORS)
+        options = (
+            self.app.conf.get(  # type: ignore[attr-defined]
+                "result_backend_transport_options"
+            )
+            or {}
+        )
         prefix = options.get("global_keyprefix") or ""
         if "{" in prefix:
             raise ConfigurationError(
@@ -238,39 +248,43 @@ class RedisClusterBackend(RedisBackend):  # type: ignore[misc]
             return self.cluster_url.geturl()
         return self.cluster_url.redacted()
 
-    def get_key_for_task(self, task_id: Any, key: Any = "") -> bytes:
+    def get_key_for_task(self, task_id: Any, key: Any = "") -> Any:
         """``celery-task-meta-{<task id>}``: one slot per task."""
         if not task_id:
-            return super().get_key_for_task(task_id, key)  # type: ignore[no-any-return]
-        return super().get_key_for_task(hash_tagged(task_id), key)  # type: ignore[no-any-return]
+            return super().get_key_for_task(task_id, key)
+        return super().get_key_for_task(hash_tagged(task_id), key)
 
-    def get_key_for_group(self, group_id: Any, key: Any = "") -> bytes:
+    def get_key_for_group(self, group_id: Any, key: Any = "") -> Any:
         """``celery-taskset-meta-{<group id>}`` and its chord keys (``.j``...) in one slot."""
         if not group_id:
-            return super().get_key_for_group(group_id, key)  # type: ignore[no-any-return]
-        return super().get_key_for_group(hash_tagged(group_id), key)  # type: ignore[no-any-return]
+            return super().get_key_for_group(group_id, key)
+        return super().get_key_for_group(hash_tagged(group_id), key)
 
-    def get_key_for_chord(self, group_id: Any, key: Any = "") -> bytes:
+    def get_key_for_chord(self, group_id: Any, key: Any = "") -> Any:
         """``chord-unlock-{<group id>}``."""
         if not group_id:
-            return super().get_key_for_chord(group_id, key)  # type: ignore[no-any-return]
-        return super().get_key_for_chord(hash_tagged(group_id), key)  # type: ignore[no-any-return]
+            return super().get_key_for_chord(group_id, key)
+        return super().get_key_for_chord(hash_tagged(group_id), key)
 
     # -- the client -------------------------------------------------------------------
 
     def client_params(self) -> dict[str, Any]:
         """What :attr:`client` is built with: the URL's and Celery's ``redis_*`` settings."""
-        params = {k: self.connparams[k] for k in _NODE_PARAMS if k in self.connparams}
-        connection_class = self.connparams.get("connection_class")
+        connparams: dict[str, Any] = self.connparams  # type: ignore[attr-defined]
+        params: dict[str, Any] = {k: connparams[k] for k in _NODE_PARAMS if k in connparams}
+        connection_class = connparams.get("connection_class")
         if isinstance(connection_class, type) and issubclass(connection_class, redis.SSLConnection):
             params["ssl"] = True  # redis_backend_use_ssl
-            params.update({k: self.connparams[k] for k in _SSL_PARAMS if k in self.connparams})
+            params.update({k: connparams[k] for k in _SSL_PARAMS if k in connparams})
         return cluster_params(self.cluster_url, params)
 
     @functools.cached_property
     def client(self) -> RedisCluster:
         """The ``RedisCluster`` client (connects to the cluster when first used)."""
-        nodes = [ClusterNode(host, port) for host, port in self.cluster_url.hosts]
+        nodes = [
+            ClusterNode(host, port)  # type: ignore[no-untyped-call]
+            for host, port in self.cluster_url.hosts
+        ]
         return RedisCluster(startup_nodes=nodes, **self.client_params())
 
     def new_pubsub(self) -> ClusterPubSub:
@@ -280,7 +294,7 @@ class RedisClusterBackend(RedisBackend):  # type: ignore[misc]
             redis.ConnectionError: No node answered (Celery's retry policy retries).
         """
         client = self.client
-        nodes = list(client.get_nodes())
+        nodes = list(client.get_nodes())  # type: ignore[no-untyped-call]
         random.shuffle(nodes)
         for node in nodes:
             connection = node.redis_connection
@@ -290,7 +304,10 @@ class RedisClusterBackend(RedisBackend):  # type: ignore[misc]
                 connection.ping()
             except (redis.ConnectionError, redis.TimeoutError):
                 continue
-            return client.pubsub(node=node, ignore_subscribe_messages=True)
+            pubsub: ClusterPubSub = client.pubsub(  # type: ignore[no-untyped-call]
+                node=node, ignore_subscribe_messages=True
+            )
+            return pubsub
         client.nodes_manager.initialize()  # the next attempt starts from a fresh view
         raise redis.ConnectionError(
             f"no node of the Redis Cluster {self.as_uri()} answered PING "
@@ -303,12 +320,12 @@ class RedisClusterBackend(RedisBackend):  # type: ignore[misc]
         """One MGET per slot (keys of different tasks live in different slots)."""
         if not keys:
             return []
-        return self.client.mget_nonatomic(list(keys))  # type: ignore[no-any-return]
+        return self.client.mget_nonatomic(list(keys))
 
     def _set(self, key: Any, value: Any, expires: int | None = None) -> None:
         # Celery pipelines SET with PUBLISH; redis-py refuses PUBLISH in a cluster pipeline.
         if expires is None:
-            expires = self.expires
+            expires = self.expires  # type: ignore[attr-defined]
         client = self.client
         if expires:
             client.set(key, value, ex=expires)

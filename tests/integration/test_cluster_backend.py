@@ -234,3 +234,14 @@ def test_a_master_killed_during_a_run(
             )
         finally:
             worker.stop()
+
+
+def test_health_pings_the_cluster_backend(
+    cluster_app: Any, redis_cluster: LocalRedisCluster
+) -> None:
+    from celeryredis.health import check_health
+
+    report = check_health(cluster_app.app, timeout=2.0)
+    backend = next(part for part in report.parts if part.name == "backend")
+    assert backend.status == "ok", backend
+    assert "cluster reachable" in backend.reason

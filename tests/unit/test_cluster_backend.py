@@ -115,3 +115,14 @@ def test_the_consumer_pins_celerys_private_state() -> None:
     assert TryAgainError in consumer._connection_errors
     with consumer._locked():
         pass
+
+
+def test_health_reports_an_unreachable_cluster_backend_without_its_password() -> None:
+    from celeryredis.health import check_health
+
+    app = make_app("t", broker_url="redis://127.0.0.1:1/0", result_backend=URL, preset="testing")
+    report = check_health(app, timeout=0.5)
+    backend = next(part for part in report.parts if part.name == "backend")
+    assert backend.status == "fail"
+    assert "result backend cluster unreachable" in backend.reason
+    assert SECRET not in backend.reason

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
 
 import redis
@@ -130,7 +131,7 @@ class LocalRedisCluster:
                 return node
         raise KeyError(f"no node of this cluster listens on port {port}")
 
-    def client(self, **kwargs: object) -> RedisCluster:
+    def client(self, **kwargs: Any) -> RedisCluster:
         """A new ``redis.cluster.RedisCluster`` client for this cluster."""
         live = [node for node in self.nodes if node.is_running()]
         if not live:
@@ -139,8 +140,8 @@ class LocalRedisCluster:
             host="127.0.0.1",
             port=live[0].port,
             password=self.password,
-            socket_timeout=kwargs.pop("socket_timeout", 5),  # type: ignore[arg-type]
-            **kwargs,  # type: ignore[arg-type]
+            socket_timeout=kwargs.pop("socket_timeout", 5),
+            **kwargs,
         )
 
     def _node_client(self, port: int) -> redis.Redis:
@@ -177,7 +178,7 @@ class LocalRedisCluster:
         """The port of the master that owns ``key``'s hash slot now."""
         client = self.client()
         try:
-            return int(client.get_node_from_key(key).port)
+            return int(client.get_node_from_key(key).port)  # type: ignore[no-untyped-call]
         finally:
             client.close()
 
