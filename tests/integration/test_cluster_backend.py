@@ -225,6 +225,9 @@ def test_a_master_killed_during_a_run(
                 client.close()
             assert not [task_id for task_id in lost if task_id not in victim_ids]
             assert consumer._pubsub.get_pubsub_node().port != victim
+            log = worker.log_text()
+            assert "rediscluster://:***@127.0.0.1:" in log  # the worker's banner
+            assert SECRET not in log
             record_property("promoted_after_s", round(promoted_after, 2))
             record_property("before_on_killed_master", len(on_victim))
             record_property("before_lost", len(lost))
