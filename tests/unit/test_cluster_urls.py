@@ -119,3 +119,38 @@ def test_make_app_accepts_a_cluster_result_backend() -> None:
         "t", broker_url="redis://localhost:6379/0", result_backend="rediscluster://a:7000,b:7001"
     )
     assert app.conf.result_backend == "rediscluster://a:7000,b:7001/0"
+
+
+def test_a_cluster_result_backend_from_the_environment_selects_the_cluster_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CELERY_RESULT_BACKEND", "rediscluster://a:7000,b:7001")
+    app = make_app("t", broker_url="redis://localhost:6379/0")
+    assert type(app.backend).__name__ == "RedisClusterBackend"
+    assert app.backend.cluster_url.hosts == (("a", 7000), ("b", 7001))
+
+
+def test_configure_reads_a_cluster_result_backend_from_the_host_config() -> None:
+    from celery import Celery
+
+    from celeryredis import configure
+
+    app = Celery("host", set_as_current=False)
+    app.conf.update(
+        broker_url="redis://localhost:6379/0", result_backend="rediscluster://a:7000,b:7001"
+    )
+    configure(app)
+    assert type(app.backend).__name__ == "RedisClusterBackend"
+
+
+def test_configure_refuses_a_cluster_broker_in_the_host_config() -> None:
+    from celery import Celery
+
+    from celeryredis import configure
+
+    app = Celery("host", set_as_current=False)
+    app.conf.update(broker_url=f"rediscluster://:{SECRET}@a:7000")
+    configure(app)  # reads nothing yet: the host's configuration is read when Celery loads it
+    with pytest.raises(ConfigurationError, match="broker transport for Redis Cluster") as excinfo:
+        _ = app.conf.broker_url
+    assert SECRET not in str(excinfo.value)
