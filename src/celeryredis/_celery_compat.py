@@ -70,6 +70,43 @@ PRIVATE_API: Final[tuple[tuple[str, str, str], ...]] = (
         "DeadLetterQueue.replay: drop a result message Celery buffered for a task id that "
         "is published again",
     ),
+    (
+        "celery.backends.redis.RedisBackend._set",
+        "method",
+        "cluster.RedisClusterBackend overrides it: SET, then PUBLISH outside a pipeline "
+        "(redis-py refuses PUBLISH in a cluster pipeline)",
+    ),
+    (
+        "celery.backends.redis.ResultConsumer._reconnect_pubsub",
+        "method",
+        "cluster.ClusterResultConsumer overrides it: no connection_pool.reset(), "
+        "mget_nonatomic, a node that answers",
+    ),
+    (
+        "celery.backends.redis.ResultConsumer._reset_sync",
+        "method",
+        "cluster.ClusterResultConsumer.on_after_fork: fresh locks in a forked child",
+    ),
+    (
+        "celery.backends.redis.ResultConsumer._locked",
+        "method",
+        "cluster.ClusterResultConsumer: pub/sub operations one at a time, as Celery's",
+    ),
+    (
+        "celery.backends.redis.ResultConsumer._pubsub",
+        "attribute",
+        "cluster.ClusterResultConsumer: the pub/sub object it replaces on reconnect",
+    ),
+    (
+        "celery.backends.redis.ResultConsumer._pending_unsubscribe",
+        "instance attribute",
+        "cluster.ClusterResultConsumer: unsubscribes queued while reconnecting",
+    ),
+    (
+        "celery.backends.asynchronous.BaseResultConsumer._connection_errors",
+        "attribute",
+        "cluster.ClusterResultConsumer: cluster failover errors also trigger a reconnect",
+    ),
 )
 
 #: Celery functions that :func:`celeryredis.enqueue_many` re-implements (``bulk._Sender``

@@ -49,7 +49,7 @@ from celeryredis.redaction import redact_setting, redact_text
 from celeryredis.registry import SETTINGS, default
 from celeryredis.tasks import Task
 from celeryredis.transport import reliable_url
-from celeryredis.urls import parse_redis_url
+from celeryredis.urls import parse_redis_url, refuse_cluster_broker
 from celeryredis.validation import (
     Finding,
     derive_visibility_timeout,
@@ -76,7 +76,15 @@ class _Unset:
 
 _UNSET: Final = _Unset()
 
-_REDIS_SCHEMES: Final = ("redis", "rediss", "sentinel", "unix", "redis+socket")
+_REDIS_SCHEMES: Final = (
+    "redis",
+    "rediss",
+    "sentinel",
+    "unix",
+    "redis+socket",
+    "rediscluster",
+    "redisclusters",
+)
 _NEGATIVE_OK: Final = frozenset({"result_cache_max"})
 #: Settings the layer resolves on every read (they depend on other settings).
 _RESOLVED: Final = MERGED_DICT_SETTINGS | {
@@ -325,12 +333,14 @@ def _make_spec(
                 "broker_url=None: celeryredis needs a Redis broker; pass a redis:// URL",
                 setting="broker_url",
             )
-        broker_url = parse_redis_url(broker_url, setting="broker_url").geturl()
+        broker_url = refuse_cluster_broker(parse_redis_url(broker_url, setting="broker_url"))
+        broker_url = broker_url.geturl()
     if isinstance(result_backend, str):
         result_backend = parse_redis_url(result_backend, setting="result_backend").geturl()
     for var in ("CELERY_BROKER_URL", "REDIS_URL"):
         if var in environ:
-            parse_redis_url(environ[var], setting=f"broker_url (from ${var})")
+            setting = f"broker_url (from ${var})"
+            refuse_cluster_broker(parse_redis_url(environ[var], setting=setting), setting=setting)
     spec = _Spec(context, presets, keywords, broker_url, result_backend, environ, validate)
     mode, per_check = _modes(spec, _resolve_plain(spec))
     normalise_modes(mode, per_check)
@@ -353,7 +363,10 @@ def _normal_url(value: Any, setting: str, source: str, *, strict: bool) -> Any:
             parse_redis_url(str(value), setting=f"broker_url (from {source})")  # raises
         return value
     try:
-        return parse_redis_url(value, setting=f"{setting} (from {source})").geturl()
+        parsed = parse_redis_url(value, setting=f"{setting} (from {source})")
+        if setting == "broker_url":
+            refuse_cluster_broker(parsed, setting=f"broker_url (from {source})")
+        return parsed.geturl()
     except ConfigurationError:
         if strict:
             raise

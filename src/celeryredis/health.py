@@ -34,12 +34,14 @@ from typing import Any, Final, Literal
 
 import redis
 from celery import Celery
+from redis.exceptions import RedisClusterException
 
 from celeryredis import _kombu_compat
 from celeryredis._errors import classify, describe
+from celeryredis.cluster import cluster_client
 from celeryredis.connection import new_redis
 from celeryredis.keys import dead_letter_key, heartbeat_key, workers_key
-from celeryredis.urls import parse_redis_url, redact_text
+from celeryredis.urls import RedisURL, parse_redis_url, redact_text
 
 __all__ = [
     "SENT_AT_HEADER",
@@ -600,6 +602,8 @@ def _backend_part(app: Celery, timeout: float) -> HealthPart:
         return HealthPart("backend", "ok", "not a Redis result backend; not checked")
     if parsed.geturl() == parse_redis_url(app.conf.broker_url).geturl():
         return HealthPart("backend", "ok", "the broker's Redis (see broker)")
+    if parsed.is_cluster:
+        return _cluster_backend_part(parsed, timeout)
     try:
         client = new_redis(app, url=parsed.geturl(), timeout=timeout)
         try:
@@ -609,6 +613,21 @@ def _backend_part(app: Celery, timeout: float) -> HealthPart:
     except redis.RedisError as exc:
         return HealthPart("backend", "fail", f"result backend {_failure(exc, 'result_backend')}")
     return HealthPart("backend", "ok", f"reachable in {latency * 1000:.1f} ms", latency)
+
+
+def _cluster_backend_part(url: RedisURL, timeout: float) -> HealthPart:
+    """PING every node of a Redis Cluster result backend (``RedisCluster.ping``)."""
+    started = time.monotonic()
+    try:
+        client = cluster_client(url, {"socket_timeout": timeout, "socket_connect_timeout": timeout})
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, RedisClusterException) as exc:
+        return HealthPart("backend", "fail", f"result backend cluster unreachable: {_error(exc)}")
+    latency = time.monotonic() - started
+    return HealthPart("backend", "ok", f"cluster reachable in {latency * 1000:.1f} ms", latency)
 
 
 def _server_parts(client: redis.Redis) -> list[HealthPart]:

@@ -16,6 +16,7 @@ import pytest
 from celery import Celery
 
 from celeryredis.testing._proxy import FaultProxy
+from celeryredis.testing._rediscluster import LocalRedisCluster
 from celeryredis.testing._server import RedisServer, RedisServerNotFound, started_here
 from celeryredis.testing._worker import WorkerProcess
 
@@ -24,6 +25,8 @@ __all__ = [
     "celeryredis_app",
     "fault_proxy_factory",
     "inprocess_worker",
+    "redis_cluster",
+    "redis_cluster_factory",
     "redis_server",
     "redis_server_factory",
     "redis_url",
@@ -93,6 +96,54 @@ def redis_server_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]
     finally:
         for server in servers:
             server.cleanup()
+
+
+def _start_cluster(cluster: LocalRedisCluster) -> LocalRedisCluster:
+    try:
+        return cluster.start()
+    except RedisServerNotFound as exc:
+        cluster.cleanup()
+        _need_redis(exc)
+        raise
+    except BaseException:
+        cluster.cleanup()
+        raise
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """One throwaway Redis Cluster (3 masters, 3 replicas) for the session; do not kill its nodes.
+
+    Its ``url`` is the ``rediscluster://`` form listing every node.
+    """
+    cluster = LocalRedisCluster(directory=tmp_path_factory.mktemp("redis-cluster"))
+    _start_cluster(cluster)
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def redis_cluster_factory(tmp_path: Path) -> Iterator[Callable[..., LocalRedisCluster]]:
+    """Start private Redis Clusters a test may kill nodes of; all stopped at teardown.
+
+    Call it with :class:`~celeryredis.testing.LocalRedisCluster`'s arguments
+    (``masters``, ``replicas``, ``node_timeout_ms``, ``password``).
+    """
+    clusters: list[LocalRedisCluster] = []
+
+    def start(**kwargs: Any) -> LocalRedisCluster:
+        kwargs.setdefault("directory", tmp_path / f"cluster-{len(clusters)}")
+        cluster = LocalRedisCluster(**kwargs)
+        clusters.append(cluster)
+        return _start_cluster(cluster)
+
+    try:
+        yield start
+    finally:
+        for cluster in clusters:
+            cluster.cleanup()
 
 
 @pytest.fixture
