@@ -22,9 +22,10 @@ from celeryredis.exceptions import (
     RedisRefusedError,
     ResultNotStoredError,
 )
-from celeryredis.health import HealthReport, check_health, check_worker, inspect_queues
+from celeryredis.health import HealthReport, check_health, check_worker
 from celeryredis.log import configure_logging
 from celeryredis.presets import Preset, Setting
+from celeryredis.queues import inspect_queues
 from celeryredis.ratelimit import RateLimiter, rate_limiter
 from celeryredis.tasks import RateLimitedTask, RetryTask, Task, UniqueTask
 from celeryredis.urls import RedisURL, parse_redis_url

@@ -37,9 +37,10 @@ from celeryredis.deadletter import (
     iso_utc,
 )
 from celeryredis.exceptions import CeleryRedisError, ConfigurationError
-from celeryredis.health import HealthPart, QueueDepth, check_health, check_worker, inspect_queues
+from celeryredis.health import HealthPart, check_health, check_worker
 from celeryredis.keys import lock_pattern
 from celeryredis.log import redact_exc_info
+from celeryredis.queues import QueueDepth, inspect_queues
 from celeryredis.redaction import redact_text
 
 __all__ = ["EXIT_CODES", "CliError", "main", "redis_command"]

@@ -24,7 +24,7 @@ from billiard.exceptions import WorkerLostError
 from celery import Celery, signals
 
 from celeryredis.deadletter import dead_letter_message
-from celeryredis.health import SENT_AT_HEADER
+from celeryredis.keys import SENT_AT_HEADER
 from celeryredis.log import install_redaction
 from celeryredis.tasks.base import Task, emit, remember_routing
 from celeryredis.tasks.unique import UNIQUE_HEADER, UniqueTask

@@ -30,7 +30,7 @@ from celeryredis import _kombu_compat
 from celeryredis.connection import new_redis
 from celeryredis.deadletter import DeadLetterError, DeadLetterQueue, dead_letter_message
 from celeryredis.exceptions import ConfigurationError
-from celeryredis.health import remove_heartbeat, write_heartbeat
+from celeryredis.heartbeat import remove_heartbeat, write_heartbeat
 from celeryredis.keys import poison_key
 from celeryredis.presets import known_settings
 from celeryredis.redaction import redact_text
