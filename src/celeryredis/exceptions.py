@@ -6,12 +6,20 @@ project can catch everything of ours with one ``except`` clause::
     CeleryRedisError
     ├── ConfigurationError (also a ValueError)
     ├── DuplicateTaskError
-    ├── PublishError
+    │   └── celeryredis.bulk.BulkDuplicateError (also a BulkPublishError)
+    ├── PublishError (also a ConnectionError)
     ├── RedisRefusedError
     ├── ResultNotStoredError
-    ├── celeryredis.locks.LockError
-    ├── celeryredis.deadletter.DeadLetterError
-    └── celeryredis.testing.RedisServerError, WorkerProcessError
+    ├── LockError
+    ├── RateLimitError
+    ├── DeadLetterError
+    │   └── DeadLetterNotFound
+    ├── celeryredis.bulk.BulkPublishError (its resolve() needs the bulk machinery)
+    └── celeryredis.testing: RedisServerError, WorkerProcessError, FaultProxyError
+
+The library's errors live here (the modules that raise them re-export them); the bulk
+errors live with ``enqueue_many``, whose report they carry, and the test fixtures' errors
+with the fixtures.
 
 Each error carries its context as attributes and a message that says what was
 wrong and how to fix it. Messages never contain secrets: URLs are redacted
@@ -20,13 +28,17 @@ before they are put into a message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 __all__ = [
     "CeleryRedisError",
     "ConfigurationError",
+    "DeadLetterError",
+    "DeadLetterNotFound",
     "DuplicateTaskError",
+    "LockError",
     "PublishError",
+    "RateLimitError",
     "RedisRefusedError",
     "ResultNotStoredError",
 ]
@@ -154,3 +166,51 @@ class ResultNotStoredError(CeleryRedisError):
         super().__init__(message)
         self.task_id = task_id
         self.task_name = task_name
+
+
+class RateLimitError(CeleryRedisError):
+    """Redis could not be asked for a rate-limit decision."""
+
+
+class LockError(CeleryRedisError):
+    """A lock operation failed.
+
+    Attributes:
+        lock_name: The lock's key.
+    """
+
+    def __init__(self, message: str, *, lock_name: str) -> None:
+        super().__init__(message)
+        self.lock_name = lock_name
+
+
+class DeadLetterError(CeleryRedisError):
+    """The dead-letter queue could not be read, written or replayed.
+
+    Attributes:
+        published: Ids of the tasks published before the error (for replay).
+        not_published: Entry ids that were not published (and were put back).
+    """
+
+    def __init__(
+        self, message: str, *, published: Iterable[str] = (), not_published: Iterable[str] = ()
+    ) -> None:
+        super().__init__(message)
+        self.published = tuple(published)
+        self.not_published = tuple(not_published)
+
+
+class DeadLetterNotFound(DeadLetterError):  # noqa: N818 - reads as what happened
+    """No dead-letter entry has these ids (nothing was replayed).
+
+    Attributes:
+        ids: The ids that were not found.
+    """
+
+    def __init__(self, ids: Iterable[str]) -> None:
+        self.ids = tuple(ids)
+        shown = ", ".join(repr(i) for i in self.ids)
+        super().__init__(
+            f"no dead-letter entry {shown}: it was replayed, purged or trimmed already, or "
+            "the id is mistyped (ids look like 1764612000000-0; `celeryredis dlq list` shows them)"
+        )
