@@ -32,9 +32,9 @@ from celeryredis._kombu_batch import BatchProducer, Command
 from celeryredis.connection import get_redis
 from celeryredis.exceptions import CeleryRedisError, DuplicateTaskError
 from celeryredis.keys import bulk_marker_key
-from celeryredis.locks import LockError, TokenLock, acquire_many
+from celeryredis.locks import LockError, TokenLock
 from celeryredis.redaction import redact_text
-from celeryredis.tasks.unique import UNIQUE_HEADER, UniqueTask
+from celeryredis.tasks.unique import UniqueTask
 
 __all__ = ["BulkDuplicateError", "BulkPublishError", "Progress", "enqueue_many"]
 
@@ -311,12 +311,11 @@ def _prepare(batch: _Batch, items: list[tuple[int, Any]]) -> list[_Call]:
 
 
 def _set_unique_header(task: UniqueTask, call: _Call) -> str:
-    headers = dict(call.options.get("headers") or {})
-    key = headers.get(UNIQUE_HEADER) or task.unique_lock_key(call.args, call.kwargs)
-    headers[UNIQUE_HEADER] = key
-    call.options["headers"] = headers
+    call.options["headers"], key = task.unique_headers(
+        call.options.get("headers"), call.args, call.kwargs
+    )
     call.lock_key = key
-    return str(key)
+    return key
 
 
 def _lock_chunk(batch: _Batch, chunk: list[_Call]) -> None:
@@ -336,9 +335,7 @@ def _lock_chunk(batch: _Batch, chunk: list[_Call]) -> None:
             repeats.append(call)
     owners = {key: call.task_id for key, call in first.items()}
     try:
-        states = acquire_many(
-            get_redis(batch.app), owners, task._queue_ttl(), all_or_nothing=strict
-        )
+        states = task.unique_claim(owners, all_or_nothing=strict)  # logs and counts refusals
     except (LockError, OSError) as exc:
         raise _stopped(
             batch, f"enqueue_many({task.name}): taking the unique locks failed: {exc!r}", chunk
@@ -349,7 +346,6 @@ def _lock_chunk(batch: _Batch, chunk: list[_Call]) -> None:
             continue
         if strict:
             raise _duplicate(batch, chunk, key, state.holder, state.ttl)
-        logger.info("task %s: duplicate of %s refused (%s)", task.name, state.holder, key)
         first[key].publish = False
         first[key].result = None if ignore else state.holder
     for call in repeats:  # they follow the first call of their key
