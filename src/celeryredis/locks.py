@@ -209,11 +209,6 @@ class LockRenewer:
         with self._cond:
             self._locks.pop((lock.key, lock.token), None)
 
-    def held(self) -> list[TokenLock]:
-        """The locks being renewed."""
-        with self._cond:
-            return [lock for lock, _ in self._locks.values()]
-
     def _run(self) -> None:
         while True:
             with self._cond:

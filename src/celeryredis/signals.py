@@ -103,8 +103,9 @@ def _on_before_publish(headers: Any = None, **_: Any) -> None:
 def install(app: Celery) -> None:
     """Connect celeryredis's receivers (once per process; they serve every app).
 
-    The receivers act only on tasks whose class derives from
-    :class:`celeryredis.Task`, and hold no reference to ``app``.
+    ``app`` is taken for symmetry with :func:`celeryredis.worker.install` and is not
+    kept: Celery's signals are process-wide, the receivers act only on tasks whose class
+    derives from :class:`celeryredis.Task`, and each finds its app through the task.
     """
     signals.task_received.connect(
         _on_received, weak=False, dispatch_uid="celeryredis.signals.received"

@@ -252,13 +252,15 @@ class PoisonStep(bootsteps.StartStopStep):
     requires = ("celery.worker.consumer.tasks:Tasks",)
     #: Most items moved per run (the rest wait for the next).
     batch = 100
+    #: Seconds between runs: poison items are rare, and nothing waits on them (they are
+    #: safe in their list meanwhile). Its own cadence, not the heartbeat's.
+    interval = 5.0
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         conf = parent.app.conf
         self.enabled = uses_reliable_transport(conf) and bool(
             setting(conf, "celeryredis_dead_letter")
         )
-        self.interval = float(setting(conf, "celeryredis_heartbeat_interval") or 5.0)
         self._tref: Any = None
         super().__init__(parent, **kwargs)
 
