@@ -1,0 +1,86 @@
+"""Re-dispatch promptly a job handed to a prefork child that exits at its task limit.
+
+Celery's prefork pool (``celery.concurrency.asynpool.AsynPool``, Celery 5.7) writes the
+next job to a child as soon as that child's previous result arrives. A child that has
+just run its ``worker_max_tasks_per_child``-th task exits instead of reading it. The
+pool learns of the exit when the child's sentinel pipe becomes readable: it stops
+watching the sentinel and runs ``maintain_pool()`` once, which re-dispatches the jobs
+of *reaped* children only. Linux closes an exiting process's files before its exit
+status can be collected, so that single ``maintain_pool()`` often runs a moment too
+early, finds the child not reaped yet, and nothing looks again until another child
+exits or the pool's 5-second maintenance timer fires. Until then the job, and the
+prefetch slot it holds, sit idle: at ``worker_prefetch_multiplier = 1`` half of a
+``-c 2`` worker's slots, and at the end of a backlog the whole worker, for up to 5 s
+per recycle (``docs/transport.md``, "Prefork drain").
+
+:class:`PreforkReapStep` wraps the pool's ``_event_process_exit`` on the pool instance:
+when the exited child is still in the pool after ``maintain_pool()``, it runs
+``maintain_pool()`` again from the worker's event loop 1 ms later, doubling the delay
+up to :data:`_RETRY_DELAYS`'s last step. The 5-second timer stays as the last resort.
+
+Private Celery/billiard API used (pinned by ``tests/unit/test_prefork_shim.py``):
+``TaskPool._pool`` (the ``AsynPool``), ``AsynPool._event_process_exit(hub, proc)``,
+``AsynPool._pool`` (billiard's list of live child processes).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+from celery import bootsteps
+
+__all__ = ["PreforkReapStep", "install_reaper"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between the retries of ``maintain_pool()`` for an exited, unreaped child.
+_RETRY_DELAYS: Final = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512)
+_MARK: Final = "_celeryredis_reaper"
+
+
+def install_reaper(pool: Any) -> bool:
+    """Wrap ``pool._event_process_exit`` on the instance; True when installed.
+
+    ``pool`` is an ``AsynPool``; anything else (the solo, threads or green pools'
+    objects, or an ``AsynPool`` without the hook) is left alone and False returned.
+    """
+    original = getattr(pool, "_event_process_exit", None)
+    if original is None or not hasattr(pool, "maintain_pool") or getattr(pool, _MARK, False):
+        return False
+
+    def retry(hub: Any, proc: Any, attempt: int) -> None:
+        if proc not in pool._pool:
+            return
+        pool.maintain_pool()
+        if proc in pool._pool and attempt + 1 < len(_RETRY_DELAYS):
+            hub.call_later(_RETRY_DELAYS[attempt + 1], retry, hub, proc, attempt + 1)
+        elif proc in pool._pool:
+            logger.debug("celeryredis: pool process %s not reaped yet; left to Celery", proc.pid)
+
+    def event_process_exit(hub: Any, proc: Any) -> None:
+        original(hub, proc)
+        if proc in pool._pool:
+            # The sentinel closed before the exit status could be collected.
+            hub.call_later(_RETRY_DELAYS[0], retry, hub, proc, 0)
+
+    pool._event_process_exit = event_process_exit
+    setattr(pool, _MARK, True)
+    return True
+
+
+class PreforkReapStep(bootsteps.StartStopStep):
+    """Worker bootstep: install :func:`install_reaper` on the prefork pool once it exists.
+
+    The pool registers each child's sentinel with the event loop after the pool has
+    started, through ``self._event_process_exit``, so wrapping the instance here (after
+    the ``Pool`` step started it) covers every child, the replacements too.
+    """
+
+    label = "celeryredis prefork reaper"
+    requires = ("celery.worker.components:Pool",)
+
+    def start(self, parent: Any) -> None:
+        """Wrap the prefork pool's exit handler (no-op on other pools)."""
+        task_pool = getattr(parent, "pool", None)
+        install_reaper(getattr(task_pool, "_pool", None))
