@@ -56,7 +56,10 @@ def install_reaper(pool: Any) -> bool:
         if proc in pool._pool and attempt + 1 < len(_RETRY_DELAYS):
             hub.call_later(_RETRY_DELAYS[attempt + 1], retry, hub, proc, attempt + 1)
         elif proc in pool._pool:
-            logger.debug("celeryredis: pool process %s not reaped yet; left to Celery", proc.pid)
+            logger.debug(
+                "celeryredis: pool process %s not reaped yet; left to Celery's timer",
+                getattr(proc, "pid", None),
+            )
 
     def event_process_exit(hub: Any, proc: Any) -> None:
         original(hub, proc)
