@@ -266,6 +266,8 @@ class Task(celery.Task[Any, Any]):
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Log ``started`` and start the attempt's clock."""
         self.request.celeryredis_started = time.monotonic()  # type: ignore[attr-defined]
+        if not lifecycle_logger.isEnabledFor(logging.INFO):
+            return  # _log() would drop it: skip the argument summary (a per-task cost)
         summary = summarize_call(
             args,
             kwargs,
