@@ -85,7 +85,7 @@ def _drain(
         loglevel="WARNING",
     )
     runs = lambda: {k.decode(): int(v) for k, v in client.hgetall("pf:runs").items()}  # noqa: E731
-    wait_for(lambda: len(runs()) == n, 40, f"all {n} tasks to run (a stranded job never does)")
+    wait_for(lambda: len(runs()) == n, 120, f"all {n} tasks to run (a stranded job never does)")
     assert sorted(runs().values()) == [1] * n
     worker.stop()
     return client
