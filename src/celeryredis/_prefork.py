@@ -16,7 +16,8 @@ per recycle (``docs/transport.md``, "Prefork drain").
 :class:`PreforkReapStep` wraps the pool's ``_event_process_exit`` on the pool instance:
 when the exited child is still in the pool after ``maintain_pool()``, it runs
 ``maintain_pool()`` again from the worker's event loop 1 ms later, doubling the delay
-up to :data:`_RETRY_DELAYS`'s last step. The 5-second timer stays as the last resort.
+to 0.5 s and then every 0.5 s, for about 6 s (:data:`_RETRY_DELAYS`). Celery's
+5-second timer stays as well.
 
 Private Celery/billiard API used (pinned by ``tests/unit/test_prefork_shim.py``):
 ``TaskPool._pool`` (the ``AsynPool``), ``AsynPool._event_process_exit(hub, proc)``,
@@ -34,8 +35,12 @@ __all__ = ["PreforkReapStep", "install_reaper"]
 
 logger = logging.getLogger(__name__)
 
-#: Seconds between the retries of ``maintain_pool()`` for an exited, unreaped child.
-_RETRY_DELAYS: Final = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512)
+#: Seconds between the retries of ``maintain_pool()`` for an exited, unreaped child:
+#: doubling from 1 ms, then every 0.5 s, about 6 s in all (past Celery's 5 s timer).
+_RETRY_DELAYS: Final = (
+    *(0.001 * 2**n for n in range(10)),  # 1 ms ... 512 ms, about 1 s in all
+    *(0.5,) * 10,
+)
 _MARK: Final = "_celeryredis_reaper"
 
 
