@@ -35,8 +35,11 @@ __all__ = [
     "mirrored_changes",
     "missing",
     "old_setting_names",
+    "pool_children",
+    "prefork_pool",
     "reply_to",
     "require_supported",
+    "wrap_process_exit",
 ]
 
 #: The installed Celery's version as a tuple of ints, e.g. ``(5, 7, 0)``.
@@ -106,6 +109,22 @@ PRIVATE_API: Final[tuple[tuple[str, str, str], ...]] = (
         "celery.backends.asynchronous.BaseResultConsumer._connection_errors",
         "attribute",
         "cluster.ClusterResultConsumer: cluster failover errors also trigger a reconnect",
+    ),
+    (
+        "celery.concurrency.asynpool.AsynPool._event_process_exit",
+        "method",
+        "_prefork: wrapped on the pool instance to re-run maintain_pool() until an exited "
+        "child is reaped",
+    ),
+    (
+        "celery.concurrency.prefork.TaskPool._pool",
+        "instance attribute",
+        "_prefork: the worker's AsynPool (set when the pool starts)",
+    ),
+    (
+        "billiard.pool.Pool._pool",
+        "instance attribute",
+        "_prefork: the pool's live child processes (an exited child leaves it when reaped)",
     ),
 )
 
@@ -187,6 +206,30 @@ def discard_buffered_result(backend: Any, task_id: str) -> None:
     dropped = buffered.pop(task_id, None)
     if dropped is not None and hasattr(buffered, "total"):
         buffered.total -= len(dropped)
+
+
+def prefork_pool(task_pool: Any) -> Any:
+    """The ``AsynPool`` behind a worker's prefork ``TaskPool`` (None for other pools)."""
+    return getattr(task_pool, "_pool", None)
+
+
+def pool_children(pool: Any) -> list[Any]:
+    """A billiard pool's live child processes (an exited child leaves when reaped)."""
+    return list(pool._pool)
+
+
+def wrap_process_exit(pool: Any, wrap: Any) -> bool:
+    """Replace ``pool._event_process_exit`` on the instance with ``wrap(original)``.
+
+    The pool looks the handler up on the instance when it registers each child's
+    sentinel, so replacing it after the pool started covers every child. Returns False
+    (and changes nothing) when ``pool`` has no such handler.
+    """
+    original = getattr(pool, "_event_process_exit", None)
+    if original is None:
+        return False
+    pool._event_process_exit = wrap(original)
+    return True
 
 
 def _lookup(dotted: str) -> Any:

@@ -27,6 +27,7 @@ from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer as _CeleryConsumer
 
 from celeryredis import _kombu_compat
+from celeryredis._prefork import PreforkReapStep
 from celeryredis.connection import new_redis
 from celeryredis.deadletter import DeadLetterError, DeadLetterQueue, dead_letter_message
 from celeryredis.exceptions import ConfigurationError
@@ -316,6 +317,8 @@ def install(app: Celery) -> None:
     """Add celeryredis's worker and consumer bootsteps to ``app`` (idempotent)."""
     if ValidationStep not in app.steps["worker"]:
         app.steps["worker"].add(ValidationStep)
+    if PreforkReapStep not in app.steps["worker"]:
+        app.steps["worker"].add(PreforkReapStep)
     if HeartbeatStep not in app.steps["consumer"]:
         app.steps["consumer"].add(HeartbeatStep)
     if PoisonStep not in app.steps["consumer"]:

@@ -372,6 +372,8 @@ class Task(celery.Task[Any, Any]):
         """Log ``started`` and start the attempt's clock."""
         self.request.celeryredis_started = time.monotonic()  # type: ignore[attr-defined]
         bind_task_secrets(self._secrets(args, kwargs))
+        if not lifecycle_logger.isEnabledFor(logging.INFO):
+            return  # _log() would drop it: skip the argument summary (a per-task cost)
         summary = summarize_call(
             args,
             kwargs,
