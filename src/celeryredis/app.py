@@ -856,15 +856,32 @@ def _with_sources(findings: Iterable[Finding], flat: Mapping[str, _Layered]) -> 
     return out
 
 
+#: Celery's own default task classes, which configure() replaces with ours.
+_CELERY_DEFAULT_TASK_CLASSES: Final = {
+    "celery.app.task:Task": "celeryredis.tasks:Task",
+    "celery.app.task.Task": "celeryredis.tasks:Task",
+    "celery:Task": "celeryredis.tasks:Task",
+    # Celery's Django fixup: ours combined with it (delay_on_commit stays).
+    "celery.contrib.django.task:DjangoTask": "celeryredis.tasks.django:DjangoTask",
+}
+
+
 def _default_task_class(app: Celery) -> None:
-    """celeryredis.Task becomes the default task class unless the host chose its own."""
+    """celeryredis.Task becomes the default task class unless the host chose its own.
+
+    Celery's defaults (``celery.Task``, and ``DjangoTask`` that its Django fixup sets)
+    are replaced; a class the host passed (``Celery(task_cls=...)``) is kept and the
+    ``task-class`` check says how to combine it.
+    """
     current: Any = app.task_cls
-    if current in ("celery.app.task:Task", "celery.app.task.Task", "celery:Task") or (
-        isinstance(current, type) and current.__module__ == "celery.app.task"
-    ):
-        app.task_cls = cast("Any", Task)
-        if "Task" in vars(app):  # the base class was built already: build it again
-            del app.Task
+    if isinstance(current, type):
+        current = f"{current.__module__}:{current.__qualname__}"
+    ours = _CELERY_DEFAULT_TASK_CLASSES.get(str(current))
+    if ours is None:
+        return
+    app.task_cls = cast("Any", Task) if ours.endswith("tasks:Task") else ours
+    if "Task" in vars(app):  # the base class was built already: build it again
+        del app.Task
 
 
 def _install(app: Celery, spec: _Spec) -> _Layer:

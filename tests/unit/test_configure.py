@@ -260,3 +260,13 @@ def test_an_eager_host_does_not_retry_its_result_backend() -> None:
     settings.CELERY_RESULT_BACKEND_ALWAYS_RETRY = True  # type: ignore[attr-defined]
     settings.CELERY_TASK_ALWAYS_EAGER = True  # type: ignore[attr-defined]
     assert app.conf.result_backend_always_retry is True  # the host chose it
+
+
+def test_celerys_django_task_class_becomes_ours_combined_with_it() -> None:
+    """Celery's Django fixup sets DjangoTask as the default: ours keeps delay_on_commit."""
+    app = Celery("django_fixup", set_as_current=False)
+    app.task_cls = "celery.contrib.django.task:DjangoTask"  # what the fixup sets
+    app.config_from_object(_settings_class())
+    configure(app)
+    assert app.task_cls == "celeryredis.tasks.django:DjangoTask"
+    # examples/django's suite runs it in a real Django project (delay_on_commit included).
