@@ -119,7 +119,7 @@ def goal_section(sections: Sequence[Section], *, smoke: bool) -> Section:
             if smoke
             else ""
         ),
-        ["goal", "target", "measured", "runs", "result"],
+        ["goal", "target", "measured ×", "runs", "result"],
     )
     for goal in GOALS:
         source = found.get(goal.section)
@@ -133,7 +133,7 @@ def goal_section(sections: Sequence[Section], *, smoke: bool) -> Section:
             [
                 goal.measure,
                 goal.wanted(),
-                spread(values, "{:.2f}×"),
+                spread(values, "{:.2f}"),
                 str(len(values)),
                 "met" if met else "**not met**",
             ]

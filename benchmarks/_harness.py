@@ -152,7 +152,9 @@ def bimodal(values: Sequence[float]) -> bool:
 
 
 def spread(values: Sequence[float], fmt: str = "{:,.0f}") -> str:
-    """``median (min–max)``, flagged when bimodal."""
+    """``median (min–max)``, flagged when bimodal; the one figure of a single run."""
+    if len(values) == 1:
+        return fmt.format(values[0])
     text = f"{fmt.format(median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
     return f"{text} {MARK}" if bimodal(values) else text
 
