@@ -20,7 +20,7 @@ DOCS_BUDGET ?= 180
 # `make compat` (not part of CI): two virtualenvs, the core suite in each.
 COMPAT_BUDGET ?= 2400
 
-.PHONY: help venv redis lint typecheck imports test unit integration docs demo install-check bench faults compat clean
+.PHONY: help venv redis lint typecheck imports test unit integration docs demo install-check bench bench-quick faults compat clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -73,6 +73,10 @@ bench: venv redis  ## Benchmarks (not part of make test): benchmarks/results/ an
 	timeout $(SETUP_BUDGET) $(BIN)/python -m pip install -q --disable-pip-version-check --group bench
 	timeout 3600 $(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_probe.py
+
+bench-quick: venv redis  ## Smoke run of the benchmarks (a few minutes): benchmarks/results/quick.md only.
+	timeout $(SETUP_BUDGET) $(BIN)/python -m pip install -q --disable-pip-version-check --group bench
+	timeout 600 $(BIN)/python benchmarks/run_all.py --quick $(BENCH_ARGS)
 
 faults: venv redis  ## Fault scenarios under Celery's defaults and production; rewrites docs/reliability.md.
 	rm -f build/faults.json && mkdir -p build
