@@ -1,0 +1,191 @@
+"""Redis Cluster as the broker: a real 3+3 cluster, real workers, results on the cluster.
+
+The app is ``make_app(broker_url="rediscluster://...", result_backend="rediscluster://...")``;
+its workers consume three queues whose hash tags live on three different masters. Every
+task run is counted in a Redis hash on the cluster (``HINCRBY``), so "ran exactly once"
+is read from Redis, not inferred from results.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celeryredis.testing import LocalRedisCluster, WorkerProcess
+from celeryredis.transport._cluster import queue_keys
+from tests._util import import_host_module, wait_for
+
+pytestmark = pytest.mark.integration
+
+APP = """
+import os
+import time
+
+import redis.cluster
+from celeryredis import make_app
+
+URL = os.environ["CLUSTER_URL"]
+app = make_app(
+    "clusterbrokerapp",
+    broker_url=URL,
+    result_backend=URL,
+    preset="testing",
+    celeryredis_lease_seconds=3.0,
+)
+_client = None
+
+
+def runs():
+    global _client
+    if _client is None:
+        nodes = [
+            redis.cluster.ClusterNode("127.0.0.1", int(port))
+            for port in os.environ["CLUSTER_PORTS"].split(",")
+        ]
+        _client = redis.cluster.RedisCluster(startup_nodes=nodes)
+    return _client
+
+
+@app.task(shared=False)
+def work(key, n):
+    runs().hincrby("{runs}:" + key, str(n), 1)
+    return n * 2
+
+
+@app.task(shared=False)
+def slow(key, seconds):
+    runs().hincrby("{runs}:" + key, "slow", 1)
+    time.sleep(seconds)
+    return "done"
+"""
+
+
+def _queues_on_distinct_masters(cluster: LocalRedisCluster) -> list[str]:
+    chosen: dict[int, str] = {}
+    for i in range(200):
+        name = f"cq{i}"
+        chosen.setdefault(cluster.master_for(queue_keys("", name)["lists"][0]), name)
+        if len(chosen) == 3:
+            break
+    assert len(chosen) == 3, chosen
+    return list(chosen.values())
+
+
+@pytest.fixture(scope="module")
+def host(
+    redis_cluster: LocalRedisCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """The host module (``app``, ``work``, ``slow``, ``QUEUES``, ``DIR``, ``ENV``)."""
+    directory = tmp_path_factory.mktemp("clusterbroker")
+    (directory / "clusterbrokerapp.py").write_text(textwrap.dedent(APP))
+    env = {
+        "CLUSTER_URL": redis_cluster.url,
+        "CLUSTER_PORTS": ",".join(str(p) for p in redis_cluster.ports),
+    }
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        module = import_host_module(monkeypatch, directory, "clusterbrokerapp", env)
+        module.QUEUES = _queues_on_distinct_masters(redis_cluster)
+        module.DIR = directory
+        module.ENV = env
+        yield module
+
+
+def _worker(host: Any, name: str, pool: str, concurrency: int = 1) -> WorkerProcess:
+    worker = WorkerProcess(
+        "clusterbrokerapp",
+        cwd=host.DIR,
+        env=host.ENV,
+        pool=pool,
+        concurrency=concurrency,
+        hostname=f"{name}@%h",
+        queues=host.QUEUES,
+        log_path=Path(host.DIR) / f"{name}.log",
+    )
+    try:
+        worker.wait_ready(timeout=60)
+    except BaseException:
+        worker.stop()
+        raise
+    return worker
+
+
+def test_the_broker_url_selects_the_cluster_transport(host: Any) -> None:
+    conf = host.app.conf
+    assert conf.broker_url.startswith("celeryrediscluster://127.0.0.1:")
+    assert conf.broker_read_url == conf.broker_url
+    with host.app.connection_for_write() as conn:
+        assert type(conn.transport).__module__ == "celeryredis.transport._cluster"
+
+
+def test_1000_tasks_over_3_masters_run_once_each_on_a_solo_and_a_prefork_worker(
+    host: Any, redis_cluster: LocalRedisCluster
+) -> None:
+    queues = host.QUEUES
+    masters = {redis_cluster.master_for(queue_keys("", q)["lists"][0]) for q in queues}
+    assert masters == set(redis_cluster.masters)
+    solo = _worker(host, "solo", "solo")
+    prefork = _worker(host, "prefork", "prefork", concurrency=2)
+    try:
+        results = [
+            host.work.apply_async(("bulk", n), queue=queues[n % 3]) for n in range(1000)
+        ]
+        assert [r.get(timeout=80) for r in results] == [2 * n for n in range(1000)]
+        client = redis_cluster.client()
+        try:
+            counts = client.hgetall("{runs}:bulk")
+            per_queue = [client.llen(queue_keys("", q)["lists"][0]) for q in queues]
+            unacked = [client.hlen(queue_keys("", q)["unacked"]) for q in queues]
+        finally:
+            client.close()
+        assert len(counts) == 1000
+        assert set(counts.values()) == {b"1"}, "a task ran more than once"
+        assert per_queue == [0, 0, 0]
+        logs = solo.log_text() + prefork.log_text()
+        assert "Task clusterbrokerapp.work" in solo.log_text()
+        assert "Task clusterbrokerapp.work" in prefork.log_text()
+        assert "Traceback" not in logs
+
+        # Remote control (broadcast over PUBLISH/SUBSCRIBE) reaches both workers.
+        replies = host.app.control.ping(timeout=3.0)
+        names = {name.split("@", 1)[0] for reply in replies for name in reply}
+        assert names == {"solo", "prefork"}, replies
+
+        # The acks of the last tasks reach Redis (piggybacked, or by the lease thread).
+        def acked() -> bool:
+            c = redis_cluster.client()
+            try:
+                return all(c.hlen(queue_keys("", q)["unacked"]) == 0 for q in queues)
+            finally:
+                c.close()
+
+        wait_for(acked, 10, f"no unacked entries left (had {unacked})")
+    finally:
+        solo.stop()
+        prefork.stop()
+
+
+def test_a_worker_killed_mid_task_its_task_runs_again_after_the_lease(
+    host: Any, redis_cluster: LocalRedisCluster
+) -> None:
+    queue = host.QUEUES[1]
+    first = _worker(host, "victim", "solo")
+    client = redis_cluster.client()
+    try:
+        result = host.slow.apply_async(("killed", 2.0), queue=queue)
+        wait_for(lambda: client.hget("{runs}:killed", "slow") == b"1", 30, "the task to start")
+        first.kill()
+        assert client.hlen(queue_keys("", queue)["unacked"]) == 1
+        second = _worker(host, "rescuer", "solo")
+        try:
+            assert result.get(timeout=30) == "done"
+            assert client.hget("{runs}:killed", "slow") == b"2"
+            assert "requeued 1 message(s) whose lease expired" in second.log_text()
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+        client.close()
