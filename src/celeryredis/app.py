@@ -49,7 +49,7 @@ from celeryredis.redaction import redact_setting, redact_text
 from celeryredis.registry import SETTINGS, default
 from celeryredis.tasks import Task
 from celeryredis.transport import CLUSTER_SCHEMES, cluster_broker_url, reliable_url
-from celeryredis.urls import parse_redis_url
+from celeryredis.urls import parse_redis_url, redact_url
 from celeryredis.validation import (
     Finding,
     derive_visibility_timeout,
@@ -614,6 +614,15 @@ def _apply_cluster_transport(flat: dict[str, _Layered], conf: dict[str, Any], br
     from celeryredis.transport import register_aliases  # noqa: PLC0415
 
     register_aliases()
+    given = flat.get("broker_url")
+    if given is not None and given.kind in ("host", "env") and "," in broker.rpartition("@")[2]:
+        raise ConfigurationError(
+            f"broker_url {redact_url(broker)!r} (from {given.source}) lists several Redis "
+            "Cluster nodes, but Celery hands this value to kombu unchanged and kombu reads "
+            "one host per URL; name one node (the cluster client finds the others), or "
+            "pass the URL to make_app(broker_url=...)",
+            setting="broker_url",
+        )
     for name, off in _CLUSTER_NOT_YET.items():
         layered = flat.get(name)
         value = layered.value if layered else default(name)
@@ -637,6 +646,8 @@ def _apply_cluster_transport(flat: dict[str, _Layered], conf: dict[str, Any], br
     why = "a Redis Cluster broker uses celeryredis's cluster transport (celeryrediscluster://)"
     for setting in ("broker_url", "broker_read_url"):
         value = conf.get(setting) or broker
+        if given is not None and given.kind in ("host", "env") and setting == "broker_url":
+            continue  # Celery reads the host's value (or the variable) itself
         aliased = cluster_broker_url(value) if isinstance(value, str) else value
         own = flat.get(setting)
         conf[setting] = aliased

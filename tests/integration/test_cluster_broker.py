@@ -130,9 +130,7 @@ def test_1000_tasks_over_3_masters_run_once_each_on_a_solo_and_a_prefork_worker(
     solo = _worker(host, "solo", "solo")
     prefork = _worker(host, "prefork", "prefork", concurrency=2)
     try:
-        results = [
-            host.work.apply_async(("bulk", n), queue=queues[n % 3]) for n in range(1000)
-        ]
+        results = [host.work.apply_async(("bulk", n), queue=queues[n % 3]) for n in range(1000)]
         assert [r.get(timeout=80) for r in results] == [2 * n for n in range(1000)]
         client = redis_cluster.client()
         try:

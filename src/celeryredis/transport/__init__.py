@@ -13,8 +13,11 @@ schemes, ``celeryredis://`` and ``celeryrediss://`` (TLS), and ``celeryredis+soc
 for Unix sockets; the classes live in :mod:`celeryredis.transport._reliable` and are
 imported only when kombu opens such a connection. The Redis Cluster broker transport
 (:mod:`celeryredis.transport._cluster`) is registered the same way, as
-``celeryrediscluster://`` and ``celeryredisclusters://`` (TLS). A scheme alias, unlike Celery's
-``broker_transport``, survives ``kombu.Connection.switch()`` on failover.
+``celeryrediscluster://`` and ``celeryredisclusters://`` (TLS), and under the plain
+``rediscluster://`` / ``redisclusters://`` schemes (kombu reads one host per URL, so
+those work with one node named; ``make_app`` writes the ``celeryrediscluster://`` form).
+A scheme alias, unlike Celery's ``broker_transport``, survives
+``kombu.Connection.switch()`` on failover.
 """
 
 from __future__ import annotations
@@ -55,7 +58,9 @@ def register_aliases() -> None:
 
     for scheme in RELIABLE_SCHEMES.values():
         TRANSPORT_ALIASES.setdefault(scheme, _TARGET)
-    for scheme in CLUSTER_SCHEMES.values():
+    for scheme in (*CLUSTER_SCHEMES, *CLUSTER_SCHEMES.values()):
+        # rediscluster:// too: a host's own broker_url (or $CELERY_BROKER_URL), which
+        # Celery hands to kombu unchanged, works when it names one node.
         TRANSPORT_ALIASES.setdefault(scheme, _CLUSTER_TARGET)
 
 

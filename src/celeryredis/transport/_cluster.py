@@ -1,4 +1,4 @@
-"""A kombu transport for a Redis Cluster broker: ``Transport``, ``Channel``, ``QoS``.
+r"""A kombu transport for a Redis Cluster broker: ``Transport``, ``Channel``, ``QoS``.
 
 A kombu *virtual* transport (``kombu.transport.virtual``), not a subclass of kombu's
 Redis transport: that one waits on every queue with one ``BRPOP`` and keeps unacked
@@ -9,7 +9,7 @@ schemes ``celeryrediscluster://`` and ``celeryredisclusters://`` (TLS), which
 Key layout: every key of one queue shares one hash tag, ``{<queue>}``, so each script
 and transaction stays in one slot (with ``global_keyprefix`` ``p:``, ``p:{celery}``):
 
-- ``{q}`` and ``{q}\\x06\\x16<step>``: the queue's lists, one per priority step, as
+- ``{q}`` and ``{q}\x06\x16<step>``: the queue's lists, one per priority step, as
   kombu names them;
 - ``{q}:unacked`` / ``{q}:unacked_index``: the queue's unacked hash and lease index;
 - ``{q}:poison``: items that are not kombu messages (capped at 1000);
@@ -73,11 +73,11 @@ def _tag(queue: str) -> str:
 def queue_keys(
     prefix: str, queue: str, steps: Sequence[int] = DEFAULT_PRIORITY_STEPS
 ) -> dict[str, Any]:
-    """The keys of ``queue`` on a cluster broker, all in one hash slot.
+    r"""The keys of ``queue`` on a cluster broker, all in one hash slot.
 
     Example:
         >>> queue_keys("", "celery")["lists"][:2]
-        ['{celery}', '{celery}\\x06\\x163']
+        ['{celery}', '{celery}\x06\x163']
         >>> queue_keys("p:", "celery")["unacked"]
         'p:{celery}:unacked'
     """
@@ -190,7 +190,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
     # --- the cluster client -----------------------------------------------------------
 
     @property
-    def client(self) -> RedisCluster:
+    def client(self) -> Any:
         """The channel's ``RedisCluster`` (one per channel, thread-safe)."""
         if self._client is None:
             conninfo = self.connection.client
@@ -243,7 +243,9 @@ class Channel(virtual.Channel):  # type: ignore[misc]
     def _fanout_channel(self, exchange: str) -> str:
         return f"{self.global_keyprefix}/0.{exchange}"
 
-    def _put_fanout(self, exchange: str, message: dict[str, Any], routing_key: str, **kw: Any) -> None:
+    def _put_fanout(
+        self, exchange: str, message: dict[str, Any], routing_key: str, **kw: Any
+    ) -> None:
         """PUBLISH: classic pub/sub reaches subscribers on every node of the cluster."""
         self.client.publish(self._fanout_channel(exchange), dumps(message))
 
@@ -262,14 +264,16 @@ class Channel(virtual.Channel):  # type: ignore[misc]
 
     def get_table(self, exchange: str) -> list[tuple[str, str, str]]:
         """The bindings of ``exchange`` as stored in Redis (``SMEMBERS``)."""
-        members = self.client.smembers(self._binding_key(exchange))  # type: ignore[arg-type]
+        members = self.client.smembers(self._binding_key(exchange))
         table = []
-        for member in members:  # type: ignore[union-attr]
+        for member in members:
             routing_key, pattern, queue = bytes_to_str(member).split(_BINDING_SEP, 2)
             table.append((routing_key, pattern, queue))
         return table
 
-    def _delete(self, queue: str, exchange: str, routing_key: str, pattern: str, *args: Any) -> None:
+    def _delete(
+        self, queue: str, exchange: str, routing_key: str, pattern: str, *args: Any
+    ) -> None:
         self.client.srem(
             self._binding_key(exchange),
             _BINDING_SEP.join([routing_key or "", pattern or "", queue or ""]),
@@ -438,7 +442,9 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         except _RETRY_ERRORS as exc:
             # The node went away: subscribe again on a node that answers (messages
             # published meanwhile are lost, as with kombu's Redis fanout).
-            channels = [self._fanout_channel(e) for q, e in self._fanout.items() if q in self._active_queues]
+            channels = [
+                self._fanout_channel(e) for q, e in self._fanout.items() if q in self._active_queues
+            ]
             self._refresh(exc)
             try:
                 pubsub.close()
