@@ -205,3 +205,79 @@ def test_a_worker_killed_mid_task_its_task_runs_again_after_the_lease(
     finally:
         first.stop()
         client.close()
+
+
+# --- the transport through kombu alone (no worker) ----------------------------------------
+
+
+@pytest.fixture
+def kombu_conn(redis_cluster: LocalRedisCluster) -> Iterator[Any]:
+    from kombu import Connection
+
+    from celeryredis.transport import cluster_broker_url
+
+    url = cluster_broker_url(redis_cluster.url)
+    with Connection(url, transport_options={"lease_seconds": 2.0}) as conn:
+        yield conn
+
+
+def _unacked(cluster: LocalRedisCluster, queue: str) -> int:
+    client = cluster.client()
+    try:
+        return int(client.hlen(queue_keys("", queue)["unacked"]))
+    finally:
+        client.close()
+
+
+def test_get_ack_reject_size_and_purge_through_kombu(
+    kombu_conn: Any, redis_cluster: LocalRedisCluster, request: pytest.FixtureRequest
+) -> None:
+    from kombu import Exchange, Queue
+
+    name = f"kq-{request.node.name[-20:]}"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    bound = queue(kombu_conn.default_channel)
+    bound.declare()
+    producer = kombu_conn.Producer()
+    for i in range(3):
+        producer.publish({"i": i}, exchange=queue.exchange, routing_key=name)
+    assert bound.queue_declare(passive=True).message_count == 3
+
+    first = bound.get(no_ack=True)
+    assert first is not None
+    assert first.payload == {"i": 0}
+    assert _unacked(redis_cluster, name) == 0  # no-ack: never recorded
+
+    second = bound.get()
+    assert second.payload == {"i": 1}
+    assert _unacked(redis_cluster, name) == 1  # recorded with a lease
+    second.reject(requeue=True)  # back to the front at once, entry removed
+    assert _unacked(redis_cluster, name) == 0
+    again = bound.get()
+    assert again.payload == {"i": 1}
+    assert again.delivery_tag == second.delivery_tag  # the same message, requeued
+    again.ack()
+    kombu_conn.default_channel.renew()  # the ack rides on this call
+    assert _unacked(redis_cluster, name) == 0
+    assert bound.purge() == 1
+    assert bound.get() is None
+
+
+def test_priorities_come_out_in_kombus_order(kombu_conn: Any) -> None:
+    from kombu import Exchange, Queue
+
+    queue = Queue("kprio", Exchange("kprio", type="direct"), routing_key="kprio")
+    bound = queue(kombu_conn.default_channel)
+    bound.declare()
+    bound.purge()
+    producer = kombu_conn.Producer()
+    for priority in (9, 0, 5):
+        producer.publish(
+            {"p": priority}, exchange=queue.exchange, routing_key="kprio", priority=priority
+        )
+    got = []
+    for _ in range(3):
+        message = bound.get(no_ack=True)
+        got.append(message.payload["p"])
+    # kombu's Redis rule, kept: lower step first (0, then 3-5 -> step 3, then 9).
+    assert got == [0, 5, 9]

@@ -171,6 +171,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         self._fanout: dict[str, str] = {}  # fanout queue -> exchange
         self._fanout_buffers: dict[str, deque[Any]] = {}
         self._no_ack_queues: set[str] = set()
+        self._single = False  # basic_get: fetch one message, buffer none
         self._pubsub: Any = None
         self._client: RedisCluster | None = None
         self._scripts: dict[str, Any] = {}
@@ -327,6 +328,21 @@ class Channel(virtual.Channel):  # type: ignore[misc]
                     logger.debug("celeryredis: unsubscribe failed", exc_info=True)
         return result
 
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        """Get one message; with ``no_ack`` it is not recorded as unacked."""
+        if queue in self._fanout:
+            return super().basic_get(queue, no_ack, **kwargs)
+        consumed_without_ack = queue in self._no_ack_queues
+        self._single = True
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        try:
+            return super().basic_get(queue, no_ack, **kwargs)
+        finally:
+            self._single = False
+            if no_ack and not consumed_without_ack:
+                self._no_ack_queues.discard(queue)
+
     def drain_events(self, timeout: float | None = None, callback: Any = None) -> Any:
         """One round of the poll loop; the restore sweep runs first when it is due."""
         if self._consumers and self._active_queues:
@@ -347,6 +363,8 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         return buffer.popleft()
 
     def _batch_size(self) -> int:
+        if self._single:
+            return 1
         estimate = self.qos.can_consume_max_estimate()
         limit = int(self.fetch_batch_max)
         return limit if estimate is None else max(1, min(int(estimate), limit))
