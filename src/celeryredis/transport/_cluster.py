@@ -29,12 +29,13 @@ any node; the subscription lives on one node and moves to another one when it is
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from queue import Empty
 from typing import Any, Final
 
@@ -59,6 +60,28 @@ _CLAIM_SECONDS: Final = 10.0
 _BINDING_SEP: Final = DEFAULT_SEP
 #: Errors after which the consumer refreshes the slot map and fetches again.
 _RETRY_ERRORS: Final = (redis.ConnectionError, redis.TimeoutError, *CLUSTER_ERRORS)
+
+
+@contextlib.contextmanager
+def _topology_errors() -> Iterator[None]:
+    """Turn redis-py's ``AttributeError`` on a slot map in flux into a ``ConnectionError``.
+
+    While a replica takes over, ``RedisCluster`` can look a slot up and find no node
+    (``'NoneType' object has no attribute 'redis_connection'``, seen in 1 of 5 failover
+    runs here; redis-py issues #2432, #3835). As a connection error it is retried by
+    kombu (publish) or by the next poll round (fetch), like the failover it is.
+    """
+    try:
+        yield
+    except AttributeError as exc:
+        tb, last = exc.__traceback__, None
+        while tb is not None:
+            last, tb = tb, tb.tb_next
+        if last is None or not last.tb_frame.f_code.co_filename.endswith("cluster.py"):
+            raise
+        raise redis.ConnectionError(
+            f"the cluster's slot map changed under the client ({exc}); retried"
+        ) from exc
 
 
 def _tag(queue: str) -> str:
@@ -232,7 +255,9 @@ class Channel(virtual.Channel):  # type: ignore[misc]
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         """LPUSH the message to the queue's list for its priority step."""
         step = self._step(self._get_message_priority(message, reverse=False))
-        self.client.lpush(self._keys(queue)["lists"][self._steps().index(step)], dumps(message))
+        key = self._keys(queue)["lists"][self._steps().index(step)]
+        with _topology_errors():
+            self.client.lpush(key, dumps(message))
 
     def _steps(self) -> list[int]:
         return list(self.priority_steps)
@@ -248,7 +273,8 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         self, exchange: str, message: dict[str, Any], routing_key: str, **kw: Any
     ) -> None:
         """PUBLISH: classic pub/sub reaches subscribers on every node of the cluster."""
-        self.client.publish(self._fanout_channel(exchange), dumps(message))
+        with _topology_errors():
+            self.client.publish(self._fanout_channel(exchange), dumps(message))
 
     # --- bindings (kombu's key layout: one set per exchange) --------------------------
 
@@ -347,7 +373,8 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         """One round of the poll loop; the restore sweep runs first when it is due."""
         if self._consumers and self._active_queues:
             try:
-                self.sweep()
+                with _topology_errors():
+                    self.sweep()
             except _RETRY_ERRORS as exc:
                 self._refresh(exc)
         return super().drain_events(timeout=timeout, callback=callback)
@@ -385,11 +412,12 @@ class Channel(virtual.Channel):  # type: ignore[misc]
             *acks,
         ]
         try:
-            reply = self._scripts["transport_fetch"](
-                keys=[keys["unacked"], keys["index"], keys["poison"], *keys["lists"]],
-                args=argv,
-                client=self.client,
-            )
+            with _topology_errors():
+                reply = self._scripts["transport_fetch"](
+                    keys=[keys["unacked"], keys["index"], keys["poison"], *keys["lists"]],
+                    args=argv,
+                    client=self.client,
+                )
         except _RETRY_ERRORS as exc:
             self._requeue_acks(queue, acks)
             self._refresh(exc)
@@ -695,6 +723,10 @@ class Transport(virtual.Transport):  # type: ignore[misc]
         *CLUSTER_ERRORS,
     )
     channel_errors = (*virtual.Transport.channel_errors, redis.ResponseError)
+    # Declared, so kombu's Connection.ensure keeps retrying a publish after a reconnect
+    # while a replica takes over (without them it gives up at the second error).
+    recoverable_connection_errors = connection_errors
+    recoverable_channel_errors: tuple[type[BaseException], ...] = ()
 
     def driver_version(self) -> str:
         """redis-py's version."""
