@@ -512,8 +512,8 @@ def _env_conflicts(flat: Mapping[str, _Layered], environ: Mapping[str, str]) -> 
     ):
         env = environ.get(var)
         layered = flat.get(setting)
-        if not env or layered is None or layered.kind == "env":
-            continue
+        if not env or layered is None or layered.kind == "env" or env == layered.value:
+            continue  # (equal text: also a cluster broker's celeryrediscluster:// form)
         try:
             same = layered.value is not None and parse_redis_url(env) == parse_redis_url(
                 layered.value
@@ -554,7 +554,8 @@ def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
             "celeryredis's default transport",
         )
     broker = conf.get("broker_url")
-    if isinstance(broker, str) and broker.split(":", 1)[0] in CLUSTER_SCHEMES:
+    cluster_schemes = (*CLUSTER_SCHEMES, *CLUSTER_SCHEMES.values())
+    if isinstance(broker, str) and broker.split(":", 1)[0] in cluster_schemes:
         _apply_cluster_transport(flat, conf, broker)
         return
     if layered.value != "reliable":

@@ -208,6 +208,33 @@ def test_a_worker_killed_mid_task_its_task_runs_again_after_the_lease(
         client.close()
 
 
+def test_the_worker_fixture_points_a_worker_at_the_test_cluster_and_checks_every_node(
+    host: Any, redis_cluster: LocalRedisCluster, celery_worker_process: Any
+) -> None:
+    from celeryredis.testing._guard import check_urls
+    from celeryredis.testing._server import started_here
+
+    worker = celery_worker_process(
+        "clusterbrokerapp",
+        redis_url=redis_cluster.url,
+        cwd=host.DIR,
+        env=host.ENV,
+        pool="solo",
+        queues=host.QUEUES,
+    )
+    worker.wait_ready(timeout=60)
+    assert "celeryredis.testing: verified: broker celeryrediscluster://" in worker.log_text()
+    assert host.work.apply_async(("guarded", 21), queue=host.QUEUES[0]).get(timeout=30) == 42
+    # A node the session did not start is refused, in either cluster URL form.
+    ours = redis_cluster.ports[0]
+    for url in (
+        f"rediscluster://127.0.0.1:{ours},127.0.0.1:6379/0",
+        f"celeryrediscluster://127.0.0.1:{ours}/0;celeryrediscluster://127.0.0.1:6379/0",
+    ):
+        (problem,) = check_urls({"broker_url": url}, started_here())
+        assert "127.0.0.1:6379 is not a redis-server this test session started" in problem
+
+
 # --- the transport through kombu alone (no worker) ----------------------------------------
 
 

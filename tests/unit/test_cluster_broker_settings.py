@@ -100,3 +100,18 @@ def test_every_key_of_a_queue_shares_its_hash_tag() -> None:
     )
     with pytest.raises(ValueError, match="rename the queue"):
         queue_keys("", "a{b}")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"rediscluster://:{SECRET}@a:7000,b:7001/0",
+        "redisclusters://u:p@a:7000,b:7001/0?ssl_cert_reqs=required",
+        "rediscluster://a:7000",
+        "redis://a:6379/0",
+    ],
+)
+def test_the_test_guard_rewrites_a_cluster_url_as_the_settings_layer_does(url: str) -> None:
+    from celeryredis.testing._guard import _kombu_form
+
+    assert _kombu_form(url) == cluster_broker_url(url)
