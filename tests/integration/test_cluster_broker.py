@@ -25,6 +25,8 @@ from tests._util import import_host_module, wait_for
 
 pytestmark = pytest.mark.integration
 
+SECRET = "s3cr3t-Pa55"  # one of tests/conftest.py's SECRETS
+
 APP = """
 import os
 import time
@@ -352,7 +354,7 @@ def test_a_master_killed_mid_drain_loses_no_acknowledged_publish(
 
     from celeryredis.testing import RedisServer
 
-    cluster = redis_cluster_factory(node_timeout_ms=1000)
+    cluster = redis_cluster_factory(node_timeout_ms=1000, password=SECRET)
     cluster.wait_replicas_synced(timeout=30)
     queue = "failq"
     victim = cluster.master_for(queue_keys("", queue)["lists"][0])
@@ -423,7 +425,10 @@ def test_a_master_killed_mid_drain_loses_no_acknowledged_publish(
             assert lost == []
             assert refused == []  # every publish rode out the failover (kombu's retries)
             assert worker.returncode is None  # the worker rode it out
-            assert "refreshing the slot map" in worker.log_text()
+            log = worker.log_text()
+            assert "refreshing the slot map" in log
+            assert "celeryrediscluster://:***@127.0.0.1:" in log  # the worker's banner
+            assert SECRET not in log
         finally:
             worker.stop()
             counts.close()
