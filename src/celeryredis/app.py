@@ -616,7 +616,11 @@ def _apply_cluster_transport(flat: dict[str, _Layered], conf: dict[str, Any], br
 
     register_aliases()
     given = flat.get("broker_url")
-    if given is not None and given.kind in ("host", "env") and "," in broker.rpartition("@")[2]:
+    # Celery reads these itself: the host's broker_url and $CELERY_BROKER_URL (not $REDIS_URL).
+    celerys = given is not None and (
+        given.kind == "host" or (given.kind == "env" and given.source.endswith("CELERY_BROKER_URL"))
+    )
+    if given is not None and celerys and "," in broker.rpartition("@")[2]:
         raise ConfigurationError(
             f"broker_url {redact_url(broker)!r} (from {given.source}) lists several Redis "
             "Cluster nodes, but Celery hands this value to kombu unchanged and kombu reads "
@@ -647,7 +651,7 @@ def _apply_cluster_transport(flat: dict[str, _Layered], conf: dict[str, Any], br
     why = "a Redis Cluster broker uses celeryredis's cluster transport (celeryrediscluster://)"
     for setting in ("broker_url", "broker_read_url"):
         value = conf.get(setting) or broker
-        if given is not None and given.kind in ("host", "env") and setting == "broker_url":
+        if celerys and setting == "broker_url":
             continue  # Celery reads the host's value (or the variable) itself
         aliased = cluster_broker_url(value) if isinstance(value, str) else value
         own = flat.get(setting)

@@ -76,6 +76,14 @@ def test_several_nodes_from_the_environment_are_refused_with_the_fix(
     assert SECRET not in str(excinfo.value)
 
 
+def test_several_nodes_in_redis_url_become_the_transports_form(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "rediscluster://a:7000,b:7001")  # Celery never reads it
+    app = make_app("t")
+    assert app.conf.broker_url == "celeryrediscluster://a:7000/0;celeryrediscluster://b:7001/0"
+
+
 def test_a_cluster_broker_in_the_host_config() -> None:
     app = Celery("host", set_as_current=False)
     app.conf.update(broker_url="rediscluster://a:7000")
