@@ -87,6 +87,24 @@ PRIVATE_API: Final[tuple[tuple[str, str, str, str, str], ...]] = (
         "instance",
         "reliable transport: its own sweep timer (5.7)",
     ),
+    # The Redis Cluster transport (transport/_cluster.py), a virtual transport: the
+    # storage hooks every virtual channel implements ...
+    (_VIRTUAL, "Channel", "_get", "class", "cluster transport: overridden (fetch script)"),
+    (_VIRTUAL, "Channel", "_put", "class", "cluster transport: overridden (LPUSH)"),
+    (_VIRTUAL, "Channel", "_size", "class", "cluster transport: overridden"),
+    (_VIRTUAL, "Channel", "_purge", "class", "cluster transport: overridden"),
+    (_VIRTUAL, "Channel", "_delete", "class", "cluster transport: overridden"),
+    (_VIRTUAL, "Channel", "_has_queue", "class", "cluster transport: overridden"),
+    (_VIRTUAL, "Channel", "_new_queue", "class", "cluster transport: overridden"),
+    # ... the fanout hooks kombu's virtual exchange calls (defined by its Redis channel) ...
+    (_REDIS, "Channel", "_put_fanout", "class", "cluster transport: overridden (PUBLISH)"),
+    (_REDIS, "Channel", "_queue_bind", "class", "cluster transport: overridden (SADD)"),
+    # ... and the virtual channel's and QoS's state it reads.
+    (_VIRTUAL, "Channel", "_active_queues", "instance", "cluster transport: consumed queues"),
+    (_VIRTUAL, "Channel", "_consumers", "instance", "cluster transport: sweep only if consuming"),
+    (_VIRTUAL, "Channel", "_tag_to_queue", "instance", "cluster transport: a cancelled queue"),
+    (_VIRTUAL, "QoS", "_delivered", "instance", "cluster transport: held at close"),
+    (_VIRTUAL, "QoS", "_flush", "class", "cluster transport: drop acked before restoring"),
 )
 
 

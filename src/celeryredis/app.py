@@ -48,8 +48,8 @@ from celeryredis.presets import (
 from celeryredis.redaction import redact_setting, redact_text
 from celeryredis.registry import SETTINGS, default
 from celeryredis.tasks import Task
-from celeryredis.transport import reliable_url
-from celeryredis.urls import parse_redis_url, refuse_cluster_broker
+from celeryredis.transport import CLUSTER_SCHEMES, cluster_broker_url, reliable_url
+from celeryredis.urls import parse_redis_url, redact_url
 from celeryredis.validation import (
     Finding,
     derive_visibility_timeout,
@@ -95,6 +95,9 @@ _RESOLVED: Final = MERGED_DICT_SETTINGS | {
     "celeryredis_validate",
     "celeryredis_validate_checks",
     "result_backend_always_retry",
+    # Off for a Redis Cluster broker (_apply_cluster_transport):
+    "celeryredis_heartbeat_interval",
+    "celeryredis_dead_letter",
 }
 #: The host settings the resolved settings depend on (what the layer reads to resolve).
 _RESOLUTION_INPUTS: Final = _RESOLVED | {
@@ -333,14 +336,13 @@ def _make_spec(
                 "broker_url=None: celeryredis needs a Redis broker; pass a redis:// URL",
                 setting="broker_url",
             )
-        broker_url = refuse_cluster_broker(parse_redis_url(broker_url, setting="broker_url"))
-        broker_url = broker_url.geturl()
+        broker_url = parse_redis_url(broker_url, setting="broker_url").geturl()
     if isinstance(result_backend, str):
         result_backend = parse_redis_url(result_backend, setting="result_backend").geturl()
     for var in ("CELERY_BROKER_URL", "REDIS_URL"):
         if var in environ:
             setting = f"broker_url (from ${var})"
-            refuse_cluster_broker(parse_redis_url(environ[var], setting=setting), setting=setting)
+            parse_redis_url(environ[var], setting=setting)
     spec = _Spec(context, presets, keywords, broker_url, result_backend, environ, validate)
     mode, per_check = _modes(spec, _resolve_plain(spec))
     normalise_modes(mode, per_check)
@@ -364,8 +366,6 @@ def _normal_url(value: Any, setting: str, source: str, *, strict: bool) -> Any:
         return value
     try:
         parsed = parse_redis_url(value, setting=f"{setting} (from {source})")
-        if setting == "broker_url":
-            refuse_cluster_broker(parsed, setting=f"broker_url (from {source})")
         return parsed.geturl()
     except ConfigurationError:
         if strict:
@@ -512,8 +512,8 @@ def _env_conflicts(flat: Mapping[str, _Layered], environ: Mapping[str, str]) -> 
     ):
         env = environ.get(var)
         layered = flat.get(setting)
-        if not env or layered is None or layered.kind == "env":
-            continue
+        if not env or layered is None or layered.kind == "env" or env == layered.value:
+            continue  # (equal text: also a cluster broker's celeryrediscluster:// form)
         try:
             same = layered.value is not None and parse_redis_url(env) == parse_redis_url(
                 layered.value
@@ -553,6 +553,11 @@ def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
             "default",
             "celeryredis's default transport",
         )
+    broker = conf.get("broker_url")
+    cluster_schemes = (*CLUSTER_SCHEMES, *CLUSTER_SCHEMES.values())
+    if isinstance(broker, str) and broker.split(":", 1)[0] in cluster_schemes:
+        _apply_cluster_transport(flat, conf, broker)
+        return
     if layered.value != "reliable":
         return
     read = conf.get("broker_read_url") or conf.get("broker_url")
@@ -585,6 +590,75 @@ def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
         "consumers use celeryredis's reliable transport (celeryredis_transport='reliable') "
         "through its URL scheme",
     )
+    options = conf.setdefault("broker_transport_options", {})
+    for setting, option in _TRANSPORT_OPTIONS.items():
+        entry = flat.get(setting)
+        value = entry.value if entry else default(setting)
+        options.setdefault(option, value)
+        flat.setdefault(
+            f"broker_transport_options.{option}",
+            _Layered(options[option], "derived", "derived", f"from {setting}"),
+        )
+
+
+#: Features that keep celeryredis's own keys on the broker's Redis, off on a cluster broker.
+_CLUSTER_NOT_YET: Final = {"celeryredis_heartbeat_interval": 0, "celeryredis_dead_letter": False}
+
+
+def _apply_cluster_transport(flat: dict[str, _Layered], conf: dict[str, Any], broker: str) -> None:
+    """A ``rediscluster://`` broker: producers and consumers use the cluster transport.
+
+    Both ``broker_url`` and ``broker_read_url`` become the ``celeryrediscluster://``
+    form (one ``;``-separated URL per node), whatever ``celeryredis_transport`` says:
+    kombu's stock Redis transport cannot run on a cluster.
+    """
+    from celeryredis.transport import register_aliases  # noqa: PLC0415
+
+    register_aliases()
+    given = flat.get("broker_url")
+    # Celery reads these itself: the host's broker_url and $CELERY_BROKER_URL (not $REDIS_URL).
+    celerys = given is not None and (
+        given.kind == "host" or (given.kind == "env" and given.source.endswith("CELERY_BROKER_URL"))
+    )
+    if given is not None and celerys and "," in broker.rpartition("@")[2]:
+        raise ConfigurationError(
+            f"broker_url {redact_url(broker)!r} (from {given.source}) lists several Redis "
+            "Cluster nodes, but Celery hands this value to kombu unchanged and kombu reads "
+            "one host per URL; name one node (the cluster client finds the others), or "
+            "pass the URL to make_app(broker_url=...)",
+            setting="broker_url",
+        )
+    for name, off in _CLUSTER_NOT_YET.items():
+        layered = flat.get(name)
+        value = layered.value if layered else default(name)
+        if value in (off, None) or value == 0:
+            continue
+        if layered is not None and layered.kind in ("argument", "host"):
+            raise ConfigurationError(
+                f"{name}={value!r} (from {layered.source}) needs celeryredis's own keys on the "
+                f"broker's Redis, which a Redis Cluster broker does not hold yet; set {name}="
+                f"{off!r} or use a single-node or Sentinel broker",
+                setting=name,
+            )
+        conf[name] = off
+        flat[name] = _Layered(
+            off,
+            "derived",
+            "derived",
+            f"{layered.source if layered else 'the default'} sets {value!r}, but on a Redis "
+            "Cluster broker celeryredis's own keys (heartbeats, dead letters) are not there yet",
+        )
+    why = "a Redis Cluster broker uses celeryredis's cluster transport (celeryrediscluster://)"
+    for setting in ("broker_url", "broker_read_url"):
+        value = conf.get(setting) or broker
+        if celerys and setting == "broker_url":
+            continue  # Celery reads the host's value (or the variable) itself
+        aliased = cluster_broker_url(value) if isinstance(value, str) else value
+        own = flat.get(setting)
+        conf[setting] = aliased
+        flat[setting] = _Layered(
+            aliased, own.kind if own else "derived", own.source if own else "derived", why
+        )
     options = conf.setdefault("broker_transport_options", {})
     for setting, option in _TRANSPORT_OPTIONS.items():
         entry = flat.get(setting)

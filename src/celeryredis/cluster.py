@@ -16,8 +16,8 @@ with a ``redis.cluster.RedisCluster`` client and cluster-safe keys:
   again.
 
 The ``rediscluster`` and ``redisclusters`` (TLS) URL schemes select this class through
-Celery's ``celery.result_backends`` entry point (``pyproject.toml``); the broker
-transport for Redis Cluster is not there yet (:func:`celeryredis.urls.refuse_cluster_broker`).
+Celery's ``celery.result_backends`` entry point (``pyproject.toml``); a cluster broker
+uses the transport in :mod:`celeryredis.transport._cluster` (``docs/cluster.md``).
 Private Celery names used here are listed in
 :data:`celeryredis._celery_compat.PRIVATE_API`.
 """

@@ -1,6 +1,6 @@
 """The Redis Cluster result backend against a real 3+3 cluster, a real broker and a real worker.
 
-The broker is a single-node redis-server (the cluster broker transport is not there yet);
+The broker is a single-node redis-server (a cluster broker: test_cluster_broker.py);
 the result backend is ``rediscluster://`` on a cluster started by the test fixtures.
 """
 

@@ -100,20 +100,6 @@ def test_refuse_cluster_broker_names_what_to_use_instead() -> None:
     assert refuse_cluster_broker(single) is single
 
 
-def test_make_app_refuses_a_cluster_broker() -> None:
-    with pytest.raises(ConfigurationError, match="broker transport for Redis Cluster") as excinfo:
-        make_app("t", broker_url=f"rediscluster://:{SECRET}@a:7000,b:7001")
-    assert SECRET not in str(excinfo.value)
-
-
-def test_make_app_refuses_a_cluster_broker_from_the_environment(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("CELERY_BROKER_URL", f"rediscluster://:{SECRET}@a:7000")
-    with pytest.raises(ConfigurationError, match=r"broker_url \(from \$CELERY_BROKER_URL\)"):
-        make_app("t")
-
-
 def test_make_app_accepts_a_cluster_result_backend() -> None:
     app = make_app(
         "t", broker_url="redis://localhost:6379/0", result_backend="rediscluster://a:7000,b:7001"
@@ -141,16 +127,3 @@ def test_configure_reads_a_cluster_result_backend_from_the_host_config() -> None
     )
     configure(app)
     assert type(app.backend).__name__ == "RedisClusterBackend"
-
-
-def test_configure_refuses_a_cluster_broker_in_the_host_config() -> None:
-    from celery import Celery
-
-    from celeryredis import configure
-
-    app = Celery("host", set_as_current=False)
-    app.conf.update(broker_url=f"rediscluster://:{SECRET}@a:7000")
-    configure(app)  # reads nothing yet: the host's configuration is read when Celery loads it
-    with pytest.raises(ConfigurationError, match="broker transport for Redis Cluster") as excinfo:
-        _ = app.conf.broker_url
-    assert SECRET not in str(excinfo.value)

@@ -30,6 +30,10 @@ SUBCLASSES: dict[str, frozenset[str]] = {
     "transport/_reliable.py": frozenset({"_key", "_lock", "_renewer", "_stop", "_probe"}),
     "_kombu_batch.py": frozenset({"_collector", "_declared"}),
     "cluster.py": frozenset(),
+    "transport/_cluster.py": frozenset(
+        {"_client", "_fanout", "_keys", "_lock", "_no_ack", "_pending", "_renewer", "_steps"}
+        | {"_subscribe"}
+    ),
 }
 _PRIVATE = re.compile(r"_[A-Za-z]\w*")
 

@@ -38,7 +38,27 @@ GUARD_ENV: Final = "CELERYREDIS_TESTING_GUARD"
 #: The worker's exit status when it is refused.
 REFUSED_EXIT: Final = 3
 _LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
-_REDIS_SCHEMES: Final = ("redis://", "rediss://", "sentinel://", "redis+socket://", "unix://")
+_REDIS_SCHEMES: Final = (
+    "redis://",
+    "rediss://",
+    "sentinel://",
+    "redis+socket://",
+    "unix://",
+    "rediscluster://",
+    "redisclusters://",
+    # The cluster broker transport's form (one URL per node, ';'-separated).
+    "celeryrediscluster://",
+    "celeryredisclusters://",
+)
+
+
+def _parse_all(url: str, setting: str) -> list[Any]:
+    """The URL parsed; a ``celeryrediscluster://a;...;b`` list, each node's URL."""
+    if url.startswith("celeryrediscluster"):
+        return [
+            parse_redis_url(part.removeprefix("celery"), setting=setting) for part in url.split(";")
+        ]
+    return [parse_redis_url(url, setting=setting)]
 
 
 def _is_redis(url: Any) -> bool:
@@ -67,14 +87,14 @@ def check_urls(urls: Mapping[str, Any], spec: Mapping[str, Any]) -> list[str]:
             continue
         shown = redact_url(url)
         try:
-            parsed = parse_redis_url(url, setting=setting)
+            parsed_all = _parse_all(url, setting)
         except ValueError as exc:
             problems.append(f"{setting} {shown}: {exc}")
             continue
-        if parsed.is_socket:
+        if any(parsed.is_socket for parsed in parsed_all):
             problems.append(f"{setting} {shown}: a unix socket, not a server the fixture started")
             continue
-        for host, port in parsed.hosts:
+        for host, port in [pair for parsed in parsed_all for pair in parsed.hosts]:
             key = str(port)
             upstream = str(proxies.get(key))
             if host in _LOOPBACK and (key in replaced or upstream in replaced):
@@ -107,10 +127,26 @@ def _app_name(argv: Sequence[str]) -> str:
     raise SystemExit("celeryredis.testing: no -A/--app argument")
 
 
+def _kombu_form(url: str) -> str:
+    """A ``rediscluster://`` URL in the form kombu opens: one URL per node, ``;``-joined.
+
+    The same rewrite as ``celeryredis.transport.cluster_broker_url`` (which only
+    ``celeryredis.app`` may import); other URLs are returned unchanged.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("rediscluster", "redisclusters"):
+        return url
+    rest, qmark, query = rest.partition("?")
+    auth, at, tail = rest.rpartition("@")
+    hosts, slash, path = tail.partition("/")
+    head = f"celery{scheme}://{auth}{at}"
+    return ";".join(f"{head}{host}{slash}{path}{qmark}{query}" for host in hosts.split(","))
+
+
 def _point_at(app: Any, broker: str, backend: str | None) -> None:
     conf = app.conf
-    os.environ["CELERY_BROKER_URL"] = broker
-    conf.broker_url = broker
+    # A cluster URL listing several nodes reaches kombu in the cluster transport's form.
+    os.environ["CELERY_BROKER_URL"] = conf.broker_url = _kombu_form(broker)
     for name, var in (
         ("broker_read_url", "CELERY_BROKER_READ_URL"),
         ("broker_write_url", "CELERY_BROKER_WRITE_URL"),
