@@ -377,17 +377,30 @@ def _resolve_plain(spec: _Spec) -> dict[str, _Layered]:
     return _resolve(spec, {}, strict=True)
 
 
-def _resolve(spec: _Spec, host: Mapping[str, Any], *, strict: bool) -> dict[str, _Layered]:
+def _resolve(
+    spec: _Spec,
+    host: Mapping[str, Any],
+    *,
+    strict: bool,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, _Layered]:
     """Every setting celeryredis has a say in, with its provenance.
 
-    Order (later wins): presets, the host's configuration, keyword settings; then the
-    URLs; then what is derived (visibility timeout, publish retries per broker host,
-    the reliable transport's read URL and options). Pure: no I/O, no app.
+    Order (later wins): presets, the host's configuration, keyword settings, Celery's
+    override layer (``app.conf.update``); then the URLs; then what is derived
+    (visibility timeout, publish retries per broker host, the reliable transport's read
+    URL and options). Pure: no I/O, no app.
     """
+    overrides = overrides or {}
+    urls = ("broker_url", "result_backend")
     flat: dict[str, _Layered] = dict(spec.presets)
-    plain_host = {k: v for k, v in host.items() if k not in ("broker_url", "result_backend")}
+    plain_host = {k: v for k, v in host.items() if k not in urls}
     flat.update(_flatten(plain_host, "host", "app config", strict=strict))
     flat.update(spec.keywords)
+    plain_overrides = {k: v for k, v in overrides.items() if k not in urls}
+    flat.update(_flatten(plain_overrides, "host", "app.conf.update", strict=strict))
+    host = {**host, **{k: v for k, v in overrides.items() if k in urls}}
+    url_overrides = {k for k in urls if k in overrides}
 
     validate, per_check = _modes(spec, flat)
     if spec.validate is not None:
@@ -416,10 +429,12 @@ def _resolve(spec: _Spec, host: Mapping[str, Any], *, strict: bool) -> dict[str,
         "per-check modes",
     )
 
-    broker = _broker(spec, host, strict=strict)
+    broker = _broker(spec, host, strict=strict, override="broker_url" in url_overrides)
     if broker is not None:
         flat["broker_url"] = broker
-    backend = _backend(spec, host, broker, strict=strict)
+    backend = _backend(
+        spec, host, broker, strict=strict, override="result_backend" in url_overrides
+    )
     if backend is not None:
         flat["result_backend"] = backend
 
@@ -470,12 +485,15 @@ def _label(kind: Kind, layered: _Layered | None) -> str:
     return {"argument": "argument", "default": "default"}.get(kind, kind)
 
 
-def _broker(spec: _Spec, host: Mapping[str, Any], *, strict: bool) -> _Layered | None:
-    if spec.broker_url is not _UNSET:
+def _broker(
+    spec: _Spec, host: Mapping[str, Any], *, strict: bool, override: bool = False
+) -> _Layered | None:
+    if spec.broker_url is not _UNSET and not override:
         return _Layered(spec.broker_url, "argument", "argument")
     if host.get("broker_url"):
-        value = _normal_url(host["broker_url"], "broker_url", "app config", strict=strict)
-        return _Layered(value, "host", "app config")
+        where = "app.conf.update" if override else "app config"
+        value = _normal_url(host["broker_url"], "broker_url", where, strict=strict)
+        return _Layered(value, "host", where)
     for var in ("CELERY_BROKER_URL", "REDIS_URL"):
         if var in spec.environ:
             value = _normal_url(spec.environ[var], "broker_url", f"${var}", strict=strict)
@@ -484,13 +502,19 @@ def _broker(spec: _Spec, host: Mapping[str, Any], *, strict: bool) -> _Layered |
 
 
 def _backend(
-    spec: _Spec, host: Mapping[str, Any], broker: _Layered | None, *, strict: bool
+    spec: _Spec,
+    host: Mapping[str, Any],
+    broker: _Layered | None,
+    *,
+    strict: bool,
+    override: bool = False,
 ) -> _Layered | None:
-    if spec.result_backend is not _UNSET:
+    if spec.result_backend is not _UNSET and not override:
         return _Layered(spec.result_backend, "argument", "argument")
     if "result_backend" in host:
-        value = _normal_url(host["result_backend"], "result_backend", "app config", strict=strict)
-        return _Layered(value, "host", "app config")
+        where = "app.conf.update" if override else "app config"
+        value = _normal_url(host["result_backend"], "result_backend", where, strict=strict)
+        return _Layered(value, "host", where)
     if "CELERY_RESULT_BACKEND" in spec.environ:
         value = _normal_url(
             spec.environ["CELERY_RESULT_BACKEND"],
@@ -721,7 +745,7 @@ class _Layer(Mapping[str, Any]):
         self._old_names = {new: old for old, new in old_setting_names().items()}
         #: Merged-dict values the host put in Celery's override layer before we attached.
         self.absorbed: dict[str, Any] = {}
-        self._cache: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self._cache: tuple[tuple[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
         self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
         #: The namespace prefix of the configuration the layer is attached to.
         self.prefix: str | None = None
@@ -797,12 +821,22 @@ class _Layer(Mapping[str, Any]):
             return plain if plain in self._managed else None
         return None
 
-    def _host_maps(self) -> list[Mapping[str, Any]]:
+    def _maps(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        """The maps of ``app.conf`` above this layer and below it, without the defaults.
+
+        Above: Celery's override layer (``app.conf.update``); below: the host's config.
+        """
         conf = self._conf()
         if conf is None:
-            return []
+            return [], []
         maps: list[Mapping[str, Any]] = list(getattr(conf, "maps", ()))[:-1]  # not the defaults
-        return [m for m in maps if not getattr(m, "celeryredis_layer", False)]
+        position = next((i for i, m in enumerate(maps) if m is self), len(maps))
+        above = [m for m in maps[:position] if not getattr(m, "celeryredis_layer", False)]
+        below = [m for m in maps[position + 1 :] if not getattr(m, "celeryredis_layer", False)]
+        return above, below
+
+    def _host_maps(self) -> list[Mapping[str, Any]]:
+        return self._maps()[1]
 
     def _candidates(self, name: str, prefix: str) -> tuple[str, ...]:
         """The keys Celery would look ``name`` up under (namespaced, plain, old name)."""
@@ -830,29 +864,41 @@ class _Layer(Mapping[str, Any]):
     def _host_has(self, name: str) -> bool:
         return self.host_get(name) is not _UNSET
 
-    def host_settings(self, names: Iterable[str] | None = None) -> dict[str, Any]:
-        """The host's own values (plain names) of ``names`` (default: every known setting)."""
-        maps = self._host_maps()
+    def host_settings(
+        self, names: Iterable[str] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The host's own values (plain names) of ``names`` (default: every known setting).
+
+        Two dicts: its configuration's (below this layer), and what it put in Celery's
+        override layer (``app.conf.update``, above this layer: they beat even keywords).
+        """
+        above, below = self._maps()
         prefix = self._prefix()
-        found = {}
+        host: dict[str, Any] = {}
+        overrides: dict[str, Any] = {}
         for name in known_settings() if names is None else names:
-            value = self._host_get(name, maps, prefix)
-            if value is not _UNSET and not (name == "broker_url" and value is None):
-                found[name] = value
-        return found
+            for found, maps in ((overrides, above), (host, below)):
+                value = self._host_get(name, maps, prefix) if maps or found is host else _UNSET
+                if found is overrides and name in self.absorbed:
+                    value = _UNSET  # absorbed merged dicts count as the host's configuration
+                if value is not _UNSET and not (name == "broker_url" and value is None):
+                    found[name] = value
+        return host, overrides
 
     def resolved(self, *, strict: bool = False) -> dict[str, _Layered]:
         """The resolution over all of the host's live settings (explain, validation)."""
-        return _resolve(self.spec, self.host_settings(), strict=strict)
+        host, overrides = self.host_settings()
+        return _resolve(self.spec, host, strict=strict, overrides=overrides)
 
     def resolved_conf(self) -> dict[str, Any]:
         """The resolved settings, computed again only when a host input changed."""
-        host = self.host_settings(_RESOLUTION_INPUTS)
+        inputs = self.host_settings(_RESOLUTION_INPUTS)
         cached = self._cache
-        if cached is not None and cached[0] == host:
+        if cached is not None and cached[0] == inputs:
             return cached[1]
-        conf = _assemble(_resolve(self.spec, host, strict=False))
-        self._cache = (copy.deepcopy(host), conf)
+        host, overrides = inputs
+        conf = _assemble(_resolve(self.spec, host, strict=False, overrides=overrides))
+        self._cache = (copy.deepcopy(inputs), conf)
         return conf
 
     def describe_findings(self, findings: Iterable[Finding]) -> list[Finding]:

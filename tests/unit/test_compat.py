@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import io
 import re
 import tokenize
@@ -123,6 +124,8 @@ def test_no_private_override_outside_the_shim_modules() -> None:
     for name, _ in _modules():
         if name in SHIMS or name in SUBCLASSES or name.endswith("__main__.py"):
             continue
+        if name == "tasks/django.py" and importlib.util.find_spec("django") is None:
+            continue  # needs Django (an example host's dependency), not installed here
         module = importlib.import_module(
             "celeryredis." + name[:-3].replace("/", ".").removesuffix(".__init__")
         )
