@@ -77,21 +77,37 @@ def add(x, y):
 """
 
 
+#: A row whose runs spread wider than this (max / min) is flagged as bimodal.
+BIMODAL = 1.5
+MARK = "⚠ bimodal"
+FOOTNOTE = (
+    f"{MARK}: the runs of this row spread wider than max/min > {BIMODAL}, so its median "
+    "hides two regimes: read the min–max, not the median."
+)
+
+
 @dataclass
 class Section:
-    """One benchmark's results: a Markdown table and its data."""
+    """One benchmark's results: a Markdown table and its data.
+
+    ``ratios`` holds per-run ratios (pairs measured in the same repetition) under stable
+    keys, for the goal table of ``run_all.py``.
+    """
 
     title: str
     description: str
     columns: Sequence[str]
     rows: list[Sequence[str]] = field(default_factory=list)
     data: list[dict[str, Any]] = field(default_factory=list)
+    ratios: dict[str, list[float]] = field(default_factory=dict)
 
     def markdown(self) -> str:
         lines = [f"## {self.title}", "", self.description, ""]
         lines.append("| " + " | ".join(self.columns) + " |")
         lines.append("|" + "---|" * len(self.columns))
         lines.extend("| " + " | ".join(row) + " |" for row in self.rows)
+        if any(MARK in cell for row in self.rows for cell in row):
+            lines.extend(["", FOOTNOTE])
         return "\n".join(lines) + "\n"
 
 
@@ -130,14 +146,32 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values)
 
 
+def bimodal(values: Sequence[float]) -> bool:
+    """Whether the runs spread wider than ``BIMODAL`` (max / min)."""
+    return len(values) > 1 and min(values) > 0 and max(values) / min(values) > BIMODAL
+
+
 def spread(values: Sequence[float], fmt: str = "{:,.0f}") -> str:
-    """``median (min–max)``."""
-    return f"{fmt.format(median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+    """``median (min–max)``, flagged when bimodal; the one figure of a single run."""
+    if len(values) == 1:
+        return fmt.format(values[0])
+    text = f"{fmt.format(median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+    return f"{text} {MARK}" if bimodal(values) else text
+
+
+def ratios(values: Sequence[float], baseline: Sequence[float]) -> list[float]:
+    """Per-run ratios: pairs measured in the same repetition."""
+    return [v / b for v, b in zip(values, baseline, strict=True)]
 
 
 def ratio(values: Sequence[float], baseline: Sequence[float]) -> float:
     """The median of per-run ratios (pairs measured in the same repetition)."""
-    return statistics.median(v / b for v, b in zip(values, baseline, strict=True))
+    return statistics.median(ratios(values, baseline))
+
+
+def ratio_spread(values: Sequence[float], baseline: Sequence[float], fmt: str = "{:.2f}") -> str:
+    """``median (min–max)`` of the per-run ratios, flagged when bimodal."""
+    return spread(ratios(values, baseline), fmt)
 
 
 class BenchApp:

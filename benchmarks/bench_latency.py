@@ -21,7 +21,7 @@ import redis
 from celeryredis.testing import RedisServer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import BenchApp, Section
+from _harness import BenchApp, Section, spread
 
 CONFIGS = ("celery-defaults", "production")
 
@@ -74,8 +74,8 @@ def run(url: str, workdir: Path, samples: int = 300, runs: int = 3, warmup: int 
         section.rows.append(
             [
                 config,
-                f"{statistics.median(p50s):.2f} ({min(p50s):.2f}–{max(p50s):.2f})",
-                f"{statistics.median(p99s):.2f} ({min(p99s):.2f}–{max(p99s):.2f})",
+                spread(p50s, "{:.2f}"),
+                spread(p99s, "{:.2f}"),
             ]
         )
         section.data.append({"config": config, "p50_ms": p50s, "p99_ms": p99s})

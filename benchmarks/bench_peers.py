@@ -1,13 +1,15 @@
-"""Peers on the same Redis, same N: RQ and Dramatiq next to Celery with celeryredis.
+"""Peers on the same Redis, same N: RQ, Dramatiq and Huey next to Celery with celeryredis.
 
 Every job, in every library, does one ``INCR bench:done`` so completion is visible; a
 drain rate runs from the first completion seen to the last (start-up excluded). Celery
-rows use the ``production`` preset with results off, measured in the same repetition,
-so each ratio is to the Celery row of the same kind measured alongside it.
+rows use the ``production`` preset and ``celeryredis.Task`` (the task class a user of
+``make_app()`` gets) with results off, measured in the same repetition, so each ratio is
+to the Celery row of the same kind measured alongside it.
 
 RQ's default worker forks for every job (about 70 jobs/s here), so the drain uses
 ``rq.worker.SimpleWorker`` (no fork), its fastest worker. Dramatiq runs one process
-with its default 8 threads.
+with its default 8 threads. Huey (``RedisHuey``, results off) runs its consumer with 2
+worker processes (``-w 2 -k process``), next to Celery's ``-P prefork -c 2``.
 
 Usage: python benchmarks/bench_peers.py [--n 5000] [--runs 3]
 """
@@ -33,7 +35,7 @@ from celeryredis import enqueue_many
 from celeryredis.testing import RedisServer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import BenchApp, Section, drain_rate, median, ratio, spread
+from _harness import BenchApp, Section, drain_rate, median, ratio, ratio_spread, ratios, spread
 
 PEERS = """
 import os
@@ -41,6 +43,7 @@ import os
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from huey import RedisHuey
 
 URL = os.environ["BENCH_URL"]
 client = redis.Redis.from_url(URL)
@@ -54,6 +57,14 @@ def rq_noop(i):
 @dramatiq.actor(max_retries=0)
 def dram_noop(i):
     client.incr("bench:done")
+
+
+huey = RedisHuey("bench", url=URL, results=False)
+
+
+@huey.task()
+def huey_noop(i):
+    client.incr("bench:done")
 """
 
 PUBLISH = (
@@ -62,12 +73,16 @@ PUBLISH = (
     "RQ `enqueue` loop",
     "RQ `enqueue_many`",
     "Dramatiq `send` loop",
+    "Huey enqueue loop",
 )
 DRAIN = (
     "Celery + celeryredis production, `-P solo`",
+    "Celery + celeryredis production, `-P prefork -c 2`",
     "RQ `SimpleWorker`",
     "Dramatiq `-p 1 -t 8`",
+    "Huey `-w 2 -k process`",
 )
+BASE = "celeryredis.Task"
 
 
 class _Process:
@@ -122,7 +137,7 @@ def run(url: str, workdir: Path, n: int = 5000, runs: int = 3) -> Section:
         return n / (time.perf_counter() - started)
 
     for rep in range(runs):
-        host = bench.load("production")
+        host = bench.load("production", BASE)
         host.noop.delay(0)
         steps: dict[str, Callable[[], None]] = {
             PUBLISH[0]: lambda host=host: [host.noop.delay(i) for i in range(n)] and None,
@@ -135,6 +150,7 @@ def run(url: str, workdir: Path, n: int = 5000, runs: int = 3) -> Section:
                 and None
             ),
             PUBLISH[4]: lambda: [peers.dram_noop.send(i) for i in range(n)] and None,
+            PUBLISH[5]: lambda: [peers.huey_noop(i) for i in range(n)] and None,
         }
         for variant in PUBLISH if rep % 2 == 0 else tuple(reversed(PUBLISH)):
             rate = timed(steps[variant])
@@ -152,9 +168,17 @@ def run(url: str, workdir: Path, n: int = 5000, runs: int = 3) -> Section:
             for i in range(n):
                 peers.dram_noop.send(i)
 
+        def huey_fill() -> None:
+            for i in range(n):
+                peers.huey_noop(i)
+
         consumers: dict[str, tuple[Callable[[], None], Callable[[], Any]]] = {
-            DRAIN[0]: (celery_fill, lambda: bench.worker("production", pool="solo")),
+            DRAIN[0]: (celery_fill, lambda: bench.worker("production", pool="solo", base=BASE)),
             DRAIN[1]: (
+                celery_fill,
+                lambda: bench.worker("production", pool="prefork", concurrency=2, base=BASE),
+            ),
+            DRAIN[2]: (
                 rq_fill,
                 lambda: _Process(
                     [
@@ -171,10 +195,18 @@ def run(url: str, workdir: Path, n: int = 5000, runs: int = 3) -> Section:
                     env,
                 ),
             ),
-            DRAIN[2]: (
+            DRAIN[3]: (
                 dram_fill,
                 lambda: _Process(
                     [_bin("dramatiq"), "peerjobs", "-p", "1", "-t", "8"], workdir, env
+                ),
+            ),
+            DRAIN[4]: (
+                huey_fill,
+                lambda: _Process(
+                    [_bin("huey_consumer"), "peerjobs.huey", "-w", "2", "-k", "process", "-q"],
+                    workdir,
+                    env,
                 ),
             ),
         }
@@ -189,10 +221,11 @@ def run(url: str, workdir: Path, n: int = 5000, runs: int = 3) -> Section:
     section = Section(
         "Peers",
         f"N = {n:,} jobs per publish and per drain, {runs} interleaved runs on the same "
-        "throwaway Redis; tasks/s as median (min–max); ratios are medians of per-run "
-        "ratios to the first row of each half (Celery, measured alongside). RQ drains "
-        "with `SimpleWorker` (its default worker forks per job); Dramatiq with one "
-        "process of 8 threads (its default thread count).",
+        "throwaway Redis; tasks/s as median (min–max); ratios are the median (min–max) "
+        "of per-run ratios to the first row of each half (Celery with `celeryredis.Task`, "
+        "measured alongside). RQ drains with `SimpleWorker` (its default worker forks per "
+        "job); Dramatiq with one process of 8 threads (its default thread count); Huey "
+        "with 2 worker processes (`huey_consumer -w 2 -k process -q`).",
         ["what", "library / variant", "tasks/s", "× the Celery row"],
     )
     for kind, results in (("publish", publish), ("drain", drain)):
@@ -200,7 +233,7 @@ def run(url: str, workdir: Path, n: int = 5000, runs: int = 3) -> Section:
         base = results[names[0]]
         for name in names:
             values = results[name]
-            section.rows.append([kind, name, spread(values), f"{ratio(values, base):.2f}"])
+            section.rows.append([kind, name, spread(values), ratio_spread(values, base)])
             section.data.append(
                 {
                     "kind": kind,
@@ -208,8 +241,14 @@ def run(url: str, workdir: Path, n: int = 5000, runs: int = 3) -> Section:
                     "median": median(values),
                     "runs": values,
                     "ratio": ratio(values, base),
+                    "ratios": ratios(values, base),
                 }
             )
+    section.ratios["enqueue_many / RQ enqueue_many"] = ratios(
+        publish[PUBLISH[1]], publish[PUBLISH[3]]
+    )
+    for celery_row, peer in ((DRAIN[0], DRAIN[3]), (DRAIN[0], DRAIN[4]), (DRAIN[1], DRAIN[4])):
+        section.ratios[f"{celery_row} / {peer}"] = ratios(drain[celery_row], drain[peer])
     return section
 
 

@@ -24,7 +24,7 @@ from celeryredis import enqueue_many
 from celeryredis.testing import RedisServer, WorkerProcess
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import BenchApp, Section, drain_rate, median, ratio, spread
+from _harness import BenchApp, Section, drain_rate, median, ratio, ratio_spread, ratios, spread
 
 VARIANTS = (
     "plain celery.Task",
@@ -82,7 +82,7 @@ def run(
         "Task base overhead",
         f"N = {n:,} no-op tasks (one `INCR` each), one solo worker, production preset, "
         f"{runs} interleaved runs per log level; tasks/s as median (min–max); ratio = "
-        "median of per-run ratios to plain `celery.Task`; Redis commands per task over "
+        "median (min–max) of per-run ratios to plain `celery.Task`; Redis commands per task over "
         "the drain (commands inside Lua included); each EVALSHA is one round trip.",
         [
             "worker log level",
@@ -102,9 +102,9 @@ def run(
                     level,
                     variant,
                     spread(rates[key]),
-                    f"{ratio(rates[key], base):.3f}",
-                    f"{median(commands[key]):.2f}",
-                    f"{median(scripts[key]):.2f}",
+                    ratio_spread(rates[key], base, "{:.3f}"),
+                    spread(commands[key], "{:.2f}"),
+                    spread(scripts[key], "{:.2f}"),
                 ]
             )
             section.data.append(
@@ -114,10 +114,12 @@ def run(
                     "median": median(rates[key]),
                     "runs": rates[key],
                     "ratio": ratio(rates[key], base),
+                    "ratios": ratios(rates[key], base),
                     "commands_per_task": median(commands[key]),
                     "evalsha_per_task": median(scripts[key]),
                 }
             )
+            section.ratios[f"{variant} / plain at {level}"] = ratios(rates[key], base)
     return section
 
 

@@ -25,11 +25,15 @@ from celeryredis import enqueue_many
 from celeryredis.testing import RedisServer, WorkerProcess
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import BenchApp, Section, drain_rate, median, ratio, spread
+from _harness import BenchApp, Section, drain_rate, median, ratio, ratio_spread, ratios, spread
 
 TRANSPORTS = ("stock", "reliable")
 POOLS = (("solo", 1), ("prefork", 2))
-CONFIGS = ("production", "throughput")
+PLAIN = "plain celery.Task"
+#: (preset, task base): ``production`` with plain ``celery.Task`` and with
+#: ``celeryredis.Task`` (the task class ``make_app()`` gives by default); ``throughput``
+#: with plain ``celery.Task``.
+CONFIGS = (("production", PLAIN), ("production", "celeryredis.Task"), ("throughput", PLAIN))
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -37,14 +41,14 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 def _drain(bench: BenchApp, client: redis.Redis, n: int, runs: int) -> dict[tuple, list[float]]:
-    rates: dict[tuple[str, str, str], list[float]] = {}
+    rates: dict[tuple[str, str, str, str], list[float]] = {}
     for rep in range(runs):
         order = TRANSPORTS if rep % 2 == 0 else tuple(reversed(TRANSPORTS))
         for pool, concurrency in POOLS:
-            for config in CONFIGS:
+            for config, base in CONFIGS:
                 for transport in order:
                     client.flushdb()
-                    host = bench.load(config)
+                    host = bench.load(config, base)
                     enqueue_many(host.noop, ((i,) for i in range(n)))
                     extra = {"BENCH_TRANSPORT": transport}
 
@@ -53,15 +57,16 @@ def _drain(bench: BenchApp, client: redis.Redis, n: int, runs: int) -> dict[tupl
                         concurrency: int = concurrency,
                         extra: dict = extra,
                         config: str = config,
+                        base: str = base,
                     ) -> WorkerProcess:
                         return bench.worker(
-                            config, pool=pool, concurrency=concurrency, extra_env=extra
+                            config, pool=pool, concurrency=concurrency, base=base, extra_env=extra
                         )
 
                     rate = drain_rate(client, n, start, lambda w: w.stop())
-                    rates.setdefault((pool, config, transport), []).append(rate)
+                    rates.setdefault((pool, config, base, transport), []).append(rate)
                     print(
-                        f"transport drain run {rep + 1}: {pool:8} {config:10} "
+                        f"transport drain run {rep + 1}: {pool:8} {config:10} {base:18} "
                         f"{transport:9} {rate:8,.0f} tasks/s",
                         flush=True,
                     )
@@ -108,25 +113,28 @@ def run(url: str, workdir: Path, n: int = 5000, runs: int = 3, samples: int = 30
         f'celeryredis\'s reliable transport (`celeryredis_transport="reliable"`) against '
         f"stock kombu, everything else as the preset sets it. Drain: N = {n:,} "
         "pre-published no-op tasks, one worker (`--without-heartbeat`), under `production` "
-        "(acks late, prefetch 1) and `throughput` (acks early, prefetch 16). Latency "
+        "(acks late, prefetch 1; with plain `celery.Task` and with `celeryredis.Task`, "
+        "the default task class) and `throughput` (acks early, prefetch 16). Latency "
         "(`production`): publish-to-"
         f"start on a warm, idle solo worker, {samples} samples per run. {runs} interleaved "
-        "runs; median (min–max); the ratio is reliable / stock in the same repetition.",
-        ["measure", "pool", "preset", "stock", "reliable", "reliable / stock"],
+        "runs; median (min–max); the ratio is the median (min–max) of reliable / stock "
+        "in the same repetition.",
+        ["measure", "pool", "preset", "task class", "stock", "reliable", "reliable / stock"],
     )
     for pool, concurrency in POOLS:
         label = f"{pool} -c {concurrency}" if pool == "prefork" else pool
-        for config in CONFIGS:
-            stock = rates[(pool, config, "stock")]
-            reliable = rates[(pool, config, "reliable")]
+        for config, base in CONFIGS:
+            stock = rates[(pool, config, base, "stock")]
+            reliable = rates[(pool, config, base, "reliable")]
             section.rows.append(
                 [
                     "drain (tasks/s)",
                     label,
                     config,
+                    base,
                     spread(stock),
                     spread(reliable),
-                    f"{ratio(reliable, stock):.2f}×",
+                    ratio_spread(reliable, stock),
                 ]
             )
             section.data.append(
@@ -134,13 +142,16 @@ def run(url: str, workdir: Path, n: int = 5000, runs: int = 3, samples: int = 30
                     "measure": "drain",
                     "pool": label,
                     "preset": config,
+                    "base": base,
                     "stock": stock,
                     "reliable": reliable,
                     "stock_median": median(stock),
                     "reliable_median": median(reliable),
                     "ratio": ratio(reliable, stock),
+                    "ratios": ratios(reliable, stock),
                 }
             )
+            section.ratios[f"reliable / stock, {label}, {config}, {base}"] = ratios(reliable, stock)
     for q in ("p50", "p99"):
         stock, reliable = latency["stock"][q], latency["reliable"][q]
         section.rows.append(
@@ -148,9 +159,10 @@ def run(url: str, workdir: Path, n: int = 5000, runs: int = 3, samples: int = 30
                 f"latency {q} (ms)",
                 "solo",
                 "production",
+                PLAIN,
                 spread(stock, "{:.2f}"),
                 spread(reliable, "{:.2f}"),
-                f"{ratio(reliable, stock):.2f}×",
+                ratio_spread(reliable, stock),
             ]
         )
         section.data.append({"measure": f"latency {q}", "stock_ms": stock, "reliable_ms": reliable})

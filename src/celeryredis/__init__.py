@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+# First: refuse a Celery, kombu or redis-py outside the supported range, by name.
+from celeryredis import _celery_compat, _kombu_compat  # noqa: F401
 from celeryredis.app import ExplainRow, configure, explain, make_app
 from celeryredis.bulk import BulkDuplicateError, BulkPublishError, enqueue_many
 from celeryredis.deadletter import DeadLetter, DeadLetterError, DeadLetterQueue
@@ -17,10 +19,13 @@ from celeryredis.exceptions import (
     ConfigurationError,
     DuplicateTaskError,
     PublishError,
+    RedisRefusedError,
+    ResultNotStoredError,
 )
-from celeryredis.health import HealthReport, check_health, check_worker, inspect_queues
+from celeryredis.health import HealthReport, check_health, check_worker
 from celeryredis.log import configure_logging
 from celeryredis.presets import Preset, Setting
+from celeryredis.queues import inspect_queues
 from celeryredis.ratelimit import RateLimiter, rate_limiter
 from celeryredis.tasks import RateLimitedTask, RetryTask, Task, UniqueTask
 from celeryredis.urls import RedisURL, parse_redis_url
@@ -45,7 +50,9 @@ __all__ = [
     "PublishError",
     "RateLimitedTask",
     "RateLimiter",
+    "RedisRefusedError",
     "RedisURL",
+    "ResultNotStoredError",
     "RetryTask",
     "Setting",
     "Task",

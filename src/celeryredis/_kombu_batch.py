@@ -10,8 +10,9 @@ sub-queue, queue expiry) and gives back the final Redis commands (``LPUSH`` of t
 envelope, ``PEXPIRE``, ``PUBLISH``) instead of running them. The caller runs them in one
 ``MULTI``/``EXEC`` per chunk.
 
-Private kombu API used here, pinned by ``kombu>=5.7,<5.8`` in ``pyproject.toml`` and by
-the test that compares a message from each path field by field:
+Private kombu API used here, pinned by ``kombu>=5.7,<5.8`` in ``pyproject.toml``, by
+the test that compares a message from each path field by field, and listed in
+:data:`celeryredis._kombu_compat.PRIVATE_API` (checked by ``tests/unit/test_compat.py``):
 
 - :meth:`kombu.Producer._publish` is overridden (its signature is kombu 5.7's);
 - ``Channel.basic_publish(..., _publish_batch=collector)``, where the collector has

@@ -48,8 +48,8 @@ from celeryredis.presets import (
 from celeryredis.redaction import redact_setting, redact_text
 from celeryredis.registry import SETTINGS, default
 from celeryredis.tasks import Task
-from celeryredis.transport import reliable_url
-from celeryredis.urls import parse_redis_url
+from celeryredis.transport import CLUSTER_SCHEMES, cluster_broker_url, reliable_url
+from celeryredis.urls import parse_redis_url, redact_url
 from celeryredis.validation import (
     Finding,
     derive_visibility_timeout,
@@ -76,7 +76,15 @@ class _Unset:
 
 _UNSET: Final = _Unset()
 
-_REDIS_SCHEMES: Final = ("redis", "rediss", "sentinel", "unix", "redis+socket")
+_REDIS_SCHEMES: Final = (
+    "redis",
+    "rediss",
+    "sentinel",
+    "unix",
+    "redis+socket",
+    "rediscluster",
+    "redisclusters",
+)
 _NEGATIVE_OK: Final = frozenset({"result_cache_max"})
 #: Settings the layer resolves on every read (they depend on other settings).
 _RESOLVED: Final = MERGED_DICT_SETTINGS | {
@@ -87,10 +95,14 @@ _RESOLVED: Final = MERGED_DICT_SETTINGS | {
     "celeryredis_validate",
     "celeryredis_validate_checks",
     "result_backend_always_retry",
+    # Off for a Redis Cluster broker (_apply_cluster_transport):
+    "celeryredis_heartbeat_interval",
+    "celeryredis_dead_letter",
 }
 #: The host settings the resolved settings depend on (what the layer reads to resolve).
 _RESOLUTION_INPUTS: Final = _RESOLVED | {
     "task_always_eager",
+    "task_store_eager_result",
     "task_time_limit",
     "task_acks_late",
     "worker_prefetch_multiplier",
@@ -329,7 +341,8 @@ def _make_spec(
         result_backend = parse_redis_url(result_backend, setting="result_backend").geturl()
     for var in ("CELERY_BROKER_URL", "REDIS_URL"):
         if var in environ:
-            parse_redis_url(environ[var], setting=f"broker_url (from ${var})")
+            setting = f"broker_url (from ${var})"
+            parse_redis_url(environ[var], setting=setting)
     spec = _Spec(context, presets, keywords, broker_url, result_backend, environ, validate)
     mode, per_check = _modes(spec, _resolve_plain(spec))
     normalise_modes(mode, per_check)
@@ -352,7 +365,8 @@ def _normal_url(value: Any, setting: str, source: str, *, strict: bool) -> Any:
             parse_redis_url(str(value), setting=f"broker_url (from {source})")  # raises
         return value
     try:
-        return parse_redis_url(value, setting=f"{setting} (from {source})").geturl()
+        parsed = parse_redis_url(value, setting=f"{setting} (from {source})")
+        return parsed.geturl()
     except ConfigurationError:
         if strict:
             raise
@@ -363,17 +377,30 @@ def _resolve_plain(spec: _Spec) -> dict[str, _Layered]:
     return _resolve(spec, {}, strict=True)
 
 
-def _resolve(spec: _Spec, host: Mapping[str, Any], *, strict: bool) -> dict[str, _Layered]:
+def _resolve(
+    spec: _Spec,
+    host: Mapping[str, Any],
+    *,
+    strict: bool,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, _Layered]:
     """Every setting celeryredis has a say in, with its provenance.
 
-    Order (later wins): presets, the host's configuration, keyword settings; then the
-    URLs; then what is derived (visibility timeout, publish retries per broker host,
-    the reliable transport's read URL and options). Pure: no I/O, no app.
+    Order (later wins): presets, the host's configuration, keyword settings, Celery's
+    override layer (``app.conf.update``); then the URLs; then what is derived
+    (visibility timeout, publish retries per broker host, the reliable transport's read
+    URL and options). Pure: no I/O, no app.
     """
+    overrides = overrides or {}
+    urls = ("broker_url", "result_backend")
     flat: dict[str, _Layered] = dict(spec.presets)
-    plain_host = {k: v for k, v in host.items() if k not in ("broker_url", "result_backend")}
+    plain_host = {k: v for k, v in host.items() if k not in urls}
     flat.update(_flatten(plain_host, "host", "app config", strict=strict))
     flat.update(spec.keywords)
+    plain_overrides = {k: v for k, v in overrides.items() if k not in urls}
+    flat.update(_flatten(plain_overrides, "host", "app.conf.update", strict=strict))
+    host = {**host, **{k: v for k, v in overrides.items() if k in urls}}
+    url_overrides = {k for k in urls if k in overrides}
 
     validate, per_check = _modes(spec, flat)
     if spec.validate is not None:
@@ -402,10 +429,12 @@ def _resolve(spec: _Spec, host: Mapping[str, Any], *, strict: bool) -> dict[str,
         "per-check modes",
     )
 
-    broker = _broker(spec, host, strict=strict)
+    broker = _broker(spec, host, strict=strict, override="broker_url" in url_overrides)
     if broker is not None:
         flat["broker_url"] = broker
-    backend = _backend(spec, host, broker, strict=strict)
+    backend = _backend(
+        spec, host, broker, strict=strict, override="result_backend" in url_overrides
+    )
     if backend is not None:
         flat["result_backend"] = backend
 
@@ -435,8 +464,11 @@ def _eager_backend(flat: dict[str, _Layered]) -> None:
     """An eager app does not retry its result backend for a preset (tests never wait)."""
     retry = flat.get("result_backend_always_retry")
     eager = flat.get("task_always_eager")
+    stored = flat.get("task_store_eager_result")
     if retry is None or retry.kind != "preset" or not retry.value:
         return
+    if stored is not None and stored.value is True:
+        return  # eager results are written: the retries protect that write
     if eager is not None and eager.value is True:
         flat["result_backend_always_retry"] = _Layered(
             False,
@@ -453,12 +485,15 @@ def _label(kind: Kind, layered: _Layered | None) -> str:
     return {"argument": "argument", "default": "default"}.get(kind, kind)
 
 
-def _broker(spec: _Spec, host: Mapping[str, Any], *, strict: bool) -> _Layered | None:
-    if spec.broker_url is not _UNSET:
+def _broker(
+    spec: _Spec, host: Mapping[str, Any], *, strict: bool, override: bool = False
+) -> _Layered | None:
+    if spec.broker_url is not _UNSET and not override:
         return _Layered(spec.broker_url, "argument", "argument")
     if host.get("broker_url"):
-        value = _normal_url(host["broker_url"], "broker_url", "app config", strict=strict)
-        return _Layered(value, "host", "app config")
+        where = "app.conf.update" if override else "app config"
+        value = _normal_url(host["broker_url"], "broker_url", where, strict=strict)
+        return _Layered(value, "host", where)
     for var in ("CELERY_BROKER_URL", "REDIS_URL"):
         if var in spec.environ:
             value = _normal_url(spec.environ[var], "broker_url", f"${var}", strict=strict)
@@ -467,13 +502,19 @@ def _broker(spec: _Spec, host: Mapping[str, Any], *, strict: bool) -> _Layered |
 
 
 def _backend(
-    spec: _Spec, host: Mapping[str, Any], broker: _Layered | None, *, strict: bool
+    spec: _Spec,
+    host: Mapping[str, Any],
+    broker: _Layered | None,
+    *,
+    strict: bool,
+    override: bool = False,
 ) -> _Layered | None:
-    if spec.result_backend is not _UNSET:
+    if spec.result_backend is not _UNSET and not override:
         return _Layered(spec.result_backend, "argument", "argument")
     if "result_backend" in host:
-        value = _normal_url(host["result_backend"], "result_backend", "app config", strict=strict)
-        return _Layered(value, "host", "app config")
+        where = "app.conf.update" if override else "app config"
+        value = _normal_url(host["result_backend"], "result_backend", where, strict=strict)
+        return _Layered(value, "host", where)
     if "CELERY_RESULT_BACKEND" in spec.environ:
         value = _normal_url(
             spec.environ["CELERY_RESULT_BACKEND"],
@@ -495,8 +536,8 @@ def _env_conflicts(flat: Mapping[str, _Layered], environ: Mapping[str, str]) -> 
     ):
         env = environ.get(var)
         layered = flat.get(setting)
-        if not env or layered is None or layered.kind == "env":
-            continue
+        if not env or layered is None or layered.kind == "env" or env == layered.value:
+            continue  # (equal text: also a cluster broker's celeryrediscluster:// form)
         try:
             same = layered.value is not None and parse_redis_url(env) == parse_redis_url(
                 layered.value
@@ -536,6 +577,11 @@ def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
             "default",
             "celeryredis's default transport",
         )
+    broker = conf.get("broker_url")
+    cluster_schemes = (*CLUSTER_SCHEMES, *CLUSTER_SCHEMES.values())
+    if isinstance(broker, str) and broker.split(":", 1)[0] in cluster_schemes:
+        _apply_cluster_transport(flat, conf, broker)
+        return
     if layered.value != "reliable":
         return
     read = conf.get("broker_read_url") or conf.get("broker_url")
@@ -568,6 +614,75 @@ def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
         "consumers use celeryredis's reliable transport (celeryredis_transport='reliable') "
         "through its URL scheme",
     )
+    options = conf.setdefault("broker_transport_options", {})
+    for setting, option in _TRANSPORT_OPTIONS.items():
+        entry = flat.get(setting)
+        value = entry.value if entry else default(setting)
+        options.setdefault(option, value)
+        flat.setdefault(
+            f"broker_transport_options.{option}",
+            _Layered(options[option], "derived", "derived", f"from {setting}"),
+        )
+
+
+#: Features that keep celeryredis's own keys on the broker's Redis, off on a cluster broker.
+_CLUSTER_NOT_YET: Final = {"celeryredis_heartbeat_interval": 0, "celeryredis_dead_letter": False}
+
+
+def _apply_cluster_transport(flat: dict[str, _Layered], conf: dict[str, Any], broker: str) -> None:
+    """A ``rediscluster://`` broker: producers and consumers use the cluster transport.
+
+    Both ``broker_url`` and ``broker_read_url`` become the ``celeryrediscluster://``
+    form (one ``;``-separated URL per node), whatever ``celeryredis_transport`` says:
+    kombu's stock Redis transport cannot run on a cluster.
+    """
+    from celeryredis.transport import register_aliases  # noqa: PLC0415
+
+    register_aliases()
+    given = flat.get("broker_url")
+    # Celery reads these itself: the host's broker_url and $CELERY_BROKER_URL (not $REDIS_URL).
+    celerys = given is not None and (
+        given.kind == "host" or (given.kind == "env" and given.source.endswith("CELERY_BROKER_URL"))
+    )
+    if given is not None and celerys and "," in broker.rpartition("@")[2]:
+        raise ConfigurationError(
+            f"broker_url {redact_url(broker)!r} (from {given.source}) lists several Redis "
+            "Cluster nodes, but Celery hands this value to kombu unchanged and kombu reads "
+            "one host per URL; name one node (the cluster client finds the others), or "
+            "pass the URL to make_app(broker_url=...)",
+            setting="broker_url",
+        )
+    for name, off in _CLUSTER_NOT_YET.items():
+        layered = flat.get(name)
+        value = layered.value if layered else default(name)
+        if value in (off, None) or value == 0:
+            continue
+        if layered is not None and layered.kind in ("argument", "host"):
+            raise ConfigurationError(
+                f"{name}={value!r} (from {layered.source}) needs celeryredis's own keys on the "
+                f"broker's Redis, which a Redis Cluster broker does not hold yet; set {name}="
+                f"{off!r} or use a single-node or Sentinel broker",
+                setting=name,
+            )
+        conf[name] = off
+        flat[name] = _Layered(
+            off,
+            "derived",
+            "derived",
+            f"{layered.source if layered else 'the default'} sets {value!r}, but on a Redis "
+            "Cluster broker celeryredis's own keys (heartbeats, dead letters) are not there yet",
+        )
+    why = "a Redis Cluster broker uses celeryredis's cluster transport (celeryrediscluster://)"
+    for setting in ("broker_url", "broker_read_url"):
+        value = conf.get(setting) or broker
+        if celerys and setting == "broker_url":
+            continue  # Celery reads the host's value (or the variable) itself
+        aliased = cluster_broker_url(value) if isinstance(value, str) else value
+        own = flat.get(setting)
+        conf[setting] = aliased
+        flat[setting] = _Layered(
+            aliased, own.kind if own else "derived", own.source if own else "derived", why
+        )
     options = conf.setdefault("broker_transport_options", {})
     for setting, option in _TRANSPORT_OPTIONS.items():
         entry = flat.get(setting)
@@ -630,7 +745,7 @@ class _Layer(Mapping[str, Any]):
         self._old_names = {new: old for old, new in old_setting_names().items()}
         #: Merged-dict values the host put in Celery's override layer before we attached.
         self.absorbed: dict[str, Any] = {}
-        self._cache: tuple[dict[str, Any], dict[str, Any]] | None = None
+        self._cache: tuple[tuple[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
         self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
         #: The namespace prefix of the configuration the layer is attached to.
         self.prefix: str | None = None
@@ -706,12 +821,22 @@ class _Layer(Mapping[str, Any]):
             return plain if plain in self._managed else None
         return None
 
-    def _host_maps(self) -> list[Mapping[str, Any]]:
+    def _maps(self) -> tuple[list[Mapping[str, Any]], list[Mapping[str, Any]]]:
+        """The maps of ``app.conf`` above this layer and below it, without the defaults.
+
+        Above: Celery's override layer (``app.conf.update``); below: the host's config.
+        """
         conf = self._conf()
         if conf is None:
-            return []
+            return [], []
         maps: list[Mapping[str, Any]] = list(getattr(conf, "maps", ()))[:-1]  # not the defaults
-        return [m for m in maps if not getattr(m, "celeryredis_layer", False)]
+        position = next((i for i, m in enumerate(maps) if m is self), len(maps))
+        above = [m for m in maps[:position] if not getattr(m, "celeryredis_layer", False)]
+        below = [m for m in maps[position + 1 :] if not getattr(m, "celeryredis_layer", False)]
+        return above, below
+
+    def _host_maps(self) -> list[Mapping[str, Any]]:
+        return self._maps()[1]
 
     def _candidates(self, name: str, prefix: str) -> tuple[str, ...]:
         """The keys Celery would look ``name`` up under (namespaced, plain, old name)."""
@@ -739,29 +864,41 @@ class _Layer(Mapping[str, Any]):
     def _host_has(self, name: str) -> bool:
         return self.host_get(name) is not _UNSET
 
-    def host_settings(self, names: Iterable[str] | None = None) -> dict[str, Any]:
-        """The host's own values (plain names) of ``names`` (default: every known setting)."""
-        maps = self._host_maps()
+    def host_settings(
+        self, names: Iterable[str] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The host's own values (plain names) of ``names`` (default: every known setting).
+
+        Two dicts: its configuration's (below this layer), and what it put in Celery's
+        override layer (``app.conf.update``, above this layer: they beat even keywords).
+        """
+        above, below = self._maps()
         prefix = self._prefix()
-        found = {}
+        host: dict[str, Any] = {}
+        overrides: dict[str, Any] = {}
         for name in known_settings() if names is None else names:
-            value = self._host_get(name, maps, prefix)
-            if value is not _UNSET and not (name == "broker_url" and value is None):
-                found[name] = value
-        return found
+            for found, maps in ((overrides, above), (host, below)):
+                value = self._host_get(name, maps, prefix) if maps or found is host else _UNSET
+                if found is overrides and name in self.absorbed:
+                    value = _UNSET  # absorbed merged dicts count as the host's configuration
+                if value is not _UNSET and not (name == "broker_url" and value is None):
+                    found[name] = value
+        return host, overrides
 
     def resolved(self, *, strict: bool = False) -> dict[str, _Layered]:
         """The resolution over all of the host's live settings (explain, validation)."""
-        return _resolve(self.spec, self.host_settings(), strict=strict)
+        host, overrides = self.host_settings()
+        return _resolve(self.spec, host, strict=strict, overrides=overrides)
 
     def resolved_conf(self) -> dict[str, Any]:
         """The resolved settings, computed again only when a host input changed."""
-        host = self.host_settings(_RESOLUTION_INPUTS)
+        inputs = self.host_settings(_RESOLUTION_INPUTS)
         cached = self._cache
-        if cached is not None and cached[0] == host:
+        if cached is not None and cached[0] == inputs:
             return cached[1]
-        conf = _assemble(_resolve(self.spec, host, strict=False))
-        self._cache = (copy.deepcopy(host), conf)
+        host, overrides = inputs
+        conf = _assemble(_resolve(self.spec, host, strict=False, overrides=overrides))
+        self._cache = (copy.deepcopy(inputs), conf)
         return conf
 
     def describe_findings(self, findings: Iterable[Finding]) -> list[Finding]:
@@ -839,15 +976,32 @@ def _with_sources(findings: Iterable[Finding], flat: Mapping[str, _Layered]) -> 
     return out
 
 
+#: Celery's own default task classes, which configure() replaces with ours.
+_CELERY_DEFAULT_TASK_CLASSES: Final = {
+    "celery.app.task:Task": "celeryredis.tasks:Task",
+    "celery.app.task.Task": "celeryredis.tasks:Task",
+    "celery:Task": "celeryredis.tasks:Task",
+    # Celery's Django fixup: ours combined with it (delay_on_commit stays).
+    "celery.contrib.django.task:DjangoTask": "celeryredis.tasks.django:DjangoTask",
+}
+
+
 def _default_task_class(app: Celery) -> None:
-    """celeryredis.Task becomes the default task class unless the host chose its own."""
+    """celeryredis.Task becomes the default task class unless the host chose its own.
+
+    Celery's defaults (``celery.Task``, and ``DjangoTask`` that its Django fixup sets)
+    are replaced; a class the host passed (``Celery(task_cls=...)``) is kept and the
+    ``task-class`` check says how to combine it.
+    """
     current: Any = app.task_cls
-    if current in ("celery.app.task:Task", "celery.app.task.Task", "celery:Task") or (
-        isinstance(current, type) and current.__module__ == "celery.app.task"
-    ):
-        app.task_cls = cast("Any", Task)
-        if "Task" in vars(app):  # the base class was built already: build it again
-            del app.Task
+    if isinstance(current, type):
+        current = f"{current.__module__}:{current.__qualname__}"
+    ours = _CELERY_DEFAULT_TASK_CLASSES.get(str(current))
+    if ours is None:
+        return
+    app.task_cls = cast("Any", Task) if ours.endswith("tasks:Task") else ours
+    if "Task" in vars(app):  # the base class was built already: build it again
+        del app.Task
 
 
 def _install(app: Celery, spec: _Spec) -> _Layer:

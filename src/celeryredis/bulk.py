@@ -26,13 +26,15 @@ from celery.result import AsyncResult
 from celery.utils.functional import maybe_list
 from kombu.exceptions import OperationalError
 
+from celeryredis import _celery_compat, _kombu_compat
+from celeryredis._errors import classify, describe, fails_fast
 from celeryredis._kombu_batch import BatchProducer, Command
 from celeryredis.connection import get_redis
 from celeryredis.exceptions import CeleryRedisError, DuplicateTaskError
 from celeryredis.keys import bulk_marker_key
-from celeryredis.locks import LockError, TokenLock, acquire_many
+from celeryredis.locks import LockError, TokenLock
 from celeryredis.redaction import redact_text
-from celeryredis.tasks.unique import UNIQUE_HEADER, UniqueTask
+from celeryredis.tasks.unique import UniqueTask
 
 __all__ = ["BulkDuplicateError", "BulkPublishError", "Progress", "enqueue_many"]
 
@@ -219,11 +221,20 @@ def enqueue_many(
             *connection.connection_errors,
         )
         try:
+            # One attempt first: an error retrying cannot fix fails at once.
+            connection.ensure_connection(max_retries=0)
+        except broker_errors as exc:
+            if classify(exc).permanent and fails_fast(app.conf.broker_url):
+                raise BulkPublishError(
+                    f"enqueue_many({task.name}): the broker's Redis refused the app: "
+                    f"{describe(classify(exc), 'broker_url')}; nothing was published",
+                ) from exc
+        try:
             channel = connection.default_channel
         except broker_errors as exc:
             raise BulkPublishError(
                 f"enqueue_many({task.name}): cannot reach the broker: "
-                f"{redact_text(str(exc))}; nothing was published",
+                f"{describe(classify(exc), 'broker_url')}; nothing was published",
             ) from exc
         producer = BatchProducer(channel)
         sender = _Sender(app, task, producer)
@@ -300,12 +311,11 @@ def _prepare(batch: _Batch, items: list[tuple[int, Any]]) -> list[_Call]:
 
 
 def _set_unique_header(task: UniqueTask, call: _Call) -> str:
-    headers = dict(call.options.get("headers") or {})
-    key = headers.get(UNIQUE_HEADER) or task.unique_lock_key(call.args, call.kwargs)
-    headers[UNIQUE_HEADER] = key
-    call.options["headers"] = headers
+    call.options["headers"], key = task.unique_headers(
+        call.options.get("headers"), call.args, call.kwargs
+    )
     call.lock_key = key
-    return str(key)
+    return key
 
 
 def _lock_chunk(batch: _Batch, chunk: list[_Call]) -> None:
@@ -325,9 +335,7 @@ def _lock_chunk(batch: _Batch, chunk: list[_Call]) -> None:
             repeats.append(call)
     owners = {key: call.task_id for key, call in first.items()}
     try:
-        states = acquire_many(
-            get_redis(batch.app), owners, task._queue_ttl(), all_or_nothing=strict
-        )
+        states = task.unique_claim(owners, all_or_nothing=strict)  # logs and counts refusals
     except (LockError, OSError) as exc:
         raise _stopped(
             batch, f"enqueue_many({task.name}): taking the unique locks failed: {exc!r}", chunk
@@ -338,7 +346,6 @@ def _lock_chunk(batch: _Batch, chunk: list[_Call]) -> None:
             continue
         if strict:
             raise _duplicate(batch, chunk, key, state.holder, state.ttl)
-        logger.info("task %s: duplicate of %s refused (%s)", task.name, state.holder, key)
         first[key].publish = False
         first[key].result = None if ignore else state.holder
     for call in repeats:  # they follow the first call of their key
@@ -391,7 +398,9 @@ def _publish_chunk(
         producer.take_commands()
         _release_locks(batch, chunk)
         raise _stopped(
-            batch, f"enqueue_many({task.name}): building call #{call.index} failed: {exc!r}", chunk
+            batch,
+            f"enqueue_many({task.name}): building call #{call.index} failed: {_why(exc)}",
+            chunk,
         ) from exc
     commands = producer.take_commands()
     marker = bulk_marker_key(app.conf, batch.batch_id, chunk_no)
@@ -401,7 +410,7 @@ def _publish_chunk(
         pipe = client.pipeline(transaction=True)
         _queue_commands(pipe, commands)
         # The channel's client adds the broker's global_keyprefix itself.
-        prefix = getattr(client, "global_keyprefix", "") or ""
+        prefix = _kombu_compat.client_key_prefix(client)
         pipe.set(marker[len(prefix) :] if prefix else marker, 1, ex=_MARKER_TTL)
         sent = True
         pipe.execute()
@@ -420,20 +429,33 @@ def _publish_chunk(
             ) from exc
         _release_locks(batch, chunk)
         raise _stopped(
-            batch, f"enqueue_many({task.name}): Redis refused the chunk: {exc!r}", chunk
+            batch, f"enqueue_many({task.name}): Redis refused the chunk: {_why(exc)}", chunk
         ) from exc
     batch.published.extend(call.result for call in chunk)
     batch.next_index = chunk[-1].index + 1
 
 
+def _why(exc: BaseException) -> str:
+    """``repr(exc)``, plus the cause and fix when retrying cannot help (see ``_errors``)."""
+    diagnosis = classify(exc)
+    if diagnosis.permanent:
+        return describe(diagnosis, "broker_url")
+    return redact_text(repr(exc))
+
+
 def _maybe_sent(exc: BaseException) -> bool:
     """Whether the failure may have come after Redis received the transaction.
 
-    Only a failure to connect (redis-py: "Error N connecting to ...") proves that
-    nothing was sent; a broken or timed-out connection may have lost just the reply.
+    Only a failure to connect (redis-py: "Error N connecting to ...") or a refusal
+    retrying cannot fix (see ``_errors``) proves that nothing was sent; a broken or
+    timed-out connection may have lost just the reply.
     (kombu's clients do not retry a command: a transaction is never sent twice.)
     """
-    return not (isinstance(exc, redis.ConnectionError) and " connecting to " in str(exc))
+    if isinstance(exc, redis.ConnectionError) and " connecting to " in str(exc):
+        return False
+    # A refusal (NOPERM aborts the whole MULTI/EXEC with EXECABORT; a wrong password or
+    # database fails at connect): Redis answered, and ran nothing of the transaction.
+    return not classify(exc).permanent
 
 
 def _queue_commands(pipe: Any, commands: list[Command]) -> None:
@@ -479,7 +501,7 @@ class _Sender:
         self.ignore_result = task.ignore_result
         self.check = getattr(task, "__header__", None) if task.typing else None
         self.sent_event = app.conf.task_send_sent_event
-        self.thread_oid = app.thread_oid
+        self.thread_oid = _celery_compat.reply_to(app)
         self.route = app.amqp.router.route
         self.create_message = app.amqp.create_task_message
         self.send_message = app.amqp.send_task_message
@@ -568,11 +590,8 @@ _NOT_MESSAGE_OPTIONS = ("producer", "connection", "router", "result_cls", "add_t
 
 
 def _exec_options(task: Any) -> dict[str, Any]:
-    """The task's own publish options (queue, priority, serializer ...), not None ones.
-
-    ``Task._get_exec_options`` is what Celery's ``apply_async`` and ``send_task`` use.
-    """
-    return {k: v for k, v in task._get_exec_options().items() if v is not None}
+    """The task's own publish options (queue, priority, serializer ...), not None ones."""
+    return _celery_compat.exec_options(task)
 
 
 def _expiration_seconds(app: Celery, expires: Any) -> float:

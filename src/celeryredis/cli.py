@@ -26,6 +26,7 @@ import kombu.exceptions
 import redis
 from celery import Celery
 
+from celeryredis._errors import classify, describe, is_redis_failure
 from celeryredis.app import explain, format_explain
 from celeryredis.bulk import BulkPublishError, enqueue_many
 from celeryredis.connection import get_redis, new_redis
@@ -36,9 +37,10 @@ from celeryredis.deadletter import (
     iso_utc,
 )
 from celeryredis.exceptions import CeleryRedisError, ConfigurationError
-from celeryredis.health import HealthPart, QueueDepth, check_health, check_worker, inspect_queues
+from celeryredis.health import HealthPart, check_health, check_worker
 from celeryredis.keys import lock_pattern
 from celeryredis.log import redact_exc_info
+from celeryredis.queues import QueueDepth, inspect_queues
 from celeryredis.redaction import redact_text
 
 __all__ = ["EXIT_CODES", "CliError", "main", "redis_command"]
@@ -128,6 +130,12 @@ def _translate(  # noqa: PLR0911 - one return per kind of failure, in the table'
         return CliError(exc.format_message(), EXIT_ERROR)
     if isinstance(exc, DeadLetterNotFound):
         return CliError(_suggesting(ctx, str(exc)), EXIT_NOT_FOUND)
+    if is_redis_failure(exc) and (diagnosis := classify(exc)).permanent:
+        # Retrying cannot help (a wrong password, NOPERM, a DB index, TLS): say why.
+        return CliError(
+            f"Redis{_broker(ctx)} refused the app: {describe(diagnosis, 'broker_url')}",
+            EXIT_CONFIG,
+        )
     if _is_unavailable(exc):
         root = _root_cause(exc)
         text = str(root).rstrip(". ")

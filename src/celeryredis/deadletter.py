@@ -38,8 +38,9 @@ from typing import Any, Final, Literal
 import redis
 from celery import Celery
 
+from celeryredis._celery_compat import discard_buffered_result
 from celeryredis.connection import get_redis
-from celeryredis.exceptions import CeleryRedisError
+from celeryredis.exceptions import DeadLetterError, DeadLetterNotFound
 from celeryredis.keys import dead_letter_key
 from celeryredis.redaction import (
     REDACTED,
@@ -83,38 +84,6 @@ _PROTOCOL_HEADERS: Final = frozenset(
         "ignore_result", "replaced_task_nesting", "stamped_headers", "stamps",
     }
 )  # fmt: skip
-
-
-class DeadLetterError(CeleryRedisError):
-    """The dead-letter queue could not be read, written or replayed.
-
-    Attributes:
-        published: Ids of the tasks published before the error (for replay).
-        not_published: Entry ids that were not published (and were put back).
-    """
-
-    def __init__(
-        self, message: str, *, published: Iterable[str] = (), not_published: Iterable[str] = ()
-    ) -> None:
-        super().__init__(message)
-        self.published = tuple(published)
-        self.not_published = tuple(not_published)
-
-
-class DeadLetterNotFound(DeadLetterError):  # noqa: N818 - reads as what happened
-    """No dead-letter entry has these ids (nothing was replayed).
-
-    Attributes:
-        ids: The ids that were not found.
-    """
-
-    def __init__(self, ids: Iterable[str]) -> None:
-        self.ids = tuple(ids)
-        shown = ", ".join(repr(i) for i in self.ids)
-        super().__init__(
-            f"no dead-letter entry {shown}: it was replayed, purged or trimmed already, or "
-            "the id is mistyped (ids look like 1764612000000-0; `celeryredis dlq list` shows them)"
-        )
 
 
 def iso_utc(epoch: float) -> str:
@@ -614,6 +583,7 @@ class DeadLetterQueue:
             # runs; forget it so the caller waits for the replay's own result.
             with contextlib.suppress(NotImplementedError):  # no result backend
                 self.app.AsyncResult(task_id).forget()
+            discard_buffered_result(self.app.backend, task_id)
         options: dict[str, Any] = {
             "task_id": task_id,
             "argsrepr": repr(tuple(entry.args)),

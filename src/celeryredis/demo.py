@@ -289,7 +289,7 @@ def _rate_limited(hostapp: Any, out: list[str]) -> None:
 
 def _bulk(hostapp: Any, out: list[str]) -> None:
     from celeryredis.bulk import enqueue_many  # noqa: PLC0415
-    from celeryredis.health import inspect_queues  # noqa: PLC0415
+    from celeryredis.queues import inspect_queues  # noqa: PLC0415
 
     started = time.monotonic()
     enqueue_many(

@@ -34,6 +34,8 @@ from typing import Any
 
 __all__ = [
     "NAMESPACE",
+    "POISON_NAME",
+    "SENT_AT_HEADER",
     "bulk_marker_key",
     "dead_letter_key",
     "heartbeat_key",
@@ -48,6 +50,14 @@ __all__ = [
 
 #: Our namespace inside the broker's key prefix.
 NAMESPACE = "celeryredis:"
+
+#: The message header celeryredis stamps at publish, holding the send time in epoch seconds
+#: (read by queue inspection for the oldest message's age).
+SENT_AT_HEADER = "celeryredis_sent_at"
+
+#: The poison list's name before kombu's client adds ``global_keyprefix`` (the reliable
+#: transport's Redis client adds the prefix itself); :func:`poison_key` has the full key.
+POISON_NAME = f"{NAMESPACE}poison"
 
 
 def prefix(conf: Mapping[str, Any]) -> str:

@@ -22,23 +22,11 @@ from typing import Any
 import redis
 
 from celeryredis._scripts import source
-from celeryredis.exceptions import CeleryRedisError
+from celeryredis.exceptions import LockError
 
 __all__ = ["LockError", "LockRenewer", "LockState", "TokenLock", "acquire_many"]
 
 logger = logging.getLogger(__name__)
-
-
-class LockError(CeleryRedisError):
-    """A lock operation failed.
-
-    Attributes:
-        lock_name: The lock's key.
-    """
-
-    def __init__(self, message: str, *, lock_name: str) -> None:
-        super().__init__(message)
-        self.lock_name = lock_name
 
 
 @dataclass(frozen=True)
@@ -220,11 +208,6 @@ class LockRenewer:
         """Stop extending ``lock``."""
         with self._cond:
             self._locks.pop((lock.key, lock.token), None)
-
-    def held(self) -> list[TokenLock]:
-        """The locks being renewed."""
-        with self._cond:
-            return [lock for lock, _ in self._locks.values()]
 
     def _run(self) -> None:
         while True:

@@ -25,8 +25,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from celeryredis.connection import new_redis
-from celeryredis.health import inspect_queues, read_heartbeats
+from celeryredis.heartbeat import read_heartbeats
 from celeryredis.keys import dead_letter_key
+from celeryredis.queues import inspect_queues
 from celeryredis.stats import read_counts
 
 __all__ = ["MetricsStep", "RedisCollector", "install", "registry_for", "serve"]

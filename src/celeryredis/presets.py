@@ -346,14 +346,18 @@ DEVELOPMENT: Final = Preset(
 THROUGHPUT: Final = Preset(
     "throughput",
     "For high-volume idempotent work where speed beats at-least-once delivery: "
-    "acks early, no results, a deeper prefetch. A task running when its worker "
-    "dies is lost.",
+    "acks early, no results (.get() raises ResultNotStoredError), a deeper prefetch. "
+    "A task running when its worker dies is lost.",
     {
         **_CONNECTION_SAFETY,
         **_JSON_ONLY,
         **_DEAD_LETTERS,
         "task_acks_late": _s(False, "Ack on receipt: fewer round trips; a crash loses the task."),
-        "task_ignore_result": _s(True, "No result writes; use AsyncResult only where needed."),
+        "task_ignore_result": _s(
+            True,
+            "No results are stored: .get() raises ResultNotStoredError at once; give "
+            "ignore_result=False to the tasks whose results you need.",
+        ),
         "worker_prefetch_multiplier": _s(16, "Keep each process fed between broker round trips."),
         "task_time_limit": _s(300, "A bounded hard limit keeps the prefetched tail bounded."),
         "task_soft_time_limit": _s(290, "Soft limit 10 s before the hard one."),

@@ -18,17 +18,13 @@ from celery import Celery
 
 from celeryredis._scripts import source
 from celeryredis.connection import get_redis
-from celeryredis.exceptions import CeleryRedisError, ConfigurationError
+from celeryredis.exceptions import ConfigurationError, RateLimitError
 from celeryredis.keys import rate_limit_key
 
 __all__ = ["Decision", "RateLimitError", "RateLimiter", "parse_rate", "rate_limiter"]
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:/\s*([smh]))?\s*$")
 _PER = {"s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-class RateLimitError(CeleryRedisError):
-    """Redis could not be asked for a rate-limit decision."""
 
 
 def parse_rate(text: str) -> float:

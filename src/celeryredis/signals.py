@@ -24,7 +24,8 @@ from billiard.exceptions import WorkerLostError
 from celery import Celery, signals
 
 from celeryredis.deadletter import dead_letter_message
-from celeryredis.health import SENT_AT_HEADER
+from celeryredis.keys import SENT_AT_HEADER
+from celeryredis.log import install_redaction
 from celeryredis.tasks.base import Task, emit, remember_routing
 from celeryredis.tasks.unique import UNIQUE_HEADER, UniqueTask
 
@@ -102,14 +103,40 @@ def _on_before_publish(headers: Any = None, **_: Any) -> None:
 def install(app: Celery) -> None:
     """Connect celeryredis's receivers (once per process; they serve every app).
 
-    The receivers act only on tasks whose class derives from
-    :class:`celeryredis.Task`, and hold no reference to ``app``.
+    ``app`` is taken for symmetry with :func:`celeryredis.worker.install` and is not
+    kept: Celery's signals are process-wide, the receivers act only on tasks whose class
+    derives from :class:`celeryredis.Task`, and each finds its app through the task.
     """
-    signals.task_received.connect(_on_received, weak=False, dispatch_uid="celeryredis:received")
-    signals.task_revoked.connect(_on_revoked, weak=False, dispatch_uid="celeryredis:revoked")
-    signals.task_failure.connect(_on_failure, weak=False, dispatch_uid="celeryredis:failure")
-    signals.task_unknown.connect(_on_unknown, weak=False, dispatch_uid="celeryredis:unknown")
-    signals.task_rejected.connect(_on_rejected, weak=False, dispatch_uid="celeryredis:rejected")
-    signals.before_task_publish.connect(
-        _on_before_publish, weak=False, dispatch_uid="celeryredis:sent_at"
+    signals.task_received.connect(
+        _on_received, weak=False, dispatch_uid="celeryredis.signals.received"
     )
+    signals.task_revoked.connect(
+        _on_revoked, weak=False, dispatch_uid="celeryredis.signals.revoked"
+    )
+    signals.task_failure.connect(
+        _on_failure, weak=False, dispatch_uid="celeryredis.signals.failure"
+    )
+    signals.task_unknown.connect(
+        _on_unknown, weak=False, dispatch_uid="celeryredis.signals.unknown"
+    )
+    signals.task_rejected.connect(
+        _on_rejected, weak=False, dispatch_uid="celeryredis.signals.rejected"
+    )
+    signals.before_task_publish.connect(
+        _on_before_publish, weak=False, dispatch_uid="celeryredis.signals.sent_at"
+    )
+    # A prefork worker's main process never runs a task (the first task a process runs
+    # installs the redacting filter): cover its own records (hard time limits, worker
+    # lost) once Celery has set its logging up.
+    signals.after_setup_logger.connect(
+        _on_logging_ready, weak=False, dispatch_uid="celeryredis.signals.redaction"
+    )
+    signals.after_setup_task_logger.connect(
+        _on_logging_ready, weak=False, dispatch_uid="celeryredis.signals.task_redaction"
+    )
+
+
+def _on_logging_ready(logger: logging.Logger | None = None, **kwargs: Any) -> None:
+    install_redaction()
+    if logger is not None:
+        install_redaction(logger)

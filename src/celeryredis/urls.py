@@ -7,9 +7,15 @@ Supported forms (the same for the broker and the result backend)::
     redis+socket://[[user]:password@]/path/to/redis.sock[?virtual_host=db]
     unix://[[user]:password@]/path/to/redis.sock[?db=N]        (normalised to redis+socket://)
     sentinel://[[user]:password@]host:port[/db];sentinel://host:port;...
+    rediscluster://[[user]:password@]host:port[,host:port...][/0]
+    redisclusters://[[user]:password@]host:port[,host:port...][/0]?ssl_cert_reqs=required&...
 
-Redis Cluster is not supported by Celery's Redis transport or result backend, so
-cluster URLs are refused, as are any other schemes.
+A Redis Cluster URL lists one or more of the cluster's nodes (the client discovers
+the rest); ``redisclusters://`` is the TLS form. A cluster has no databases, so the
+path is ``/0`` or absent. Cluster URLs serve the result backend
+(:mod:`celeryredis.cluster`); the broker transport for Redis Cluster is not there yet,
+and :func:`refuse_cluster_broker` says so. Other spellings of a cluster scheme and any
+other schemes are refused.
 
 Every ``repr``, ``str`` and error message produced here shows the password as
 ``***``; only :meth:`RedisURL.geturl` returns the secret, for handing to Celery.
@@ -21,6 +27,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Final
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 from celeryredis.exceptions import ConfigurationError
@@ -33,6 +40,7 @@ __all__ = [
     "parse_redis_url",
     "redact_text",
     "redact_url",
+    "refuse_cluster_broker",
 ]
 
 #: Accepted values of the ``ssl_cert_reqs`` query parameter, mapped to the
@@ -54,16 +62,23 @@ _SSL_QUERY_KEYS = frozenset(
 _COMMON_QUERY_KEYS = frozenset({"credential_provider"})
 _SOCKET_QUERY_KEYS = frozenset({"virtual_host"})
 
-_SCHEMES = ("redis", "rediss", "redis+socket", "unix", "sentinel")
-_CLUSTER_SCHEMES = frozenset(
-    {"rediscluster", "redis+cluster", "redis-cluster", "rediss+cluster", "cluster"}
+_SCHEMES = ("redis", "rediss", "redis+socket", "unix", "sentinel", "rediscluster", "redisclusters")
+#: The cluster schemes celeryredis reads.
+CLUSTER_SCHEMES: Final = frozenset({"rediscluster", "redisclusters"})
+# Spellings other libraries use for a cluster URL: refused with the one to write.
+_OTHER_CLUSTER_SCHEMES = frozenset(
+    {"redis+cluster", "redis-cluster", "rediss+cluster", "rediss-cluster", "cluster"}
 )
-_DEFAULT_PORTS = MappingProxyType({"redis": 6379, "rediss": 6379, "sentinel": 26379})
+_TLS_SCHEMES = frozenset({"rediss", "redisclusters"})
+_DEFAULT_PORTS = MappingProxyType(
+    {"redis": 6379, "rediss": 6379, "sentinel": 26379, "rediscluster": 6379, "redisclusters": 6379}
+)
 _DIGITS_RE = re.compile(r"[0-9]{1,9}")
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _SUPPORTED_TEXT = (
-    "supported: redis://, rediss://, redis+socket:// (or unix://) and "
-    "sentinel://host:port;sentinel://host:port"
+    "supported: redis://, rediss://, redis+socket:// (or unix://), "
+    "sentinel://host:port;sentinel://host:port and, for the result backend, "
+    "rediscluster://host:port,host:port (redisclusters:// with TLS)"
 )
 
 
@@ -92,10 +107,11 @@ class RedisURL:
     redacted; :meth:`geturl` gives the full URL for Celery.
 
     Attributes:
-        scheme: ``redis``, ``rediss``, ``redis+socket`` or ``sentinel``
-            (``unix`` is normalised to ``redis+socket``).
-        hosts: ``(host, port)`` pairs; several only for ``sentinel``; empty for
-            a Unix socket.
+        scheme: ``redis``, ``rediss``, ``redis+socket``, ``sentinel``,
+            ``rediscluster`` or ``redisclusters`` (``unix`` is normalised to
+            ``redis+socket``).
+        hosts: ``(host, port)`` pairs; several only for ``sentinel`` and the
+            cluster schemes; empty for a Unix socket.
         socket_path: The socket path for ``redis+socket``, else None.
         username: The ACL user name, if any.
         password: The password, if any. Never shown in ``repr``.
@@ -113,8 +129,13 @@ class RedisURL:
 
     @property
     def is_tls(self) -> bool:
-        """True for ``rediss://`` URLs."""
-        return self.scheme == "rediss"
+        """True for ``rediss://`` and ``redisclusters://`` URLs."""
+        return self.scheme in _TLS_SCHEMES
+
+    @property
+    def is_cluster(self) -> bool:
+        """True for Redis Cluster URLs (``rediscluster://``, ``redisclusters://``)."""
+        return self.scheme in CLUSTER_SCHEMES
 
     @property
     def is_sentinel(self) -> bool:
@@ -164,6 +185,11 @@ class RedisURL:
         if self.is_socket:
             path = quote(self.socket_path or "", safe="/")
             return f"redis+socket://{self._userinfo(password, first=True)}{path}{suffix}"
+        if self.is_cluster:
+            nodes = ",".join(
+                f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.hosts
+            )
+            return f"{self.scheme}://{self._userinfo(password, first=True)}{nodes}/0{suffix}"
         chunks = []
         for index, (host, port) in enumerate(self.hosts):
             shown_host = f"[{host}]" if ":" in host else host
@@ -223,7 +249,7 @@ def _parse_query(url: str, raw: str, scheme: str, setting: str | None) -> dict[s
     pairs = parse_qsl(raw, keep_blank_values=True)
     query: dict[str, str] = {}
     allowed = set(_COMMON_QUERY_KEYS)
-    if scheme in {"rediss", "sentinel"}:
+    if scheme in {"rediss", "sentinel", "redisclusters"}:
         allowed |= _SSL_QUERY_KEYS
     if scheme == "redis+socket":
         allowed |= _SOCKET_QUERY_KEYS
@@ -231,10 +257,11 @@ def _parse_query(url: str, raw: str, scheme: str, setting: str | None) -> dict[s
         value = raw_value
         if key in query:
             raise _fail(url, f"query parameter {key!r} is given twice", setting=setting)
-        if key in _SSL_QUERY_KEYS and scheme == "redis":
+        if key in _SSL_QUERY_KEYS and scheme in {"redis", "rediscluster"}:
+            tls = "rediss://" if scheme == "redis" else "redisclusters://"
             raise _fail(
                 url,
-                f"{key!r} only applies to TLS; use a rediss:// URL for TLS connections",
+                f"{key!r} only applies to TLS; use a {tls} URL for TLS connections",
                 setting=setting,
             )
         if key not in allowed:
@@ -294,11 +321,12 @@ def parse_redis_url(url: str, *, setting: str | None = None) -> RedisURL:
     if match is None:
         raise _fail(url, f"it has no scheme; {_SUPPORTED_TEXT}", setting=setting)
     scheme = match.group(1).lower()
-    if scheme in _CLUSTER_SCHEMES:
+    if scheme in _OTHER_CLUSTER_SCHEMES:
+        tls = scheme.startswith("rediss")
         raise _fail(
             url,
-            "Redis Cluster is not supported by Celery's Redis transport and result backend; "
-            f"point celeryredis at a single Redis or at Sentinel ({_SUPPORTED_TEXT})",
+            f"write a Redis Cluster URL as {'redisclusters' if tls else 'rediscluster'}"
+            "://host:port,host:port (celeryredis reads no other spelling)",
             setting=setting,
         )
     if scheme not in _SCHEMES:
@@ -306,6 +334,12 @@ def parse_redis_url(url: str, *, setting: str | None = None) -> RedisURL:
     if scheme == "sentinel":
         return _parse_sentinel(url, setting)
     if ";" in url:
+        if scheme in CLUSTER_SCHEMES:
+            raise _fail(
+                url,
+                "separate a cluster's nodes with ',' (rediscluster://host:port,host:port), not ';'",
+                setting=setting,
+            )
         raise _fail(
             url, "only sentinel:// URLs may list several hosts separated by ';'", setting=setting
         )
@@ -316,6 +350,8 @@ def parse_redis_url(url: str, *, setting: str | None = None) -> RedisURL:
     rest, _, raw_query = rest.partition("?")
     if scheme in {"unix", "redis+socket"}:
         return _parse_socket(url, rest, raw_query, setting)
+    if scheme in CLUSTER_SCHEMES:
+        return _parse_cluster(url, scheme, rest, raw_query, setting)
     netloc, _, path = rest.partition("/")
     username, password, hostport = _split_userinfo(netloc)
     host, port = _parse_hostport(url, hostport, scheme, setting)
@@ -381,3 +417,53 @@ def _parse_sentinel(url: str, setting: str | None) -> RedisURL:
     if len(set(hosts)) != len(hosts):
         raise _fail(url, "a Sentinel host is listed twice", setting=setting)
     return RedisURL("sentinel", tuple(hosts), None, username, password, db, MappingProxyType(query))
+
+
+def _parse_cluster(
+    url: str, scheme: str, rest: str, raw_query: str, setting: str | None
+) -> RedisURL:
+    netloc, _, path = rest.partition("/")
+    username, password, nodes = _split_userinfo(netloc)
+    if not nodes:
+        raise _fail(
+            url,
+            "list at least one cluster node, e.g. rediscluster://10.0.0.1:7000,10.0.0.2:7000",
+            setting=setting,
+        )
+    hosts: list[tuple[str, int]] = []
+    for node in nodes.split(","):
+        if not node:
+            raise _fail(url, "an empty node in the ','-separated node list", setting=setting)
+        hosts.append(_parse_hostport(url, node, scheme, setting))
+    if len(set(hosts)) != len(hosts):
+        raise _fail(url, "a cluster node is listed twice", setting=setting)
+    db_text = path.strip("/")
+    if db_text not in {"", "0"}:
+        raise _fail(
+            url,
+            f"a Redis Cluster has no databases: the path must be /0 or absent, not /{db_text}; "
+            "keep apps apart with result_backend_transport_options={'global_keyprefix': ...}",
+            setting=setting,
+        )
+    query = _parse_query(url, raw_query, scheme, setting)
+    return RedisURL(scheme, tuple(hosts), None, username, password, 0, MappingProxyType(query))
+
+
+def refuse_cluster_broker(url: RedisURL, *, setting: str = "broker_url") -> RedisURL:
+    """Return ``url`` unless it is a Redis Cluster URL, which the broker cannot use yet.
+
+    Args:
+        url: The parsed broker URL.
+        setting: Where it came from, for the message.
+
+    Raises:
+        ConfigurationError: ``url`` is a ``rediscluster://`` or ``redisclusters://`` URL.
+    """
+    if url.is_cluster:
+        raise ConfigurationError(
+            f"{setting} {url.redacted()!r} is a Redis Cluster URL: the broker transport for "
+            "Redis Cluster is not there yet; use a single node or Sentinel for the broker "
+            "(a cluster URL works as result_backend)",
+            setting=setting.split(" ", 1)[0],
+        )
+    return url

@@ -397,12 +397,9 @@ def _check_pickle(conf: Mapping[str, Any]) -> Iterable[Finding]:
 
 def old_setting_names() -> Mapping[str, str]:
     """Return Celery's table of old upper-case setting names to their new names."""
-    # Celery keeps this table in a private dict (celery.app.defaults._TO_NEW_KEY);
-    # it is the only complete list, so we read it rather than copy it.
-    from celery.app import defaults  # noqa: PLC0415
+    from celeryredis import _celery_compat  # noqa: PLC0415
 
-    table: Mapping[str, str] = getattr(defaults, "_TO_NEW_KEY", {})
-    return table
+    return _celery_compat.old_setting_names()
 
 
 def _check_old_names(conf: Mapping[str, Any]) -> Iterable[Finding]:

@@ -26,10 +26,12 @@ from celery import Celery, bootsteps
 from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer as _CeleryConsumer
 
+from celeryredis import _kombu_compat
+from celeryredis._prefork import PreforkReapStep
 from celeryredis.connection import new_redis
 from celeryredis.deadletter import DeadLetterError, DeadLetterQueue, dead_letter_message
 from celeryredis.exceptions import ConfigurationError
-from celeryredis.health import remove_heartbeat, write_heartbeat
+from celeryredis.heartbeat import remove_heartbeat, write_heartbeat
 from celeryredis.keys import poison_key
 from celeryredis.presets import known_settings
 from celeryredis.redaction import redact_text
@@ -131,25 +133,22 @@ class Consumer(_CeleryConsumer):
         """Make the lost connection's ``close()`` unable to stop the worker, then recover."""
         connection = self.connection
         if connection is not None:
-            close = connection.close
-
-            def close_quietly() -> None:
-                try:
-                    close()
-                except AttributeError as error:  # kombu: pool rebuilt from collected conninfo
-                    logger.warning(
-                        "closing the lost broker connection failed (%r); its unacked "
-                        "messages return after the visibility timeout",
-                        error,
-                    )
-
-            connection.close = close_quietly  # type: ignore[method-assign]
+            # kombu: the pool is rebuilt from the collected conninfo -> AttributeError.
+            _kombu_compat.quiet_close(connection, _report_failed_close)
         super().on_connection_error_after_connected(exc)
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         """Dead-letter the message, then let Celery log and ack it."""
         dead_letter_message(self.app, message, "decode_error", exc)
         super().on_decode_error(message, exc)
+
+
+def _report_failed_close(error: AttributeError) -> None:
+    logger.warning(
+        "closing the lost broker connection failed (%r); its unacked "
+        "messages return after the visibility timeout",
+        error,
+    )
 
 
 class HeartbeatStep(bootsteps.StartStopStep):
@@ -206,8 +205,8 @@ class HeartbeatStep(bootsteps.StartStopStep):
         consumer = getattr(parent, "task_consumer", None)
         channel = getattr(consumer, "channel", None)
         # kombu's Redis channel records when it sent its current BRPOP; the previous one
-        # completed just before. Private attribute, read only (see the operations docs).
-        sent = getattr(channel, "_brpop_sent_at", None)
+        # completed just before (private, read through the shim; see the operations docs).
+        sent = _kombu_compat.poll_sent_at(channel)
         qos = getattr(channel, "qos", None)
         can_consume = getattr(qos, "can_consume", None)
         active = len(worker_state.active_requests)
@@ -219,9 +218,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
             "active": active,
             "reserved": max(0, len(worker_state.reserved_requests) - active),
             "saturated": bool(callable(can_consume) and not can_consume()),
-            "poll_age_s": None
-            if not isinstance(sent, float)
-            else round(max(0.0, time.monotonic() - sent), 3),
+            "poll_age_s": None if sent is None else round(max(0.0, time.monotonic() - sent), 3),
             "interval": self.interval,
             "beat_at": time.time(),
             "started_at": self._started_at,
@@ -256,13 +253,15 @@ class PoisonStep(bootsteps.StartStopStep):
     requires = ("celery.worker.consumer.tasks:Tasks",)
     #: Most items moved per run (the rest wait for the next).
     batch = 100
+    #: Seconds between runs: poison items are rare, and nothing waits on them (they are
+    #: safe in their list meanwhile). Its own cadence, not the heartbeat's.
+    interval = 5.0
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         conf = parent.app.conf
         self.enabled = uses_reliable_transport(conf) and bool(
             setting(conf, "celeryredis_dead_letter")
         )
-        self.interval = float(setting(conf, "celeryredis_heartbeat_interval") or 5.0)
         self._tref: Any = None
         super().__init__(parent, **kwargs)
 
@@ -318,6 +317,8 @@ def install(app: Celery) -> None:
     """Add celeryredis's worker and consumer bootsteps to ``app`` (idempotent)."""
     if ValidationStep not in app.steps["worker"]:
         app.steps["worker"].add(ValidationStep)
+    if PreforkReapStep not in app.steps["worker"]:
+        app.steps["worker"].add(PreforkReapStep)
     if HeartbeatStep not in app.steps["consumer"]:
         app.steps["consumer"].add(HeartbeatStep)
     if PoisonStep not in app.steps["consumer"]:

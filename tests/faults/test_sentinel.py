@@ -134,7 +134,7 @@ def test_master_sigkill_fails_over_without_a_failed_publish(
                 "result_backend_transport_options": options,
             },
         )
-        worker = rig.worker("s", concurrency=2)
+        worker = rig.worker("s", concurrency=2, trust_ports=ports)  # sentinels: started here
         worker.wait_ready()
         publisher = Publisher(rig)
         try:

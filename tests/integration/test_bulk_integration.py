@@ -23,7 +23,8 @@ from celery import Celery
 
 from celeryredis import DuplicateTaskError, UniqueTask, make_app
 from celeryredis.bulk import BulkPublishError, enqueue_many
-from celeryredis.health import SENT_AT_HEADER
+from celeryredis.keys import SENT_AT_HEADER
+from celeryredis.stats import read_counts
 from tests._util import import_host_module, wait_for
 
 pytestmark = pytest.mark.integration
@@ -306,6 +307,12 @@ def test_unique_tasks_lock_the_batch(
     assert results[2].id == held.id  # the holder's result
     assert results[3].id == results[0].id  # the same call twice
     assert client.llen("celery") == 1 + 2  # held + 1 + 2
+    # One claim path with apply_async: the refusal is counted as apply_async counts it.
+    counts = read_counts(client, host.report.app.conf)
+    assert counts[("duplicate_refusals", host.report.name)] == 1
+    host.report.delay(3)  # refused by apply_async: the same counter
+    counts = read_counts(client, host.report.app.conf)
+    assert counts[("duplicate_refusals", host.report.name)] == 2
 
     client.flushdb()
     host.strict.delay(5)

@@ -268,7 +268,7 @@ def test_configure_validates() -> None:
     configure(app)
     with pytest.raises(
         ConfigurationError,
-        match=r"soft-limit-not-below-hard.*task_soft_time_limit=5000 from app config"
+        match=r"soft-limit-not-below-hard.*task_soft_time_limit=5000 from app.conf.update"
         r".*task_time_limit=1800 from preset:production",
     ):
         app.conf.get("task_time_limit")

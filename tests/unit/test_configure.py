@@ -260,3 +260,30 @@ def test_an_eager_host_does_not_retry_its_result_backend() -> None:
     settings.CELERY_RESULT_BACKEND_ALWAYS_RETRY = True  # type: ignore[attr-defined]
     settings.CELERY_TASK_ALWAYS_EAGER = True  # type: ignore[attr-defined]
     assert app.conf.result_backend_always_retry is True  # the host chose it
+
+
+def test_celerys_django_task_class_becomes_ours_combined_with_it() -> None:
+    """Celery's Django fixup sets DjangoTask as the default: ours keeps delay_on_commit."""
+    app = Celery("django_fixup", set_as_current=False)
+    app.task_cls = "celery.contrib.django.task:DjangoTask"  # what the fixup sets
+    app.config_from_object(_settings_class())
+    configure(app)
+    assert app.task_cls == "celeryredis.tasks.django:DjangoTask"
+    # examples/django's suite runs it in a real Django project (delay_on_commit included).
+
+
+def test_celerys_override_layer_beats_keyword_settings_as_in_celery() -> None:
+    """app.conf.update wins over everything in Celery; explain() and the checks agree."""
+    from celeryredis import make_app
+
+    app = make_app("over", broker_url=URL, task_time_limit=60, task_soft_time_limit=50)
+    other = "redis://127.0.0.1:6391/0"
+    app.conf.update(broker_url=other, task_time_limit=90)
+    assert app.conf.broker_url == other
+    assert app.conf.task_time_limit == 90
+    rows = {r.setting: r for r in explain(app)}
+    assert (rows["broker_url"].value, rows["broker_url"].source) == (other, "app.conf.update")
+    assert (rows["task_time_limit"].value, rows["task_time_limit"].source) == (
+        90,
+        "app.conf.update",
+    )

@@ -8,15 +8,10 @@ import logging
 import pytest
 
 from celeryredis import ConfigurationError, make_app
-from celeryredis.health import (
-    HealthPart,
-    HealthReport,
-    QueueDepth,
-    _heartbeat_from,
-    _match,
-    stall_after,
-)
+from celeryredis.health import HealthPart, HealthReport, _match
+from celeryredis.heartbeat import _heartbeat_from, stall_after
 from celeryredis.keys import heartbeat_key, workers_key
+from celeryredis.queues import QueueDepth
 from celeryredis.validation import run_checks
 
 URL = "redis://:hunter2-Secret@127.0.0.1:6379/0"

@@ -218,3 +218,24 @@ def test_rate_limit_key_gives_each_key_its_own_limiter(app: Celery) -> None:
     assert a.key.endswith("celeryredis:rl:tests.unit.test_tasks.call:c1")
     assert b.key.endswith(":c2")
     assert a.rate == 10.0
+
+
+def test_celery_logging_setup_gets_the_redacting_filter() -> None:
+    """A prefork main process runs no task: its handlers are covered when Celery sets them up."""
+    import logging
+
+    from celery import Celery
+    from celery import signals as celery_signals
+
+    from celeryredis import signals
+    from celeryredis.log import RedactingFilter
+
+    signals.install(Celery("logging_setup", set_as_current=False))
+    logger = logging.getLogger("celeryredis.tests.setup")
+    handler = logging.StreamHandler()
+    logger.addHandler(handler)
+    try:
+        celery_signals.after_setup_logger.send(sender=None, logger=logger)
+        assert any(isinstance(f, RedactingFilter) for f in handler.filters)
+    finally:
+        logger.removeHandler(handler)

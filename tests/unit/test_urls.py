@@ -79,8 +79,8 @@ def test_unix_is_normalised_to_redis_socket() -> None:
         ("localhost:6379", "no scheme"),
         ("amqp://guest@localhost//", "not supported"),
         ("http://h/0", "not supported"),
-        ("rediscluster://h:7000", "Cluster"),
-        ("redis+cluster://h:7000", "Cluster"),
+        ("rediscluster://h:7000/1", "no databases"),
+        ("redis+cluster://h:7000", "rediscluster://"),
         ("redis://h:notaport/0", "port"),
         ("redis://h:70000/0", "port"),
         ("redis://h:0/0", "port"),
@@ -130,7 +130,8 @@ def test_password_never_in_repr_or_str(url: str) -> None:
         f"redis://app:{SECRET}@h:bad/0",
         f"amqp://app:{SECRET}@h//",
         f"redis://app:{SECRET}@h/0?bogus=1",
-        f"rediscluster://:{SECRET}@h:7000",
+        f"rediscluster://:{SECRET}@h:7000/2",
+        f"rediscluster://app:{SECRET}@h:7000,h2:bad",
     ],
 )
 def test_password_never_in_error_messages(url: str) -> None:

@@ -15,6 +15,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
+from celeryredis import _celery_compat
 from celeryredis.exceptions import ConfigurationError
 
 __all__ = [
@@ -31,22 +32,10 @@ __all__ = [
 
 OptionCheck = Callable[[str, Any], None]
 
-# Keys Celery itself puts into a decorated task's class dict (celery/app/base.py,
-# _task_from_fun) and Celery's own task options that are not Task attributes.
-_CELERY_CLASS_KEYS: Final = frozenset(
+# Keys Celery itself puts into a decorated task's class dict (private ones among them,
+# hence the shim) and Celery's own task options that are not Task attributes.
+_CELERY_CLASS_KEYS: Final = _celery_compat.decorated_class_keys() | frozenset(
     {
-        "app",
-        "name",
-        "run",
-        "_decorated",
-        "_dump_pydantic_arguments",
-        "_decorated_fun",
-        "__doc__",
-        "__module__",
-        "__annotations__",
-        "__header__",
-        "__wrapped__",
-        "__qualname__",
         # Celery's autoretry options (read with getattr by add_autoretry_behaviour).
         "autoretry_for",
         "dont_autoretry_for",
@@ -144,7 +133,7 @@ def check_task_class(cls: type, options: Mapping[str, OptionCheck]) -> None:
         # Defaults computed by a descriptor (e.g. the app's retry budget) are not values.
         if name in options and not hasattr(type(value), "__get__"):
             options[name](name, value)
-    if not own.get("_decorated"):
+    if not _celery_compat.made_by_decorator(own):
         return
     for name in own:
         if name in _CELERY_CLASS_KEYS or name in options:

@@ -49,11 +49,19 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 import celery
-import redis
 from celery.exceptions import Reject
-from kombu.exceptions import OperationalError
+from celery.result import AsyncResult
 
-from celeryredis.exceptions import PublishError
+from celeryredis._backend_guard import guard_backend
+from celeryredis._errors import (
+    classify,
+    describe,
+    fails_fast,
+    is_redis_failure,
+    permanent_errback,
+    refused_by,
+)
+from celeryredis.exceptions import PublishError, ResultNotStoredError
 from celeryredis.log import bind_task_secrets, redact_exc_info, task_context
 from celeryredis.redaction import redact_call, redact_text, sensitive_words, summarize_call
 from celeryredis.registry import setting
@@ -66,6 +74,7 @@ from celeryredis.tasks._options import (
     as_positive_int,
     check_task_class,
 )
+from celeryredis.urls import redact_url
 from celeryredis.validation import Finding, enforce
 
 __all__ = ["AppRetryBudget", "Task", "emit", "lifecycle_logger", "remember_routing"]
@@ -271,24 +280,56 @@ class Task(celery.Task[Any, Any]):
             if call.changed:
                 options["argsrepr"] = repr(call.args)
                 options["kwargsrepr"] = repr(call.kwargs)
+        self.check_arguments(args, kwargs)
+        conf = self.app.conf
+        if fails_fast(conf.broker_url):
+            options["retry_policy"] = _with_permanent_errback(options.get("retry_policy"))
+        if fails_fast(conf.result_backend):
+            guard_backend(self.backend)
         started = time.monotonic()
         try:
             return super().apply_async(args, kwargs, *rest, **options)
         except Exception as exc:
-            if not _is_connection_failure(exc):
+            if not is_redis_failure(exc):
                 raise
-            elapsed = time.monotonic() - started
-            root: BaseException = exc
-            while root.__cause__ is not None:
-                root = root.__cause__
-            raise PublishError(
-                f"could not publish task {self.name!r}: Redis did not answer for {elapsed:.1f} s "
-                f"({type(root).__name__}: {redact_text(str(root))}); the task was not sent. "
-                "Retry later, or lengthen task_publish_retry_policy and "
-                "result_backend_transport_options['retry_policy'] to wait longer",
-                task_name=self.name,
-                elapsed=elapsed,
-            ) from exc
+            raise _publish_error(self.app, self.name, exc, time.monotonic() - started) from exc
+
+    def check_arguments(self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> None:
+        """Raise ``TypeError`` if the call does not fit the task's signature.
+
+        Celery does this itself in ``apply_async`` (``typing``); the bases whose
+        ``apply_async`` uses the arguments first (``UniqueTask``'s key) call it earlier,
+        so a wrong call is a ``TypeError`` at publish for every base.
+        """
+        if not self.typing:
+            return
+        header = getattr(self, "__header__", None)
+        if header is not None:  # a decorated function: Celery's own check
+            header(*(args or ()), **(kwargs or {}))
+            return
+        try:  # a task class: its run() method
+            signature = inspect.signature(self.run)
+        except (TypeError, ValueError):  # no signature to check
+            return
+        try:
+            signature.bind(*(args or ()), **(kwargs or {}))
+        except TypeError as exc:
+            raise TypeError(f"{self.name}: {exc}") from None
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> Any:  # noqa: N802 - Celery's name
+        """Celery's ``AsyncResult``, whose ``.get()`` fails at once if results are not stored.
+
+        Raises:
+            ResultNotStoredError: From ``.get()``, when the task was published with
+                ``ignore_result`` (the task's option or the app's
+                ``task_ignore_result``, e.g. the ``throughput`` preset) and so no
+                result will ever arrive.
+        """
+        kwargs.setdefault("backend", self.backend)
+        kwargs.setdefault("task_name", self.name)
+        result = _StoredResult(task_id, app=self.app, **kwargs)
+        result.ignored = bool(self.ignore_result)
+        return result
 
     # -- running ---------------------------------------------------------------------------
 
@@ -331,6 +372,8 @@ class Task(celery.Task[Any, Any]):
         """Log ``started`` and start the attempt's clock."""
         self.request.celeryredis_started = time.monotonic()  # type: ignore[attr-defined]
         bind_task_secrets(self._secrets(args, kwargs))
+        if not lifecycle_logger.isEnabledFor(logging.INFO):
+            return  # _log() would drop it: skip the argument summary (a per-task cost)
         summary = summarize_call(
             args,
             kwargs,
@@ -529,19 +572,65 @@ class Task(celery.Task[Any, Any]):
         emit(level, fields, exc_info, secrets=secrets)
 
 
-def _is_connection_failure(exc: BaseException) -> bool:
-    """A publish failed because Redis was unreachable (not because of bad input).
+def _with_permanent_errback(policy: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The publish ``retry_policy`` plus an errback that ends kombu's retries on a permanent error.
 
-    kombu raises ``OperationalError`` when the publish retries are used up; Celery's
-    Redis result backend raises a bare ``RuntimeError`` (with the connection error as
-    its cause) when re-subscribing to the result channel runs out of retries.
+    Celery merges it over ``task_publish_retry_policy``; a caller's own errback still runs.
     """
-    if isinstance(exc, OperationalError | redis.ConnectionError | redis.TimeoutError):
-        return True
-    cause = exc.__cause__
-    return isinstance(exc, RuntimeError) and isinstance(
-        cause, redis.ConnectionError | redis.TimeoutError | OperationalError
+    merged = dict(policy or {})
+    errback = merged.get("errback")
+    if not getattr(errback, "celeryredis_errback", False):
+        merged["errback"] = permanent_errback(errback)
+    return merged
+
+
+def _publish_error(app: Any, name: str, exc: BaseException, elapsed: float) -> PublishError:
+    diagnosis = classify(exc)
+    if diagnosis.permanent:
+        where = refused_by(exc) or ("result backend" if isinstance(exc, RuntimeError) else "broker")
+        setting = "result_backend" if where == "result backend" else "broker_url"
+        url = redact_url(str(app.conf.get(setting) or "")) or "unset"
+        message = (
+            f"could not publish task {name!r}: the {where}'s Redis ({setting} {url}) refused "
+            f"the app: {describe(diagnosis, setting)}. The task was not sent."
+        )
+    else:
+        message = (
+            f"could not publish task {name!r}: {diagnosis.cause} for {elapsed:.1f} s "
+            f"({diagnosis.detail}); the task was not sent. Retry later, or lengthen "
+            "task_publish_retry_policy and result_backend_transport_options['retry_policy'] "
+            "to wait longer"
+        )
+    return PublishError(
+        message,
+        task_name=name,
+        elapsed=elapsed,
+        permanent=diagnosis.permanent,
+        kind=diagnosis.kind,
     )
+
+
+class _StoredResult(AsyncResult):  # type: ignore[type-arg]
+    """``AsyncResult`` whose ``get()`` refuses to wait for a result that is never stored."""
+
+    def __init__(self, task_id: str, *, task_name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(task_id, **kwargs)
+        self.task_name = task_name
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        if self.ignored:
+            raise ResultNotStoredError(
+                f"task {self.task_name or '?'}[{self.id}] does not store its result "
+                "(ignore_result: the task's option or the app's task_ignore_result, which "
+                "the 'throughput' preset sets), so .get() would wait for nothing. Pass "
+                "ignore_result=False to @app.task or apply_async() for results you need, "
+                "or use a preset that stores results",
+                task_id=self.id,
+                task_name=self.task_name,
+            )
+        return super().get(*args, **kwargs)
+
+    wait = get
 
 
 def emit(

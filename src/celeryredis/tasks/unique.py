@@ -15,7 +15,7 @@ from celery.exceptions import Ignore
 from celeryredis.connection import get_redis
 from celeryredis.exceptions import ConfigurationError, DuplicateTaskError
 from celeryredis.keys import lock_key
-from celeryredis.locks import LockRenewer, TokenLock
+from celeryredis.locks import LockRenewer, LockState, TokenLock, acquire_many
 from celeryredis.stats import count
 from celeryredis.tasks._options import OptionCheck, as_names, as_seconds
 from celeryredis.tasks.base import Task
@@ -148,6 +148,42 @@ class UniqueTask(Task):
     def _lock(self, key: str, token: str, ttl: float) -> TokenLock:
         return TokenLock(get_redis(self.app), key, token, ttl)
 
+    # -- the uniqueness claim (apply_async and enqueue_many) --------------------------------
+
+    def unique_headers(
+        self,
+        headers: Mapping[str, Any] | None,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+    ) -> tuple[dict[str, Any], str]:
+        """The message headers with this call's lock key (kept if already set), and the key."""
+        out = dict(headers or {})
+        key = str(out.get(UNIQUE_HEADER) or self.unique_lock_key(args, kwargs))
+        out[UNIQUE_HEADER] = key
+        return out, key
+
+    def unique_claim(
+        self, owners: Mapping[str, str], *, all_or_nothing: bool = False
+    ) -> dict[str, LockState | None]:
+        """Take the queue-time locks ``{lock key: task id}`` in one round trip.
+
+        The one claim path of :meth:`apply_async` and :func:`celeryredis.enqueue_many`:
+        a key held by another task is logged and counted (``duplicate_refusals``). With
+        ``all_or_nothing``, no lock is taken if any key is held, and the free keys map to
+        None.
+
+        Raises:
+            LockError: Redis refused the claim.
+        """
+        states = acquire_many(
+            get_redis(self.app), dict(owners), self._queue_ttl(), all_or_nothing=all_or_nothing
+        )
+        for key, state in states.items():
+            if state is not None and not state.acquired:
+                logger.info("task %s: duplicate of %s refused (%s)", self.name, state.holder, key)
+                count(self.app, "duplicate_refusals", self.name)
+        return states
+
     # -- publishing ------------------------------------------------------------------------
 
     def apply_async(
@@ -158,19 +194,14 @@ class UniqueTask(Task):
         **options: Any,
     ) -> Any:
         """Publish unless an equal task is already queued or running (see ``on_duplicate``)."""
-        headers = dict(options.get("headers") or {})
-        key = headers.get(UNIQUE_HEADER) or self.unique_lock_key(args, kwargs)
-        headers[UNIQUE_HEADER] = key
-        options["headers"] = headers
+        self.check_arguments(args, kwargs)  # a wrong call is a TypeError, before the key
+        options["headers"], key = self.unique_headers(options.get("headers"), args, kwargs)
         if self.unique_mode == "while_executing" or not self._redis_allowed(publishing=True):
             return super().apply_async(args, kwargs, *rest, **options)
         task_id = options.get("task_id") or str(uuid.uuid4())
         options["task_id"] = task_id
-        lock = self._lock(key, task_id, self._queue_ttl())
-        state = lock.acquire()
-        if not state.acquired:
-            logger.info("task %s: duplicate of %s refused (%s)", self.name, state.holder, key)
-            count(self.app, "duplicate_refusals", self.name)
+        state = self.unique_claim({key: task_id})[key]
+        if state is not None and not state.acquired:
             if self.on_duplicate == "raise":
                 raise DuplicateTaskError(
                     f"task {self.name} is already queued or running as {state.holder} "
@@ -182,6 +213,7 @@ class UniqueTask(Task):
             if self.on_duplicate == "ignore":
                 return None
             return self.AsyncResult(state.holder)
+        lock = self._lock(key, task_id, self._queue_ttl())
         try:
             return super().apply_async(args, kwargs, *rest, **options)
         except BaseException:

@@ -10,6 +10,11 @@ fixtures available to a host project's test suite:
     A URL on that server with a database of the test's own, flushed before the test.
 ``redis_server_factory``
     Call it to start a private server that the test may kill or restart.
+``redis_cluster``
+    One throwaway Redis Cluster (3 masters + 3 replicas, a :class:`LocalRedisCluster`)
+    per session; its ``url`` is the ``rediscluster://`` form. Needs ``redis-cli``.
+``redis_cluster_factory``
+    Call it to start a private Redis Cluster whose nodes the test may kill.
 ``celeryredis_app``
     A :func:`celeryredis.make_app` app on ``redis_url`` with the ``testing`` preset.
 ``celery_worker_process``
@@ -30,6 +35,7 @@ This module does not import pytest; the demo uses :class:`RedisServer` too.
 from __future__ import annotations
 
 from celeryredis.testing._proxy import FaultProxy, FaultProxyError
+from celeryredis.testing._rediscluster import LocalRedisCluster, find_redis_cli
 from celeryredis.testing._server import (
     RedisServer,
     RedisServerError,
@@ -41,10 +47,12 @@ from celeryredis.testing._worker import WorkerProcess, WorkerProcessError
 __all__ = [
     "FaultProxy",
     "FaultProxyError",
+    "LocalRedisCluster",
     "RedisServer",
     "RedisServerError",
     "RedisServerNotFound",
     "WorkerProcess",
     "WorkerProcessError",
+    "find_redis_cli",
     "find_redis_server",
 ]

@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import cast
 
 from celeryredis.exceptions import CeleryRedisError
+from celeryredis.testing._server import register_proxy
 
 __all__ = ["FaultProxy", "FaultProxyError"]
 
@@ -149,6 +150,7 @@ class FaultProxy:
         listener.settimeout(_POLL)
         self.port = listener.getsockname()[1]
         self._listener = listener
+        register_proxy(self.port, self.upstream[1])
         self._stopping.clear()
         self._acceptor = threading.Thread(
             target=self._accept_loop, name="celeryredis-fault-proxy-accept", daemon=True

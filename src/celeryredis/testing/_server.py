@@ -6,6 +6,7 @@ Used by the pytest plugin and by the demo; it does not import pytest.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import shutil
 import signal
@@ -16,13 +17,61 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote
 
 import redis
 
 from celeryredis.exceptions import CeleryRedisError
 
-__all__ = ["RedisServer", "RedisServerError", "RedisServerNotFound", "find_redis_server"]
+__all__ = [
+    "RedisServer",
+    "RedisServerError",
+    "RedisServerNotFound",
+    "find_redis_server",
+    "register_proxy",
+    "started_here",
+]
+
+# The servers this process started, by each loopback port they listen on (their port and
+# any --tls-port), and the FaultProxy instances in front of them (listen port -> upstream
+# port). The pytest plugin's workers refuse to start against any other Redis (see
+# ``_guard.py``).
+_SERVERS: dict[int, RedisServer] = {}
+_PROXIES: dict[int, int] = {}
+
+
+def register_proxy(listen_port: int, upstream_port: int) -> None:
+    """Record a proxy this process started in front of one of its servers."""
+    _PROXIES[listen_port] = upstream_port
+
+
+def started_here() -> dict[str, dict[str, Any]]:
+    """The servers and proxies this process started, checked now.
+
+    Each running server is asked for its ``run_id`` (``INFO server``, with the
+    fixture's own credentials, on its plain port) and compared with the one recorded
+    when it was started; a port where another server answers now is listed under
+    ``replaced``. A server that is stopped (a test may restart it) stays listed.
+
+    Returns:
+        ``{"servers": {port: run_id}, "replaced": {port: run_id}, "proxies":
+        {port: upstream_port}}``, JSON-ready (ports as strings), for a worker
+        subprocess to check its URLs against without connecting anywhere.
+    """
+    servers: dict[str, Any] = {}
+    replaced: dict[str, Any] = {}
+    for port, server in list(_SERVERS.items()):
+        found = server.current_run_id() if server.is_running() else None
+        if found is not None and server.run_id is not None and found != server.run_id:
+            replaced[str(port)] = found
+        else:
+            servers[str(port)] = server.run_id
+    return {
+        "servers": servers,
+        "replaced": replaced,
+        "proxies": {str(port): upstream for port, upstream in _PROXIES.items()},
+    }
 
 
 class RedisServerError(CeleryRedisError):
@@ -100,6 +149,7 @@ class RedisServer:
         self._own_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="celeryredis-redis-"))
         self.port = 0
+        self._run_id: str | None = None
         self._process: subprocess.Popen[bytes] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -164,6 +214,7 @@ class RedisServer:
                 start_new_session=True,
             )
             if self._wait_ping():
+                self._register()
                 return self
             self._reap()
             if "Address already in use" not in self._log_tail():
@@ -192,6 +243,40 @@ class RedisServer:
             return False
         finally:
             client.close()
+
+    def _ports(self) -> list[int]:
+        ports = [self.port]
+        args = list(self.extra_args)
+        for flag, value in itertools.pairwise(args):
+            if flag == "--tls-port" and value.isdigit() and int(value):
+                ports.append(int(value))
+        return ports
+
+    def current_run_id(self) -> str | None:
+        """The ``run_id`` of whatever server answers on :attr:`port` now (None: none)."""
+        client = redis.Redis(
+            host="127.0.0.1",
+            port=self.port,
+            password=self.password,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+        )
+        try:
+            return str(client.info("server")["run_id"])
+        except (redis.RedisError, OSError, KeyError):
+            return None
+        finally:
+            client.close()
+
+    def _register(self) -> None:
+        self._run_id = self.current_run_id()
+        for port in self._ports():
+            _SERVERS[port] = self
+
+    @property
+    def run_id(self) -> str | None:
+        """The server's ``run_id`` (``INFO server``), recorded when it last started."""
+        return self._run_id
 
     def _log_tail(self, lines: int = 20) -> str:
         try:
@@ -234,6 +319,9 @@ class RedisServer:
     def cleanup(self) -> None:
         """Stop the server and remove its directory if this object created it."""
         self.stop()
+        for port in self._ports():
+            if _SERVERS.get(port) is self:
+                del _SERVERS[port]
         if self._own_dir:
             shutil.rmtree(self.directory, ignore_errors=True)
 

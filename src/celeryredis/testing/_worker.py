@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -12,12 +13,15 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from celeryredis.exceptions import CeleryRedisError
+from celeryredis.testing._guard import GUARD_ENV
 
 __all__ = ["WorkerProcess", "WorkerProcessError"]
 
 _READY = re.compile(r"\bready\.")
+_VERDICT = re.compile(r"celeryredis\.testing: (refusing|verified)[^\n]*")
 
 
 class WorkerProcessError(CeleryRedisError):
@@ -38,6 +42,11 @@ class WorkerProcess:
         loglevel: ``-l`` level.
         extra_args: More worker arguments.
         log_path: Where stdout and stderr go (a new temporary file by default).
+        guard: Run through :mod:`celeryredis.testing._guard` with this spec: the
+            worker is pointed at ``guard["broker_url"]`` (if given) and refuses to
+            start against any Redis the test process did not start. The constructor
+            then waits for the guard's verdict and raises :class:`WorkerProcessError`
+            if the worker was refused.
     """
 
     def __init__(
@@ -53,13 +62,15 @@ class WorkerProcess:
         loglevel: str = "INFO",
         extra_args: Sequence[str] = (),
         log_path: str | Path | None = None,
+        guard: Mapping[str, Any] | None = None,
     ) -> None:
         self.cwd = Path(cwd)
         self.log_path = Path(
             log_path or tempfile.mkstemp(prefix="celeryredis-worker-", suffix=".log")[1]
         )
+        module = "celery" if guard is None else "celeryredis.testing._guard"
         argv = [
-            sys.executable, "-m", "celery", "-A", app, "worker",
+            sys.executable, "-m", module, "-A", app, "worker",
             "-P", pool, "-c", str(concurrency),
             "-l", loglevel, "--without-gossip", "--without-mingle",
         ]  # fmt: skip
@@ -74,6 +85,13 @@ class WorkerProcess:
             p for p in (str(self.cwd), child_env.get("PYTHONPATH", "")) if p
         )
         child_env.setdefault("PYTHONUNBUFFERED", "1")
+        if guard is not None:
+            if guard.get("broker_url"):
+                # Set by the guard only after the app is imported: make_app() refuses a
+                # $CELERY_BROKER_URL that disagrees with the URL the host app gives.
+                for var in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+                    child_env.pop(var, None)
+            child_env[GUARD_ENV] = json.dumps(dict(guard))
         self.argv = argv
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(  # noqa: S603 - argv from our own arguments
@@ -87,6 +105,25 @@ class WorkerProcess:
             )
         self.pid = self._process.pid
         self.pgid = os.getpgid(self.pid)
+        if guard is not None:
+            self._await_verdict()
+
+    def _await_verdict(self, timeout: float = 60.0) -> None:
+        """Wait for the guard's line; raise if it refused the worker."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = _VERDICT.search(self.log_text())
+            if match is not None:
+                if match.group(1) == "refusing":
+                    self.stop()
+                    raise WorkerProcessError(match.group(0))
+                return
+            if self.returncode is not None:
+                return  # exited before the check (e.g. the app failed to import): see the log
+            time.sleep(0.05)
+        raise WorkerProcessError(
+            f"the worker's Redis check did not finish within {timeout} s; log tail:\n{self._tail()}"
+        )
 
     @property
     def returncode(self) -> int | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,8 @@ import pytest
 from celery import Celery
 
 from celeryredis.testing._proxy import FaultProxy
-from celeryredis.testing._server import RedisServer, RedisServerNotFound
+from celeryredis.testing._rediscluster import LocalRedisCluster
+from celeryredis.testing._server import RedisServer, RedisServerNotFound, started_here
 from celeryredis.testing._worker import WorkerProcess
 
 __all__ = [
@@ -24,6 +25,8 @@ __all__ = [
     "celeryredis_app",
     "fault_proxy_factory",
     "inprocess_worker",
+    "redis_cluster",
+    "redis_cluster_factory",
     "redis_server",
     "redis_server_factory",
     "redis_url",
@@ -95,6 +98,54 @@ def redis_server_factory(tmp_path: Path) -> Iterator[Callable[..., RedisServer]]
             server.cleanup()
 
 
+def _start_cluster(cluster: LocalRedisCluster) -> LocalRedisCluster:
+    try:
+        return cluster.start()
+    except RedisServerNotFound as exc:
+        cluster.cleanup()
+        _need_redis(exc)
+        raise
+    except BaseException:
+        cluster.cleanup()
+        raise
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """One throwaway Redis Cluster (3 masters, 3 replicas) for the session; do not kill its nodes.
+
+    Its ``url`` is the ``rediscluster://`` form listing every node.
+    """
+    cluster = LocalRedisCluster(directory=tmp_path_factory.mktemp("redis-cluster"))
+    _start_cluster(cluster)
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def redis_cluster_factory(tmp_path: Path) -> Iterator[Callable[..., LocalRedisCluster]]:
+    """Start private Redis Clusters a test may kill nodes of; all stopped at teardown.
+
+    Call it with :class:`~celeryredis.testing.LocalRedisCluster`'s arguments
+    (``masters``, ``replicas``, ``node_timeout_ms``, ``password``).
+    """
+    clusters: list[LocalRedisCluster] = []
+
+    def start(**kwargs: Any) -> LocalRedisCluster:
+        kwargs.setdefault("directory", tmp_path / f"cluster-{len(clusters)}")
+        cluster = LocalRedisCluster(**kwargs)
+        clusters.append(cluster)
+        return _start_cluster(cluster)
+
+    try:
+        yield start
+    finally:
+        for cluster in clusters:
+            cluster.cleanup()
+
+
 @pytest.fixture
 def celeryredis_app(redis_url: str) -> Celery:
     """A ``make_app()`` app on ``redis_url`` with the ``testing`` preset."""
@@ -105,14 +156,44 @@ def celeryredis_app(redis_url: str) -> Celery:
 
 @pytest.fixture
 def celery_worker_process(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start real ``celery worker`` subprocesses; each is stopped by process group at teardown."""
+    """Start real ``celery worker`` subprocesses; each is stopped by process group at teardown.
+
+    Call it as ``celery_worker_process("proj", redis_url=redis_url, **options)`` (the
+    options of :class:`WorkerProcess`). The worker uses the fixture's Redis, never the
+    one the host app hard-codes:
+
+    - ``redis_url`` (or ``REDIS_URL`` / ``CELERY_BROKER_URL`` in ``env``) becomes the
+      worker's broker, and its result backend too when the app stores results in
+      Redis (``result_backend=`` to give another), whatever ``broker_url`` the app
+      module sets;
+    - every Redis URL the worker would use must be a loopback server (or fault
+      proxy) that this test session started, checked by port and by the server's
+      ``run_id``; otherwise the call raises :class:`WorkerProcessError` before the
+      worker connects to anything. ``trust_ports`` adds loopback ports of servers the
+      test started by other means (e.g. Sentinel processes).
+    """
     workers: list[WorkerProcess] = []
     counter = itertools.count(1)
 
-    def start(app: str, **kwargs: Any) -> WorkerProcess:
+    def start(
+        app: str,
+        *,
+        redis_url: str | None = None,
+        result_backend: str | None = None,
+        trust_ports: Iterable[int] = (),
+        **kwargs: Any,
+    ) -> WorkerProcess:
         kwargs.setdefault("cwd", tmp_path)
         kwargs.setdefault("log_path", tmp_path / f"worker-{next(counter)}.log")
-        worker = WorkerProcess(app, **kwargs)
+        env = dict(kwargs.get("env") or {})
+        broker = redis_url or env.get("CELERY_BROKER_URL") or env.get("REDIS_URL")
+        guard: dict[str, Any] = {
+            **started_here(),
+            "trust": [int(p) for p in trust_ports],
+            "broker_url": broker,
+            "result_backend": result_backend or env.get("CELERY_RESULT_BACKEND"),
+        }
+        worker = WorkerProcess(app, guard=guard, **kwargs)
         workers.append(worker)
         return worker
 

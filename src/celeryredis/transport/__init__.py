@@ -11,20 +11,39 @@ the next fetch, and any worker requeues expired leases every second. See
 Importing this package (which ``import celeryredis`` does) registers two kombu URL
 schemes, ``celeryredis://`` and ``celeryrediss://`` (TLS), and ``celeryredis+socket://``
 for Unix sockets; the classes live in :mod:`celeryredis.transport._reliable` and are
-imported only when kombu opens such a connection. A scheme alias, unlike Celery's
-``broker_transport``, survives ``kombu.Connection.switch()`` on failover.
+imported only when kombu opens such a connection. The Redis Cluster broker transport
+(:mod:`celeryredis.transport._cluster`) is registered the same way, as
+``celeryrediscluster://`` and ``celeryredisclusters://`` (TLS), and under the plain
+``rediscluster://`` / ``redisclusters://`` schemes (kombu reads one host per URL, so
+those work with one node named; ``make_app`` writes the ``celeryrediscluster://`` form).
+A scheme alias, unlike Celery's ``broker_transport``, survives
+``kombu.Connection.switch()`` on failover.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["RELIABLE_SCHEMES", "TRANSPORTS", "register_aliases", "reliable_url"]
+__all__ = [
+    "CLUSTER_SCHEMES",
+    "RELIABLE_SCHEMES",
+    "TRANSPORTS",
+    "cluster_broker_url",
+    "register_aliases",
+    "reliable_url",
+]
 
 #: The values of the ``celeryredis_transport`` setting.
 TRANSPORTS: Final = ("reliable", "stock")
 
 _TARGET: Final = "celeryredis.transport._reliable:Transport"
+_CLUSTER_TARGET: Final = "celeryredis.transport._cluster:Transport"
+
+#: Cluster URL scheme -> the cluster transport's kombu scheme.
+CLUSTER_SCHEMES: Final = {
+    "rediscluster": "celeryrediscluster",
+    "redisclusters": "celeryredisclusters",
+}
 
 #: Stock scheme -> the reliable transport's scheme.
 RELIABLE_SCHEMES: Final = {
@@ -39,6 +58,32 @@ def register_aliases() -> None:
 
     for scheme in RELIABLE_SCHEMES.values():
         TRANSPORT_ALIASES.setdefault(scheme, _TARGET)
+    for scheme in (*CLUSTER_SCHEMES, *CLUSTER_SCHEMES.values()):
+        # rediscluster:// too: a host's own broker_url (or $CELERY_BROKER_URL), which
+        # Celery hands to kombu unchanged, works when it names one node.
+        TRANSPORT_ALIASES.setdefault(scheme, _CLUSTER_TARGET)
+
+
+def cluster_broker_url(url: str) -> str:
+    """Rewrite a ``rediscluster://`` URL to the form kombu opens with the cluster transport.
+
+    kombu reads one host per URL, so each node becomes one ``;``-separated URL (kombu's
+    alternates: the transport gives all of them to the cluster client as startup nodes).
+    URLs of other schemes are returned unchanged.
+
+    Example:
+        >>> cluster_broker_url("rediscluster://:pw@10.0.0.1:7000,10.0.0.2:7000/0")
+        'celeryrediscluster://:pw@10.0.0.1:7000/0;celeryrediscluster://:pw@10.0.0.2:7000/0'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in CLUSTER_SCHEMES:
+        return url
+    rest, qmark, query = rest.partition("?")
+    auth, at, tail = rest.rpartition("@")
+    hosts, slash, path = tail.partition("/")
+    path += qmark + query
+    head = f"{CLUSTER_SCHEMES[scheme]}://{auth}{at}"
+    return ";".join(f"{head}{host}{slash}{path}" for host in hosts.split(","))
 
 
 def reliable_url(url: str) -> str:

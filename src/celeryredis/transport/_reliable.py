@@ -1,7 +1,9 @@
 """The reliable transport's classes: ``Transport``, ``Channel``, ``QoS``.
 
 Subclasses of kombu 5.7's Redis transport (``kombu.transport.redis``). The hooks, all
-private kombu API, are named in ``docs/transport.md``:
+private kombu API, are named in ``docs/transport.md``; every private kombu name this
+module uses is an entry of :data:`celeryredis._kombu_compat.PRIVATE_API`
+(``tests/unit/test_compat.py`` fails on one that is not):
 
 - ``Channel._brpop_start`` / ``Channel._brpop_read``: the poll connection's command and
   its reply. Instead of ``BRPOP`` the channel sends either the fetch script (pops up to
@@ -34,7 +36,9 @@ import redis
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
+from celeryredis._kombu_compat import deliver, raw_payload, replace_restore_timer
 from celeryredis._scripts import source
+from celeryredis.keys import POISON_NAME
 
 # kombu's stubs (celery-types) cover little of the Redis transport's private API, which
 # this module extends on purpose: treat the modules as untyped.
@@ -46,7 +50,7 @@ __all__ = ["Channel", "QoS", "Transport"]
 logger = logging.getLogger(__name__)
 
 #: Where items that are not kombu messages go (under the global key prefix), capped at 1000.
-POISON_KEY: Final = "celeryredis:poison"
+POISON_KEY: Final = POISON_NAME  # the prefix is added by the channel (self._key)
 _MIN_REDIS: Final = (6, 2)
 _SCRIPTS: Final = ("transport_fetch", "transport_renew", "transport_claim", "transport_restore")
 _CHUNK: Final = 1000
@@ -81,7 +85,7 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
                 pipe.zadd(self.unacked_index_key, {delivery_tag: score}).hset(
                     self.unacked_key,
                     delivery_tag,
-                    dumps([message._raw, delivery["exchange"], delivery["routing_key"]]),
+                    dumps([raw_payload(message), delivery["exchange"], delivery["routing_key"]]),
                 ).execute()
         virtual.QoS.append(self, message, delivery_tag)
         channel.hold(delivery_tag)
@@ -364,7 +368,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         for position, (queue, payload) in enumerate(batch):
             self._queue_cycle.rotate(queue)
             try:
-                self.connection._deliver(payload, queue)
+                deliver(self.connection, payload, queue)
             except BaseException:
                 self._restore_rest(batch[position + 1 :])
                 raise
@@ -597,15 +601,9 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         """Stock registration, with the restore sweep every ``lease_sweep_interval`` s."""
         super().register_with_event_loop(connection, loop)
-        cycle = self.cycle
-        old = getattr(cycle, "_restore_messages_tref", None)
-        if old is not None:
-            old.cancel()
         interval = float(
             connection.client.transport_options.get(
                 "lease_sweep_interval", Channel.lease_sweep_interval
             )
         )
-        cycle._restore_messages_tref = loop.call_repeatedly(
-            max(interval, 0.1), cycle.maybe_restore_messages
-        )
+        replace_restore_timer(self.cycle, loop, max(interval, 0.1))

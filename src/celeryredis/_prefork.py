@@ -1,0 +1,101 @@
+"""Re-dispatch promptly a job handed to a prefork child that exits at its task limit.
+
+Celery's prefork pool (``celery.concurrency.asynpool.AsynPool``, Celery 5.7) writes the
+next job to a child as soon as that child's previous result arrives. A child that has
+just run its ``worker_max_tasks_per_child``-th task exits instead of reading it. The
+pool learns of the exit when the child's sentinel pipe becomes readable: it stops
+watching the sentinel and runs ``maintain_pool()`` once, which re-dispatches the jobs
+of *reaped* children only. Linux closes an exiting process's files before its exit
+status can be collected, so that single ``maintain_pool()`` often runs a moment too
+early, finds the child not reaped yet, and nothing looks again until another child
+exits or the pool's 5-second maintenance timer fires. Until then the job, and the
+prefetch slot it holds, sit idle: at ``worker_prefetch_multiplier = 1`` half of a
+``-c 2`` worker's slots, and at the end of a backlog the whole worker, for up to 5 s
+per recycle (``docs/transport.md``, "Prefork drain").
+
+:class:`PreforkReapStep` wraps the pool's ``_event_process_exit`` on the pool instance:
+when the exited child is still in the pool after ``maintain_pool()``, it runs
+``maintain_pool()`` again from the worker's event loop 1 ms later, doubling the delay
+to 0.5 s and then every 0.5 s, for about 6 s (:data:`_RETRY_DELAYS`). Celery's
+5-second timer stays as well.
+
+The private Celery/billiard API it needs is behind :mod:`celeryredis._celery_compat`
+(``prefork_pool``, ``pool_children``, ``wrap_process_exit``; pinned by
+``tests/unit/test_prefork_shim.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+from celery import bootsteps
+
+from celeryredis import _celery_compat
+
+__all__ = ["PreforkReapStep", "install_reaper"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between the retries of ``maintain_pool()`` for an exited, unreaped child:
+#: doubling from 1 ms, then every 0.5 s, about 6 s in all (past Celery's 5 s timer).
+_RETRY_DELAYS: Final = (
+    *(0.001 * 2**n for n in range(10)),  # 1 ms ... 512 ms, about 1 s in all
+    *(0.5,) * 10,
+)
+_MARK: Final = "_celeryredis_reaper"
+
+
+def install_reaper(pool: Any) -> bool:
+    """Wrap the pool's exit handler on the instance; True when installed.
+
+    ``pool`` is an ``AsynPool``; anything else (the solo, threads or green pools'
+    objects, or an ``AsynPool`` without the hook) is left alone and False returned.
+    """
+    if pool is None or not hasattr(pool, "maintain_pool") or getattr(pool, _MARK, False):
+        return False
+
+    def alive(proc: Any) -> bool:
+        return proc in _celery_compat.pool_children(pool)
+
+    def retry(hub: Any, proc: Any, attempt: int) -> None:
+        if not alive(proc):
+            return
+        pool.maintain_pool()
+        if alive(proc) and attempt + 1 < len(_RETRY_DELAYS):
+            hub.call_later(_RETRY_DELAYS[attempt + 1], retry, hub, proc, attempt + 1)
+        elif alive(proc):
+            logger.debug(
+                "celeryredis: pool process %s not reaped yet; left to Celery's timer",
+                getattr(proc, "pid", None),
+            )
+
+    def wrap(original: Any) -> Any:
+        def event_process_exit(hub: Any, proc: Any) -> None:
+            original(hub, proc)
+            if alive(proc):
+                # The sentinel closed before the exit status could be collected.
+                hub.call_later(_RETRY_DELAYS[0], retry, hub, proc, 0)
+
+        return event_process_exit
+
+    if not _celery_compat.wrap_process_exit(pool, wrap):
+        return False
+    setattr(pool, _MARK, True)
+    return True
+
+
+class PreforkReapStep(bootsteps.StartStopStep):
+    """Worker bootstep: install :func:`install_reaper` on the prefork pool once it exists.
+
+    The pool registers each child's sentinel with the event loop after the pool has
+    started, through ``self._event_process_exit``, so wrapping the instance here (after
+    the ``Pool`` step started it) covers every child, the replacements too.
+    """
+
+    label = "celeryredis prefork reaper"
+    requires = ("celery.worker.components:Pool",)
+
+    def start(self, parent: Any) -> None:
+        """Wrap the prefork pool's exit handler (no-op on other pools)."""
+        install_reaper(_celery_compat.prefork_pool(getattr(parent, "pool", None)))

@@ -1,0 +1,324 @@
+"""A throwaway Redis Cluster (masters + replicas) on free loopback ports.
+
+Each node is a :class:`~celeryredis.testing.RedisServer` started with
+``--cluster-enabled yes`` in a directory of its own; ``redis-cli --cluster create``
+joins them. Used by the ``redis_cluster`` pytest fixture; it does not import pytest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+from urllib.parse import quote
+
+import redis
+from redis.cluster import RedisCluster
+
+from celeryredis.testing._server import RedisServer, RedisServerError, RedisServerNotFound
+
+__all__ = ["LocalRedisCluster", "find_redis_cli"]
+
+#: A cluster node also listens on its port + 10000 (the cluster bus).
+_BUS_OFFSET = 10000
+
+
+def find_redis_cli() -> str:
+    """Return the path of ``redis-cli`` (``$CELERYREDIS_REDIS_CLI`` wins).
+
+    Raises:
+        RedisServerNotFound: It is not installed; the message says how to get it.
+    """
+    explicit = os.environ.get("CELERYREDIS_REDIS_CLI")
+    if explicit:
+        if Path(explicit).is_file() and os.access(explicit, os.X_OK):
+            return explicit
+        raise RedisServerNotFound(f"$CELERYREDIS_REDIS_CLI={explicit!r} is not an executable file")
+    found = shutil.which("redis-cli")
+    if found is None:
+        raise RedisServerNotFound(
+            "redis-cli is not installed (it creates the test cluster): run "
+            "scripts/ensure-redis.sh (as root it installs Debian's redis-tools package) or "
+            "`apt-get install redis-tools`, or set $CELERYREDIS_REDIS_CLI"
+        )
+    return found
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _cluster_port() -> int:
+    """A free loopback port whose cluster-bus port (+10000) is free too (never 6379)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        port = 20000 + port % 35000  # keep port + 10000 below 65536
+        if port != 6379 and _bindable(port) and _bindable(port + _BUS_OFFSET):
+            return port
+    raise RedisServerError("found no free loopback port pair (port, port + 10000) for a node")
+
+
+class LocalRedisCluster:
+    """A Redis Cluster on 127.0.0.1 that this process started and will stop.
+
+    Args:
+        masters: Number of masters (3 at least; the hash slots are split evenly).
+        replicas: Replicas per master.
+        node_timeout_ms: ``cluster-node-timeout``: how long a master may be silent
+            before its replica takes over (about 2x this, measured on loopback).
+        password: Start every node with ``--requirepass`` (and ``--masterauth``);
+            :attr:`url` then carries it (never shown in a repr).
+        directory: Parent directory for the nodes' files; a temporary one by default.
+        start_timeout: Seconds to wait for ``cluster_state:ok``.
+
+    Every node runs in its own session and is stopped by PID (:meth:`stop`, or
+    leaving a ``with`` block).
+    """
+
+    def __init__(
+        self,
+        *,
+        masters: int = 3,
+        replicas: int = 1,
+        node_timeout_ms: int = 1500,
+        password: str | None = None,
+        directory: str | Path | None = None,
+        start_timeout: float = 30.0,
+    ) -> None:
+        if masters < 3:
+            raise ValueError(f"a Redis Cluster needs 3 masters at least, not {masters}")
+        self.master_count = masters
+        self.replica_count = replicas
+        self.node_timeout_ms = node_timeout_ms
+        self.password = password
+        self.start_timeout = start_timeout
+        self._own_dir = directory is None
+        self.directory = Path(directory or tempfile.mkdtemp(prefix="celeryredis-cluster-"))
+        self.nodes: list[RedisServer] = []
+
+    # -- addresses -------------------------------------------------------------------------
+
+    @property
+    def ports(self) -> list[int]:
+        """Every node's port, in start order (the first ``masters`` began as masters)."""
+        return [node.port for node in self.nodes]
+
+    @property
+    def url(self) -> str:
+        """``rediscluster://[:password@]127.0.0.1:<port>,...`` listing every node."""
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        nodes = ",".join(f"127.0.0.1:{port}" for port in self.ports)
+        return f"rediscluster://{auth}{nodes}/0"
+
+    def node(self, port: int) -> RedisServer:
+        """The node listening on ``port``."""
+        for node in self.nodes:
+            if node.port == port:
+                return node
+        raise KeyError(f"no node of this cluster listens on port {port}")
+
+    def client(self, **kwargs: Any) -> RedisCluster:
+        """A new ``redis.cluster.RedisCluster`` client for this cluster."""
+        live = [node for node in self.nodes if node.is_running()]
+        if not live:
+            raise RedisServerError("no node of the cluster is running")
+        return RedisCluster(
+            host="127.0.0.1",
+            port=live[0].port,
+            password=self.password,
+            socket_timeout=kwargs.pop("socket_timeout", 5),
+            **kwargs,
+        )
+
+    def _node_client(self, port: int) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=port, password=self.password, socket_timeout=2)
+
+    def _cluster_nodes(self) -> list[tuple[int, list[str]]]:
+        """``(port, flags)`` per node, as the first running node sees it."""
+        for node in self.nodes:
+            if not node.is_running():
+                continue
+            client = self._node_client(node.port)
+            try:
+                table = client.cluster("NODES")
+            except redis.RedisError:
+                continue
+            finally:
+                client.close()
+            return [
+                (int(address.split("@", 1)[0].rsplit(":", 1)[1]), str(row["flags"]).split(","))
+                for address, row in table.items()
+            ]
+        raise RedisServerError("no running node answered CLUSTER NODES")
+
+    @property
+    def masters(self) -> list[int]:
+        """Ports of the nodes that are masters now and not failed, sorted."""
+        return sorted(
+            port
+            for port, flags in self._cluster_nodes()
+            if "master" in flags and "fail" not in flags and "fail?" not in flags
+        )
+
+    def master_for(self, key: str) -> int:
+        """The port of the master that owns ``key``'s hash slot now."""
+        client = self.client()
+        try:
+            return int(client.get_node_from_key(key).port)  # type: ignore[no-untyped-call]
+        finally:
+            client.close()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> LocalRedisCluster:
+        """Start the nodes, join them into a cluster, wait for ``cluster_state:ok``.
+
+        Raises:
+            RedisServerNotFound: No ``redis-server`` or ``redis-cli`` binary.
+            RedisServerError: A node did not start, or the cluster was not ok in time.
+        """
+        cli = find_redis_cli()
+        auth = ["--masterauth", self.password] if self.password else []
+        for index in range(self.master_count * (1 + self.replica_count)):
+            directory = self.directory / f"node-{index}"
+            directory.mkdir(parents=True, exist_ok=True)
+            node = RedisServer(
+                directory=directory,
+                databases=1,
+                password=self.password,
+                extra_args=[
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", str(directory / "nodes.conf"),
+                    "--cluster-node-timeout", str(self.node_timeout_ms),
+                    "--repl-diskless-sync-delay", "0",
+                    *auth,
+                ],
+            )  # fmt: skip
+            node.port = _cluster_port()
+            self.nodes.append(node)
+            node.start_timeout = self.start_timeout
+            node.start()
+        env = dict(os.environ)
+        if self.password:
+            env["REDISCLI_AUTH"] = self.password  # not on the command line
+        create = subprocess.run(  # noqa: S603 - fixed argv, no shell
+            [
+                cli, "--cluster", "create",
+                *(f"127.0.0.1:{port}" for port in self.ports),
+                "--cluster-replicas", str(self.replica_count),
+                "--cluster-yes",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=self.start_timeout,
+            check=False,
+        )  # fmt: skip
+        if create.returncode != 0:
+            raise RedisServerError(
+                f"redis-cli --cluster create failed ({create.returncode}): "
+                f"{(create.stdout + create.stderr)[-2000:]}"
+            )
+        self.wait_ok(self.start_timeout)
+        return self
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Wait until every running node reports ``cluster_state:ok`` and all slots assigned.
+
+        Raises:
+            RedisServerError: Not within ``timeout`` seconds (the last state is named).
+        """
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            states = []
+            for node in self.nodes:
+                if not node.is_running():
+                    continue
+                client = self._node_client(node.port)
+                try:
+                    info = client.cluster("INFO")
+                    states.append(
+                        info.get("cluster_state") == "ok"
+                        and int(info.get("cluster_slots_ok", 0)) == 16384
+                    )
+                    last = f"{node.port}: {info.get('cluster_state')}"
+                except redis.RedisError as exc:
+                    states.append(False)
+                    last = f"{node.port}: {exc}"
+                finally:
+                    client.close()
+            if states and all(states):
+                return
+            time.sleep(0.05)
+        raise RedisServerError(f"the cluster was not ok within {timeout} s (last: {last})")
+
+    def wait_replicas_synced(self, timeout: float = 30.0) -> None:
+        """Wait until every running replica's link to its master is up.
+
+        Raises:
+            RedisServerError: Not within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pending = []
+            for port, flags in self._cluster_nodes():
+                if "slave" not in flags or "fail" in flags:
+                    continue
+                client = self._node_client(port)
+                try:
+                    info = client.info("replication")
+                    if info.get("master_link_status") != "up":
+                        pending.append(port)
+                except redis.RedisError:
+                    pending.append(port)
+                finally:
+                    client.close()
+            if not pending:
+                return
+            time.sleep(0.05)
+        raise RedisServerError(f"replicas {pending} did not sync within {timeout} s")
+
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on ``port`` (its replica, if any, takes over after the timeout)."""
+        self.node(port).kill()
+
+    def stop(self) -> None:
+        """Stop every node by PID."""
+        for node in self.nodes:
+            node.stop()
+
+    def cleanup(self) -> None:
+        """Stop every node and remove the files if this object created the directory."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+    def __enter__(self) -> LocalRedisCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        with contextlib.suppress(RedisServerError):
+            self.cleanup()
+
+    def __repr__(self) -> str:
+        return f"<LocalRedisCluster 127.0.0.1 ports={self.ports}>"

@@ -1,0 +1,733 @@
+r"""A kombu transport for a Redis Cluster broker: ``Transport``, ``Channel``, ``QoS``.
+
+A kombu *virtual* transport (``kombu.transport.virtual``), not a subclass of kombu's
+Redis transport: that one waits on every queue with one ``BRPOP`` and keeps unacked
+messages in global keys, and neither works across hash slots. Selected by the URL
+schemes ``celeryrediscluster://`` and ``celeryredisclusters://`` (TLS), which
+``make_app()`` writes for a ``rediscluster://`` broker URL.
+
+Key layout: every key of one queue shares one hash tag, ``{<queue>}``, so each script
+and transaction stays in one slot (with ``global_keyprefix`` ``p:``, ``p:{celery}``):
+
+- ``{q}`` and ``{q}\x06\x16<step>``: the queue's lists, one per priority step, as
+  kombu names them;
+- ``{q}:unacked`` / ``{q}:unacked_index``: the queue's unacked hash and lease index;
+- ``{q}:poison``: items that are not kombu messages (capped at 1000);
+- ``_kombu.binding.<exchange>``: the binding sets, as kombu writes them (one key each).
+
+The Lua scripts are the reliable transport's (``transport_fetch``, ``transport_renew``,
+``transport_claim``, ``transport_restore``), called with one queue's keys at a time. This
+module copies the reliable transport's lease logic in a per-queue form; it does not
+import or change :mod:`celeryredis.transport._reliable`.
+
+Consuming is a poll loop: each round runs the fetch script once per consumed queue (it
+applies that queue's queued acks in the same call); when every queue was empty the
+connection sleeps ``polling_interval`` seconds (0.1 by default). Broadcast (remote
+control) and fanout use classic ``PUBLISH``/``SUBSCRIBE``, which reaches a subscriber on
+any node; the subscription lives on one node and moves to another one when it is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from queue import Empty
+from typing import Any, Final
+
+import redis
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+from redis.cluster import ClusterNode, RedisCluster
+
+from celeryredis._kombu_compat import BINDING_KEY_HEAD, DEFAULT_PRIORITY_STEPS, DEFAULT_SEP
+from celeryredis._scripts import source
+from celeryredis.cluster import CLUSTER_ERRORS
+
+virtual: Any = importlib.import_module("kombu.transport.virtual")
+
+__all__ = ["Channel", "QoS", "Transport", "queue_keys"]
+
+logger = logging.getLogger(__name__)
+
+_SCRIPTS: Final = ("transport_fetch", "transport_renew", "transport_claim", "transport_restore")
+_CHUNK: Final = 1000
+_CLAIM_SECONDS: Final = 10.0
+_BINDING_SEP: Final = DEFAULT_SEP
+#: Errors after which the consumer refreshes the slot map and fetches again.
+_RETRY_ERRORS: Final = (redis.ConnectionError, redis.TimeoutError, *CLUSTER_ERRORS)
+
+
+@contextlib.contextmanager
+def _topology_errors() -> Iterator[None]:
+    """Turn redis-py's ``AttributeError`` on a slot map in flux into a ``ConnectionError``.
+
+    While a replica takes over, ``RedisCluster`` can look a slot up and find no node
+    (``'NoneType' object has no attribute 'redis_connection'``, seen in 1 of 5 failover
+    runs here; redis-py issues #2432, #3835). As a connection error it is retried by
+    kombu (publish) or by the next poll round (fetch), like the failover it is.
+    """
+    try:
+        yield
+    except AttributeError as exc:
+        tb, last = exc.__traceback__, None
+        while tb is not None:
+            last, tb = tb, tb.tb_next
+        if last is None or not last.tb_frame.f_code.co_filename.endswith("cluster.py"):
+            raise
+        raise redis.ConnectionError(
+            f"the cluster's slot map changed under the client ({exc}); retried"
+        ) from exc
+
+
+def _tag(queue: str) -> str:
+    if "{" in queue or "}" in queue:
+        raise ValueError(
+            f"queue name {queue!r} contains '{{' or '}}': on a Redis Cluster broker "
+            "celeryredis wraps each queue name in a hash tag itself; rename the queue"
+        )
+    return "{" + queue + "}"
+
+
+def queue_keys(
+    prefix: str, queue: str, steps: Sequence[int] = DEFAULT_PRIORITY_STEPS
+) -> dict[str, Any]:
+    r"""The keys of ``queue`` on a cluster broker, all in one hash slot.
+
+    Example:
+        >>> queue_keys("", "celery")["lists"][:2]
+        ['{celery}', '{celery}\x06\x163']
+        >>> queue_keys("p:", "celery")["unacked"]
+        'p:{celery}:unacked'
+    """
+    head = prefix + _tag(queue)
+    return {
+        "lists": [f"{head}{DEFAULT_SEP}{step}" if step else head for step in steps],
+        "unacked": f"{head}:unacked",
+        "index": f"{head}:unacked_index",
+        "poison": f"{head}:poison",
+    }
+
+
+class QoS(virtual.QoS):  # type: ignore[misc]
+    """Ack emulation with leases kept in each queue's own unacked hash and index."""
+
+    channel: Channel
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        """Hold a delivered message; its lease is renewed until it is acked."""
+        super().append(message, delivery_tag)
+        self.channel.hold(delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        """Queue the ack: it rides on the queue's next fetch or the lease thread's call."""
+        self.channel.queue_ack(delivery_tag)
+        super().ack(delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        """Reject at once: requeue (first in line) or drop, and remove the unacked entry."""
+        message = self.get(delivery_tag)
+        self.channel.settle(delivery_tag, message if requeue else None)
+        super().ack(delivery_tag)
+
+    def restore_unacked(self) -> list[Any]:
+        """At close: flush acks, then requeue what this consumer still holds."""
+        channel = self.channel
+        self._flush()  # drop what was acked
+        channel.flush_acks()
+        for tag in list(self._delivered):
+            try:
+                channel.settle(tag, self._delivered[tag])
+            except Exception:
+                logger.warning(
+                    "celeryredis: could not requeue %s at close; it is requeued when its "
+                    "lease expires",
+                    tag,
+                    exc_info=True,
+                )
+        self._delivered.clear()
+        return []
+
+
+class Channel(virtual.Channel):  # type: ignore[misc]
+    """A channel on a Redis Cluster: per-queue fetch script, leases, PUBLISH fanout."""
+
+    QoS = QoS
+    supports_fanout = True
+    do_restore = True
+
+    #: Seconds a held message's lease lasts; renewed every third of it.
+    lease_seconds: float = 30.0
+    #: The most messages one fetch pops (the prefetch window bounds it too).
+    fetch_batch_max: int = 64
+    #: Seconds between restore sweeps of expired leases.
+    lease_sweep_interval: float = 1.0
+    #: kombu's visibility timeout: a lease score is ``TIME + lease - visibility_timeout``.
+    visibility_timeout: float = 3600.0
+    global_keyprefix: str = ""
+    socket_timeout: float | None = 5.0
+    socket_connect_timeout: float | None = 5.0
+    priority_steps: Sequence[int] = DEFAULT_PRIORITY_STEPS
+
+    from_transport_options = (
+        *virtual.Channel.from_transport_options,
+        "lease_seconds",
+        "fetch_batch_max",
+        "lease_sweep_interval",
+        "visibility_timeout",
+        "global_keyprefix",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "priority_steps",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[str, set[str]] = {}  # queue -> acks to send
+        self._held: dict[str, str] = {}  # tag -> queue, renewed until acked
+        self._origin: dict[str, str] = {}  # tag -> queue of a fetched, unacked message
+        self._buffers: dict[str, deque[Any]] = {}
+        self._fanout: dict[str, str] = {}  # fanout queue -> exchange
+        self._fanout_buffers: dict[str, deque[Any]] = {}
+        self._no_ack_queues: set[str] = set()
+        self._single = False  # basic_get: fetch one message, buffer none
+        self._pubsub: Any = None
+        self._client: RedisCluster | None = None
+        self._scripts: dict[str, Any] = {}
+        self._renewer: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._last_sweep = float("-inf")
+        self._last_error = float("-inf")
+        super().__init__(*args, **kwargs)
+        if "{" in str(self.global_keyprefix) or "}" in str(self.global_keyprefix):
+            raise ValueError(
+                f"broker_transport_options global_keyprefix {self.global_keyprefix!r} "
+                "contains '{' or '}': on a Redis Cluster broker that would put every queue "
+                "into one hash slot; drop the braces"
+            )
+        self.client  # connect now: a wrong address fails when the connection opens  # noqa: B018
+
+    # --- the cluster client -----------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The channel's ``RedisCluster`` (one per channel, thread-safe)."""
+        if self._client is None:
+            conninfo = self.connection.client
+            nodes = [ClusterNode(host, port) for host, port in _hosts(conninfo)]  # type: ignore[no-untyped-call]
+            params: dict[str, Any] = {
+                "socket_timeout": self.socket_timeout,
+                "socket_connect_timeout": self.socket_connect_timeout,
+            }
+            if conninfo.userid:
+                params["username"] = conninfo.userid
+            if conninfo.password:
+                params["password"] = conninfo.password
+            if conninfo.ssl or str(conninfo.transport_cls).endswith("clusters"):
+                params["ssl"] = True
+                if isinstance(conninfo.ssl, dict):
+                    params.update(conninfo.ssl)
+            self._client = RedisCluster(startup_nodes=nodes, **params)
+            for name in _SCRIPTS:
+                self._scripts[name] = self._client.register_script(source(name))
+        return self._client
+
+    def _keys(self, queue: str) -> dict[str, Any]:
+        return queue_keys(str(self.global_keyprefix), queue, self.priority_steps)
+
+    def _refresh(self, exc: BaseException) -> None:
+        """A node went away or moved: log (at most every 5 s) and reload the slot map."""
+        now = time.monotonic()
+        if now - self._last_error > 5.0:
+            self._last_error = now
+            logger.warning("celeryredis cluster broker: %r; refreshing the slot map", exc)
+        try:
+            self.client.nodes_manager.initialize()
+        except Exception:
+            logger.debug("celeryredis cluster broker: slot map refresh failed", exc_info=True)
+
+    # --- producing --------------------------------------------------------------------
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        """LPUSH the message to the queue's list for its priority step."""
+        step = self._step(self._get_message_priority(message, reverse=False))
+        key = self._keys(queue)["lists"][self._steps().index(step)]
+        with _topology_errors():
+            self.client.lpush(key, dumps(message))
+
+    def _steps(self) -> list[int]:
+        return list(self.priority_steps)
+
+    def _step(self, priority: int) -> int:
+        steps = self._steps()
+        return max((s for s in steps if s <= priority), default=steps[0])
+
+    def _fanout_channel(self, exchange: str) -> str:
+        return f"{self.global_keyprefix}/0.{exchange}"
+
+    def _put_fanout(
+        self, exchange: str, message: dict[str, Any], routing_key: str, **kw: Any
+    ) -> None:
+        """PUBLISH: classic pub/sub reaches subscribers on every node of the cluster."""
+        with _topology_errors():
+            self.client.publish(self._fanout_channel(exchange), dumps(message))
+
+    # --- bindings (kombu's key layout: one set per exchange) --------------------------
+
+    def _binding_key(self, exchange: str) -> str:
+        return f"{self.global_keyprefix}{BINDING_KEY_HEAD}{exchange}"
+
+    def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
+        if self.typeof(exchange).type == "fanout":
+            self._fanout[queue] = exchange
+        self.client.sadd(
+            self._binding_key(exchange),
+            _BINDING_SEP.join([routing_key or "", pattern or "", queue or ""]),
+        )
+
+    def get_table(self, exchange: str) -> list[tuple[str, str, str]]:
+        """The bindings of ``exchange`` as stored in Redis (``SMEMBERS``)."""
+        members = self.client.smembers(self._binding_key(exchange))
+        table = []
+        for member in members:
+            routing_key, pattern, queue = bytes_to_str(member).split(_BINDING_SEP, 2)
+            table.append((routing_key, pattern, queue))
+        return table
+
+    def _delete(
+        self, queue: str, exchange: str, routing_key: str, pattern: str, *args: Any
+    ) -> None:
+        self.client.srem(
+            self._binding_key(exchange),
+            _BINDING_SEP.join([routing_key or "", pattern or "", queue or ""]),
+        )
+        self.client.delete(*self._keys(queue)["lists"])
+
+    def _has_queue(self, queue: str, **kwargs: Any) -> bool:
+        return bool(self.client.exists(*self._keys(queue)["lists"]))
+
+    def _new_queue(self, queue: str, **kwargs: Any) -> None:
+        _tag(queue)  # refuse a name with braces at declaration
+
+    def _size(self, queue: str) -> int:
+        pipe = self.client.pipeline(transaction=True)  # one slot: atomic
+        for key in self._keys(queue)["lists"]:
+            pipe.llen(key)
+        return sum(int(n) for n in pipe.execute())
+
+    def _purge(self, queue: str) -> int:
+        keys = self._keys(queue)["lists"]
+        pipe = self.client.pipeline(transaction=True)
+        for key in keys:
+            pipe.llen(key)
+        pipe.delete(*keys)
+        return sum(int(n) for n in pipe.execute()[: len(keys)])
+
+    # --- consuming --------------------------------------------------------------------
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        """Consume ``queue``: a fanout queue through a subscription, others by fetching."""
+        if queue in self._fanout:
+            self._subscribe(self._fanout[queue])
+        elif no_ack:
+            self._no_ack_queues.add(queue)
+        else:
+            self._no_ack_queues.discard(queue)
+            self._start_renewer()
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        """Stop consuming; a fanout queue's subscription ends with its last consumer."""
+        queue = self._tag_to_queue.get(consumer_tag)
+        result = super().basic_cancel(consumer_tag)
+        exchange = self._fanout.get(queue) if queue is not None else None
+        if exchange is not None and self._pubsub is not None:
+            still = {self._fanout[q] for q in self._active_queues if q in self._fanout}
+            if exchange not in still:
+                try:
+                    self._pubsub.unsubscribe(self._fanout_channel(exchange))
+                except Exception:
+                    logger.debug("celeryredis: unsubscribe failed", exc_info=True)
+        return result
+
+    def basic_get(self, queue: str, no_ack: bool = False, **kwargs: Any) -> Any:
+        """Get one message; with ``no_ack`` it is not recorded as unacked."""
+        if queue in self._fanout:
+            return super().basic_get(queue, no_ack, **kwargs)
+        consumed_without_ack = queue in self._no_ack_queues
+        self._single = True
+        if no_ack:
+            self._no_ack_queues.add(queue)
+        try:
+            return super().basic_get(queue, no_ack, **kwargs)
+        finally:
+            self._single = False
+            if no_ack and not consumed_without_ack:
+                self._no_ack_queues.discard(queue)
+
+    def drain_events(self, timeout: float | None = None, callback: Any = None) -> Any:
+        """One round of the poll loop; the restore sweep runs first when it is due."""
+        if self._consumers and self._active_queues:
+            try:
+                with _topology_errors():
+                    self.sweep()
+            except _RETRY_ERRORS as exc:
+                self._refresh(exc)
+        return super().drain_events(timeout=timeout, callback=callback)
+
+    def _get(self, queue: str, timeout: float | None = None) -> Any:
+        if queue in self._fanout:
+            return self._get_fanout(queue)
+        buffer = self._buffers.get(queue)
+        if not buffer:
+            buffer = self._buffers[queue] = deque(self._fetch(queue))
+        if not buffer:
+            raise Empty()
+        return buffer.popleft()
+
+    def _batch_size(self) -> int:
+        if self._single:
+            return 1
+        estimate = self.qos.can_consume_max_estimate()
+        limit = int(self.fetch_batch_max)
+        return limit if estimate is None else max(1, min(int(estimate), limit))
+
+    def _fetch(self, queue: str) -> list[Any]:
+        """Run the fetch script on ``queue``'s slot: apply its acks, pop and record."""
+        no_ack = self._no_ack(queue)
+        keys = self._keys(queue)
+        with self._lock:
+            acks = list(self._pending.pop(queue, ()))
+        argv: list[Any] = [
+            self._batch_size(),
+            repr(self._lease_offset()),
+            1,
+            len(keys["lists"]),
+            "1" if no_ack else "0",
+            len(acks),
+            *acks,
+        ]
+        try:
+            with _topology_errors():
+                reply = self._scripts["transport_fetch"](
+                    keys=[keys["unacked"], keys["index"], keys["poison"], *keys["lists"]],
+                    args=argv,
+                    client=self.client,
+                )
+        except _RETRY_ERRORS as exc:
+            self._requeue_acks(queue, acks)
+            self._refresh(exc)
+            return []
+        except BaseException:
+            self._requeue_acks(queue, acks)
+            raise
+        out = []
+        for i in range(1, len(reply), 2):
+            raw = reply[i]
+            try:
+                payload = loads(bytes_to_str(raw))
+                tag = str(payload["properties"]["delivery_tag"])
+            except (ValueError, TypeError, KeyError):
+                logger.exception("celeryredis: undecodable message from %r kept as poison", queue)
+                self.client.lpush(keys["poison"], raw)
+                continue
+            if not no_ack:
+                with self._lock:
+                    self._origin[tag] = queue
+                    self._held[tag] = queue  # renewed while buffered, too
+            out.append(payload)
+        return out
+
+    def _no_ack(self, queue: str) -> bool:
+        return queue in self._no_ack_queues
+
+    def _lease_offset(self) -> float:
+        return float(self.lease_seconds) - float(self.visibility_timeout)
+
+    # --- fanout (PUBLISH/SUBSCRIBE on one node) ----------------------------------------
+
+    def _subscribe(self, exchange: str) -> None:
+        pubsub = self._pubsub
+        if pubsub is None:
+            pubsub = self._pubsub = self._new_pubsub()
+        pubsub.subscribe(self._fanout_channel(exchange))
+
+    def _new_pubsub(self) -> Any:
+        nodes = self.client.get_primaries() or self.client.get_nodes()
+        node = nodes[int(time.monotonic() * 1000) % len(nodes)]
+        return node.redis_connection.pubsub(ignore_subscribe_messages=True)
+
+    def _get_fanout(self, queue: str) -> Any:
+        buffer = self._fanout_buffers.setdefault(queue, deque())
+        if not buffer:
+            self._read_pubsub()
+        if not buffer:
+            raise Empty()
+        return buffer.popleft()
+
+    def _read_pubsub(self) -> None:
+        pubsub = self._pubsub
+        if pubsub is None:
+            return
+        try:
+            while True:
+                message = pubsub.get_message(timeout=0)
+                if message is None:
+                    return
+                if message.get("type") != "message":
+                    continue
+                channel = bytes_to_str(message["channel"])
+                payload = loads(bytes_to_str(message["data"]))
+                for queue, exchange in self._fanout.items():
+                    if self._fanout_channel(exchange) == channel and queue in self._active_queues:
+                        self._fanout_buffers.setdefault(queue, deque()).append(payload)
+        except _RETRY_ERRORS as exc:
+            # The node went away: subscribe again on a node that answers (messages
+            # published meanwhile are lost, as with kombu's Redis fanout).
+            channels = [
+                self._fanout_channel(e) for q, e in self._fanout.items() if q in self._active_queues
+            ]
+            self._refresh(exc)
+            try:
+                pubsub.close()
+            except Exception:
+                logger.debug("celeryredis: closing a lost subscription failed", exc_info=True)
+            self._pubsub = None
+            try:
+                self._pubsub = self._new_pubsub()
+                if channels:
+                    self._pubsub.subscribe(*channels)
+            except _RETRY_ERRORS:
+                self._pubsub = None
+                logger.debug("celeryredis: resubscribe failed; retrying", exc_info=True)
+
+    # --- held messages and acks -------------------------------------------------------
+
+    def hold(self, tag: str) -> None:
+        """``tag`` is held by this consumer (recorded when it was fetched)."""
+        with self._lock:
+            queue = self._origin.get(tag)
+            if queue is not None:
+                self._held[tag] = queue
+
+    def queue_ack(self, tag: str) -> None:
+        """Queue an ack for the queue's next fetch or the lease thread."""
+        with self._lock:
+            self._held.pop(tag, None)
+            queue = self._origin.pop(tag, None)
+            if queue is not None:
+                self._pending.setdefault(queue, set()).add(tag)
+
+    def _requeue_acks(self, queue: str, acks: Iterable[str]) -> None:
+        acks = list(acks)
+        if acks:
+            with self._lock:
+                self._pending.setdefault(queue, set()).update(acks)
+
+    def settle(self, tag: str, message: Any) -> None:
+        """Remove ``tag``'s unacked entry now; requeue ``message`` first in line if given."""
+        with self._lock:
+            self._held.pop(tag, None)
+            queue = self._origin.pop(tag, None)
+        if queue is None:
+            return
+        keys = self._keys(queue)
+        pipe = self.client.pipeline(transaction=True)  # one slot
+        if message is not None:
+            payload = message.serializable() if hasattr(message, "serializable") else message
+            payload["redelivered"] = True
+            step = self._step(self._get_message_priority(payload, reverse=False))
+            pipe.rpush(keys["lists"][self._steps().index(step)], dumps(payload))
+        pipe.zrem(keys["index"], tag)
+        pipe.hdel(keys["unacked"], tag)
+        pipe.execute()
+
+    def renew(self) -> int:
+        """Send queued acks and renew every held lease, per queue; return leases renewed."""
+        with self._lock:
+            pending, self._pending = self._pending, {}
+            held: dict[str, list[str]] = {}
+            for tag, queue in self._held.items():
+                held.setdefault(queue, []).append(tag)
+        renewed = 0
+        for queue in set(pending) | set(held):
+            keys = self._keys(queue)
+            pair = [keys["unacked"], keys["index"]]
+            acks = list(pending.get(queue, ()))
+            try:
+                for start in range(0, len(acks), _CHUNK):
+                    chunk = acks[start : start + _CHUNK]
+                    self._scripts["transport_renew"](
+                        keys=pair, args=[0, len(chunk), *chunk], client=self.client
+                    )
+            except BaseException:
+                self._requeue_acks(queue, acks)
+                raise
+            tags = held.get(queue, [])
+            for start in range(0, len(tags), _CHUNK):
+                chunk = tags[start : start + _CHUNK]
+                renewed += int(
+                    self._scripts["transport_renew"](
+                        keys=pair, args=[repr(self._lease_offset()), 0, *chunk], client=self.client
+                    )
+                )
+        return renewed
+
+    def flush_acks(self) -> None:
+        """Send queued acks now (at close); on failure the leases expire instead."""
+        try:
+            self.renew()
+        except Exception:
+            logger.warning(
+                "celeryredis: could not flush acks at close; the messages are redelivered "
+                "when their lease expires",
+                exc_info=True,
+            )
+
+    def _start_renewer(self) -> None:
+        if self._renewer is not None:
+            return
+        self._renewer = threading.Thread(
+            target=self._renew_loop, name="celeryredis-cluster-lease", daemon=True
+        )
+        self._renewer.start()
+
+    def _renew_loop(self) -> None:
+        interval = max(float(self.lease_seconds) / 3.0, 0.05)
+        while not self._stop.wait(interval):
+            try:
+                self.renew()
+            except Exception:
+                logger.warning("celeryredis: lease renewal failed; retrying", exc_info=True)
+
+    # --- restore sweep (per queue) ----------------------------------------------------
+
+    def sweep(self, limit: int = 1000) -> int:
+        """Requeue expired leases of the consumed queues; at most once per sweep interval."""
+        now = time.monotonic()
+        if now - self._last_sweep < float(self.lease_sweep_interval) * 0.9:
+            return 0
+        self._last_sweep = now
+        restored = 0
+        for queue in list(dict.fromkeys(self._active_queues)):
+            if queue not in self._fanout:
+                restored += self._sweep_queue(queue, limit)
+        if restored:
+            logger.info("celeryredis: requeued %d message(s) whose lease expired", restored)
+        return restored
+
+    def _sweep_queue(self, queue: str, limit: int) -> int:
+        keys = self._keys(queue)
+        index, hashkey = keys["index"], keys["unacked"]
+        reply = self._scripts["transport_claim"](
+            keys=[index, hashkey],
+            args=[repr(float(self.visibility_timeout)), repr(_CLAIM_SECONDS), limit],
+            client=self.client,
+        )
+        restored = 0
+        for i in range(0, len(reply), 3):
+            tag, score, value = bytes_to_str(reply[i]), reply[i + 1], reply[i + 2]
+            targets: list[str] = []
+            body: Any = value
+            try:
+                message = loads(bytes_to_str(value))[0]
+                message["headers"]["redelivered"] = True
+                message["properties"]["delivery_info"]["redelivered"] = True
+                step = self._step(self._get_message_priority(message, reverse=False))
+                targets = [keys["lists"][self._steps().index(step)]]
+                body = dumps(message)
+            except Exception:
+                if value:
+                    logger.exception("celeryredis: unacked entry %s is unreadable; poisoned", tag)
+            if not value and not targets:
+                self.client.zrem(index, tag)
+                continue
+            result = self._scripts["transport_restore"](
+                keys=[index, hashkey, keys["poison"], *targets],
+                args=[tag, score, body],
+                client=self.client,
+            )
+            restored += int(result == 1)
+        return restored
+
+    # --- closing ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the lease thread; requeue buffered and held messages; close the client."""
+        if self.closed:
+            return
+        self._stop.set()
+        self._restore_buffered()
+        if self._client is not None:
+            self.flush_acks()
+        super().close()  # the QoS requeues what this consumer still holds
+        renewer = self._renewer
+        if renewer is not None and renewer is not threading.current_thread():
+            renewer.join(timeout=2.0)
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except Exception:
+                logger.debug("celeryredis: closing the subscription failed", exc_info=True)
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:
+                logger.debug("celeryredis: closing the cluster client failed", exc_info=True)
+
+    def _restore_buffered(self) -> None:
+        for buffer in self._buffers.values():
+            while buffer:
+                payload = buffer.popleft()
+                tag = str(payload["properties"]["delivery_tag"])
+                try:
+                    self.settle(tag, payload)
+                except Exception:
+                    logger.warning("celeryredis: could not requeue %s at close", tag, exc_info=True)
+
+
+def _hosts(conninfo: Any) -> list[tuple[str, int]]:
+    """The startup nodes: kombu's host, then its failover alternates (``a;b;c``)."""
+    hosts = [(str(conninfo.hostname or "127.0.0.1"), int(conninfo.port or 6379))]
+    for alt in getattr(conninfo, "alt", None) or []:
+        rest = str(alt).split("://", 1)[-1].rsplit("@", 1)[-1].split("/", 1)[0]
+        host, _, port = rest.rpartition(":")
+        if host and port.isdigit() and (host, int(port)) not in hosts:
+            hosts.append((host.strip("[]"), int(port)))
+    return hosts
+
+
+class Transport(virtual.Transport):  # type: ignore[misc]
+    """kombu virtual transport on a Redis Cluster; ``driver_type`` is ``redis``."""
+
+    Channel = Channel
+    driver_type = "redis"
+    driver_name = "rediscluster"
+    default_port = 6379
+    polling_interval = 0.1
+
+    implements = virtual.Transport.implements.extend(
+        asynchronous=False,
+        exchange_type=frozenset(["direct", "topic", "fanout"]),
+        heartbeats=False,
+    )
+
+    connection_errors = (
+        *virtual.Transport.connection_errors,
+        redis.ConnectionError,
+        redis.TimeoutError,
+        *CLUSTER_ERRORS,
+    )
+    channel_errors = (*virtual.Transport.channel_errors, redis.ResponseError)
+    # Declared, so kombu's Connection.ensure keeps retrying a publish after a reconnect
+    # while a replica takes over (without them it gives up at the second error).
+    recoverable_connection_errors = connection_errors
+    recoverable_channel_errors: tuple[type[BaseException], ...] = ()
+
+    def driver_version(self) -> str:
+        """redis-py's version."""
+        return str(redis.__version__)

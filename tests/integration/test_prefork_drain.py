@@ -1,0 +1,123 @@
+"""Prefork drain under the production preset: recycled children strand no job.
+
+The cause of the prefork drain regression (``docs/transport.md``, "Prefork drain"): a
+job written to a child that exits at ``worker_max_tasks_per_child`` waited, holding a
+prefetch slot, until Celery's 5-second pool-maintenance timer. These tests push that
+timer to an hour inside the worker, so a stranded job shows as tasks that never run
+(not as a slow drain), and check that the reliable transport fetches about once per
+task on prefork -c 2 at prefetch 1, without an empty-fetch loop.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from celeryredis import make_app
+from tests._util import FAST_PRODUCTION, wait_for
+
+pytestmark = pytest.mark.integration
+
+HOST = """
+import os
+
+import redis
+from celery.concurrency.asynpool import AsynPool
+
+from celeryredis import make_app
+
+# Celery's prefork pool re-dispatches jobs of exited children on a 5 s maintenance
+# timer too; an hour here leaves only the prompt path under test.
+AsynPool.timers = property(lambda self: {{self.maintain_pool: 3600.0}})
+
+app = make_app(
+    "pfapp",
+    broker_url=os.environ["PF_URL"],
+    result_backend=None,
+    preset="production",
+    celeryredis_transport=os.environ["PF_TRANSPORT"],
+    worker_max_tasks_per_child=int(os.environ["PF_MAX_TASKS"]),
+    task_ignore_result=True,
+    **{settings},
+)
+client = redis.Redis.from_url(os.environ["PF_URL"])
+
+
+@app.task(shared=False)
+def record(i):
+    client.hincrby("pf:runs", str(i), 1)
+"""
+
+
+def _drain(
+    url: str,
+    tmp_path: Path,
+    start: Callable[..., Any],
+    transport: str,
+    n: int,
+    max_tasks: int,
+) -> redis.Redis:
+    (tmp_path / "pfapp.py").write_text(textwrap.dedent(HOST).format(settings=FAST_PRODUCTION))
+    client = redis.Redis.from_url(url)
+    producer = make_app(
+        "pf-producer",
+        broker_url=url,
+        result_backend=None,
+        preset="testing",
+        celeryredis_transport=transport,
+    )
+    try:
+        for i in range(n):
+            producer.send_task("pfapp.record", (i,))
+    finally:
+        producer.close()
+    client.config_resetstat()
+    worker = start(
+        "pfapp",
+        env={"PF_URL": url, "PF_TRANSPORT": transport, "PF_MAX_TASKS": str(max_tasks)},
+        pool="prefork",
+        concurrency=2,
+        loglevel="WARNING",
+    )
+    runs = lambda: {k.decode(): int(v) for k, v in client.hgetall("pf:runs").items()}  # noqa: E731
+    wait_for(lambda: len(runs()) == n, 120, f"all {n} tasks to run (a stranded job never does)")
+    assert sorted(runs().values()) == [1] * n
+    worker.stop()
+    return client
+
+
+@pytest.mark.parametrize("transport", ["reliable", "stock"])
+def test_recycled_children_strand_no_job(
+    redis_url: str, tmp_path: Path, celery_worker_process: Any, transport: str
+) -> None:
+    """Every recycle at the task limit re-dispatches its job without the maintenance timer."""
+    client = _drain(redis_url, tmp_path, celery_worker_process, transport, n=60, max_tasks=1)
+    client.close()
+
+
+def test_reliable_fetches_about_once_per_task_on_prefork(
+    redis_server_factory: Callable[..., Any], tmp_path: Path, celery_worker_process: Any
+) -> None:
+    """prefork -c 2, prefetch 1: one fetch round trip per task, no empty-fetch loop.
+
+    A private server, so ``INFO commandstats`` counts this worker only: the fetch script
+    (EVALSHA) and the idle wait (BLMOVE) together stay within 1.2 per task, plus the
+    sweeps and binding refreshes of a few seconds.
+    """
+    server = redis_server_factory()
+    n = 300
+    client = _drain(server.url_for(0), tmp_path, celery_worker_process, "reliable", n, 1000)
+    stats = client.info("commandstats")
+    client.close()
+    calls = {
+        name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+        for name in ("evalsha", "eval", "blmove", "brpop")
+    }
+    fetches = calls["evalsha"] + calls["eval"] + calls["blmove"]
+    assert calls["brpop"] == 0, calls
+    assert fetches <= 1.2 * n + 40, calls

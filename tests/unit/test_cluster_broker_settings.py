@@ -1,0 +1,125 @@
+"""A ``rediscluster://`` broker URL selects the cluster transport (no Redis needed here)."""
+
+from __future__ import annotations
+
+import pytest
+from celery import Celery
+
+from celeryredis import ConfigurationError, configure, make_app
+from celeryredis.transport import cluster_broker_url
+from celeryredis.transport._cluster import queue_keys
+
+SECRET = "hunter2-Secret"  # one of tests/conftest.py's SECRETS
+
+
+def test_the_url_becomes_one_alternate_per_node() -> None:
+    assert cluster_broker_url(f"rediscluster://:{SECRET}@a:7000,b:7001/0") == (
+        f"celeryrediscluster://:{SECRET}@a:7000/0;celeryrediscluster://:{SECRET}@b:7001/0"
+    )
+    assert cluster_broker_url("redisclusters://u:p@a:7000,b:7001/0?ssl_cert_reqs=required") == (
+        "celeryredisclusters://u:p@a:7000/0?ssl_cert_reqs=required;"
+        "celeryredisclusters://u:p@b:7001/0?ssl_cert_reqs=required"
+    )
+    assert cluster_broker_url("redis://a:6379/0") == "redis://a:6379/0"
+
+
+def test_make_app_points_producers_and_consumers_at_the_cluster_transport() -> None:
+    app = make_app("t", broker_url=f"rediscluster://:{SECRET}@a:7000,b:7001")
+    expected = f"celeryrediscluster://:{SECRET}@a:7000/0;celeryrediscluster://:{SECRET}@b:7001/0"
+    assert app.conf.broker_url == expected
+    assert app.conf.broker_read_url == expected
+    options = app.conf.broker_transport_options
+    assert options["lease_seconds"] > 0
+    assert options["lease_sweep_interval"] > 0
+    with app.connection_for_write() as conn:  # building it connects nowhere
+        assert type(conn.transport).__name__ == "Transport"
+        assert type(conn.transport).__module__ == "celeryredis.transport._cluster"
+        assert SECRET not in conn.as_uri()
+
+
+def test_features_that_keep_own_keys_are_off_with_a_reason() -> None:
+    app = make_app("t", broker_url="rediscluster://a:7000", preset="production")
+    assert app.conf.celeryredis_heartbeat_interval == 0
+    assert app.conf.celeryredis_dead_letter is False
+
+
+def test_an_explicit_heartbeat_on_a_cluster_broker_is_refused_by_name() -> None:
+    with pytest.raises(ConfigurationError, match="celeryredis_heartbeat_interval=5") as excinfo:
+        _ = make_app(
+            "t",
+            broker_url=f"rediscluster://:{SECRET}@a:7000",
+            celeryredis_heartbeat_interval=5,
+        ).conf.broker_url  # the settings are resolved on read
+    assert "single-node or Sentinel broker" in str(excinfo.value)
+    assert SECRET not in str(excinfo.value)
+
+
+def test_one_node_from_the_environment_reaches_kombu_as_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", "rediscluster://a:7000")
+    app = make_app("t")
+    # Celery reads $CELERY_BROKER_URL itself; kombu knows the scheme too.
+    assert app.conf.broker_url == "rediscluster://a:7000"
+    assert app.conf.broker_read_url == "celeryrediscluster://a:7000/0"
+    with app.connection_for_write() as conn:
+        assert type(conn.transport).__module__ == "celeryredis.transport._cluster"
+
+
+def test_several_nodes_from_the_environment_are_refused_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CELERY_BROKER_URL", f"rediscluster://:{SECRET}@a:7000,b:7001")
+    with pytest.raises(ConfigurationError, match="kombu reads one host per URL") as excinfo:
+        _ = make_app("t").conf.broker_read_url  # the settings are resolved on read
+    assert "make_app(broker_url=...)" in str(excinfo.value)
+    assert SECRET not in str(excinfo.value)
+
+
+def test_several_nodes_in_redis_url_become_the_transports_form(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REDIS_URL", "rediscluster://a:7000,b:7001")  # Celery never reads it
+    app = make_app("t")
+    assert app.conf.broker_url == "celeryrediscluster://a:7000/0;celeryrediscluster://b:7001/0"
+
+
+def test_a_cluster_broker_in_the_host_config() -> None:
+    app = Celery("host", set_as_current=False)
+    app.conf.update(broker_url="rediscluster://a:7000")
+    configure(app)
+    assert app.conf.broker_url == "rediscluster://a:7000"
+    assert app.conf.broker_read_url == "celeryrediscluster://a:7000/0"
+    assert app.conf.celeryredis_heartbeat_interval == 0
+
+
+def test_every_key_of_a_queue_shares_its_hash_tag() -> None:
+    keys = queue_keys("p:", "celery")
+    assert keys["lists"] == [
+        "p:{celery}",
+        "p:{celery}\x06\x163",
+        "p:{celery}\x06\x166",
+        "p:{celery}\x06\x169",
+    ]
+    assert (keys["unacked"], keys["index"], keys["poison"]) == (
+        "p:{celery}:unacked",
+        "p:{celery}:unacked_index",
+        "p:{celery}:poison",
+    )
+    with pytest.raises(ValueError, match="rename the queue"):
+        queue_keys("", "a{b}")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"rediscluster://:{SECRET}@a:7000,b:7001/0",
+        "redisclusters://u:p@a:7000,b:7001/0?ssl_cert_reqs=required",
+        "rediscluster://a:7000",
+        "redis://a:6379/0",
+    ],
+)
+def test_the_test_guard_rewrites_a_cluster_url_as_the_settings_layer_does(url: str) -> None:
+    from celeryredis.testing._guard import _kombu_form
+
+    assert _kombu_form(url) == cluster_broker_url(url)
