@@ -22,7 +22,9 @@ TIME_ZONE = "UTC"
 USE_TZ = True
 
 # Celery: proj/celery.py reads every CELERY_* setting (namespace="CELERY").
-CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL", "redis://localhost:6379/0")
+# No localhost fallback: with no URL the app refuses to load and says where one can come
+# from, instead of reaching whatever Redis listens on a developer's machine.
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or os.environ.get("REDIS_URL")
 CELERY_RESULT_BACKEND = os.environ.get("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
 CELERY_TIMEZONE = TIME_ZONE
 CELERY_TASK_TIME_LIMIT = 120

@@ -47,7 +47,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(
         GREETING="Thanks for your order",
         CELERY={
-            "broker_url": os.environ.get("REDIS_URL", "redis://localhost:6379/0"),
+            "broker_url": os.environ.get("REDIS_URL"),  # no localhost fallback
             "task_ignore_result": True,
         },
     )
