@@ -112,6 +112,9 @@ def test_make_app_installs_the_step() -> None:
     app = make_app("pf-unit", broker_url="redis://127.0.0.1:1/0", result_backend=None)
     try:
         assert PreforkReapStep in app.steps["worker"]
-        assert PreforkReapStep.requires == ("celery.worker.components:Pool",)
+        # Celery resolves a step's `requires` in place once a worker blueprint is built (an
+        # in-process worker earlier in the session): compare the names either way.
+        names = [getattr(r, "name", str(r)) for r in PreforkReapStep.requires]
+        assert names in (["celery.worker.components:Pool"], ["celery.worker.components.Pool"])
     finally:
         app.close()
