@@ -38,7 +38,7 @@ from celeryredis.deadletter import (
 )
 from celeryredis.exceptions import CeleryRedisError, ConfigurationError
 from celeryredis.health import HealthPart, check_health, check_worker
-from celeryredis.keys import lock_pattern
+from celeryredis.keys import lock_pattern, lock_task_name
 from celeryredis.log import redact_exc_info
 from celeryredis.queues import QueueDepth, inspect_queues
 from celeryredis.redaction import redact_text
@@ -642,7 +642,7 @@ def _locks(app: Celery, task: str | None) -> list[dict[str, Any]]:
         rows.append(
             {
                 "key": name,
-                "task": name[len(lock_pattern(app.conf)) - 1 :].rsplit(":", 1)[0],
+                "task": lock_task_name(app.conf, name),
                 "held_by": holder.decode() if isinstance(holder, bytes) else holder,
                 "ttl_s": None if pttl < 0 else pttl / 1000,
             }

@@ -49,6 +49,7 @@ from celeryredis.redaction import (
     redact_value,
     sensitive_words,
 )
+from celeryredis.registry import setting
 
 __all__ = [
     "REASONS",
@@ -229,8 +230,8 @@ class DeadLetterQueue:
         self.key = dead_letter_key(app.conf)
         self._client = client
         conf = app.conf
-        self.max_len = int(conf.get("celeryredis_dead_letter_max_len") or 10_000)
-        self.max_age = float(conf.get("celeryredis_dead_letter_max_age") or 7 * 86400)
+        self.max_len = int(setting(conf, "celeryredis_dead_letter_max_len"))
+        self.max_age = float(setting(conf, "celeryredis_dead_letter_max_age"))
 
     @property
     def client(self) -> redis.Redis:
@@ -666,7 +667,7 @@ def dead_letter_message(app: Celery, message: Any, reason: str, exc: BaseExcepti
 
     Never raises: a worker must go on consuming whatever happens here.
     """
-    if not app.conf.get("celeryredis_dead_letter", False):
+    if not setting(app.conf, "celeryredis_dead_letter"):
         return
     try:
         headers = dict(getattr(message, "headers", None) or {})

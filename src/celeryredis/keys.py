@@ -41,6 +41,7 @@ __all__ = [
     "heartbeat_key",
     "lock_key",
     "lock_pattern",
+    "lock_task_name",
     "poison_key",
     "prefix",
     "rate_limit_key",
@@ -79,6 +80,15 @@ def lock_key(conf: Mapping[str, Any], task_name: str, digest: str) -> str:
 def lock_pattern(conf: Mapping[str, Any], task_name: str | None = None) -> str:
     """A ``SCAN MATCH`` pattern for the locks of one task (or of all tasks)."""
     return f"{prefix(conf)}lock:{task_name + ':' if task_name else ''}*"
+
+
+def lock_task_name(conf: Mapping[str, Any], key: str) -> str | None:
+    """The task name inside lock key ``key`` (see :func:`lock_key`), None for another key."""
+    head = f"{prefix(conf)}lock:"
+    if not key.startswith(head):
+        return None
+    task, sep, _digest = key[len(head) :].rpartition(":")
+    return task if sep else None
 
 
 def rate_limit_key(conf: Mapping[str, Any], name: str) -> str:

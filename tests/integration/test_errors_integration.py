@@ -187,3 +187,42 @@ def test_get_on_a_result_that_is_not_stored_fails_at_once(redis_url: str) -> Non
     # A call that asks for its result still gets a result that can wait.
     stored: Any = add.apply_async((1, 2), ignore_result=False)
     assert stored.ignored is False
+
+
+def test_a_unique_task_fails_as_any_task_does_when_redis_refuses_or_is_down(
+    locked: RedisServer, redis_server_factory: Callable[..., RedisServer]
+) -> None:
+    """UniqueTask's lock is taken before the publish: its Redis errors are PublishError too."""
+    from celeryredis import UniqueTask
+
+    refused = make_app(
+        "errors-unique",
+        broker_url=f"redis://:{quote('not-' + USER_PW)}@127.0.0.1:{locked.port}/0",
+        preset="production",
+    )
+
+    @refused.task(base=UniqueTask, name="errors.unique", shared=False)
+    def once(x: int) -> int:
+        return x
+
+    started = time.monotonic()
+    with pytest.raises(PublishError) as info:
+        once.delay(1)
+    assert time.monotonic() - started < PERMANENT_BOUND
+    assert info.value.permanent is True
+    assert info.value.kind == "wrong_password"
+    assert USER_PW not in str(info.value)
+
+    server = redis_server_factory()
+    url = server.url
+    server.stop()
+    down = make_app("errors-unique-down", broker_url=url, preset="testing")
+
+    @down.task(base=UniqueTask, name="errors.unique_down", shared=False)
+    def once_down(x: int) -> int:
+        return x
+
+    with pytest.raises(PublishError) as info:
+        once_down.delay(1)
+    assert info.value.permanent is False
+    assert info.value.kind == "unreachable"

@@ -292,7 +292,7 @@ class Task(celery.Task[Any, Any]):
         except Exception as exc:
             if not is_redis_failure(exc):
                 raise
-            raise _publish_error(self.app, self.name, exc, time.monotonic() - started) from exc
+            raise publish_error(self.app, self.name, exc, time.monotonic() - started) from exc
 
     def check_arguments(self, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None) -> None:
         """Raise ``TypeError`` if the call does not fit the task's signature.
@@ -452,7 +452,7 @@ class Task(celery.Task[Any, Any]):
         """Whether failures of this task go to the dead-letter queue."""
         if self.dead_letter is not None:
             return bool(self.dead_letter)
-        return bool(self.app.conf.get("celeryredis_dead_letter", False))
+        return bool(setting(self.app.conf, "celeryredis_dead_letter"))
 
     def _dead_letter(
         self,
@@ -584,7 +584,8 @@ def _with_permanent_errback(policy: Mapping[str, Any] | None) -> dict[str, Any]:
     return merged
 
 
-def _publish_error(app: Any, name: str, exc: BaseException, elapsed: float) -> PublishError:
+def publish_error(app: Any, name: str, exc: BaseException, elapsed: float) -> PublishError:
+    """The :class:`PublishError` for ``exc``: a permanent refusal's cause and fix, or the wait."""
     diagnosis = classify(exc)
     if diagnosis.permanent:
         where = refused_by(exc) or ("result backend" if isinstance(exc, RuntimeError) else "broker")

@@ -6,6 +6,7 @@ import hashlib
 import inspect
 import json
 import logging
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -13,12 +14,12 @@ from typing import Any, ClassVar
 from celery.exceptions import Ignore
 
 from celeryredis.connection import get_redis
-from celeryredis.exceptions import ConfigurationError, DuplicateTaskError
+from celeryredis.exceptions import ConfigurationError, DuplicateTaskError, LockError
 from celeryredis.keys import lock_key
 from celeryredis.locks import LockRenewer, LockState, TokenLock, acquire_many
 from celeryredis.stats import count
 from celeryredis.tasks._options import OptionCheck, as_names, as_seconds
-from celeryredis.tasks.base import Task
+from celeryredis.tasks.base import Task, publish_error
 
 __all__ = ["UNIQUE_HEADER", "UniqueTask"]
 
@@ -200,7 +201,12 @@ class UniqueTask(Task):
             return super().apply_async(args, kwargs, *rest, **options)
         task_id = options.get("task_id") or str(uuid.uuid4())
         options["task_id"] = task_id
-        state = self.unique_claim({key: task_id})[key]
+        started = time.monotonic()
+        try:
+            state = self.unique_claim({key: task_id})[key]
+        except LockError as exc:
+            # Redis failed: the same error as any task's publish (cause, fix, or the wait).
+            raise publish_error(self.app, self.name, exc, time.monotonic() - started) from exc
         if state is not None and not state.acquired:
             if self.on_duplicate == "raise":
                 raise DuplicateTaskError(

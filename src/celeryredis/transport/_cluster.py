@@ -47,6 +47,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from celeryredis._kombu_compat import BINDING_KEY_HEAD, DEFAULT_PRIORITY_STEPS, DEFAULT_SEP
 from celeryredis._scripts import source
 from celeryredis.cluster import CLUSTER_ERRORS
+from celeryredis.registry import default
 
 virtual: Any = importlib.import_module("kombu.transport.virtual")
 
@@ -161,11 +162,11 @@ class Channel(virtual.Channel):  # type: ignore[misc]
     do_restore = True
 
     #: Seconds a held message's lease lasts; renewed every third of it.
-    lease_seconds: float = 30.0
+    lease_seconds: float = default("celeryredis_lease_seconds")
     #: The most messages one fetch pops (the prefetch window bounds it too).
-    fetch_batch_max: int = 64
+    fetch_batch_max: int = default("celeryredis_fetch_batch_max")
     #: Seconds between restore sweeps of expired leases.
-    lease_sweep_interval: float = 1.0
+    lease_sweep_interval: float = default("celeryredis_lease_sweep_interval")
     #: kombu's visibility timeout: a lease score is ``TIME + lease - visibility_timeout``.
     visibility_timeout: float = 3600.0
     global_keyprefix: str = ""

@@ -39,6 +39,7 @@ from kombu.utils.json import dumps, loads
 from celeryredis._kombu_compat import deliver, raw_payload, replace_restore_timer
 from celeryredis._scripts import source
 from celeryredis.keys import POISON_NAME
+from celeryredis.registry import default
 
 # kombu's stubs (celery-types) cover little of the Redis transport's private API, which
 # this module extends on purpose: treat the modules as untyped.
@@ -147,11 +148,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     QoS = QoS
 
     #: Seconds a held message's lease lasts; renewed every third of it.
-    lease_seconds: float = 30.0
+    lease_seconds: float = default("celeryredis_lease_seconds")
     #: The most messages one fetch pops (the prefetch window bounds it too).
-    fetch_batch_max: int = 64
+    fetch_batch_max: int = default("celeryredis_fetch_batch_max")
     #: Seconds between restore sweeps of expired leases.
-    lease_sweep_interval: float = 1.0
+    lease_sweep_interval: float = default("celeryredis_lease_sweep_interval")
 
     from_transport_options = (
         *kombu_redis.Channel.from_transport_options,
