@@ -614,6 +614,11 @@ def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
         "consumers use celeryredis's reliable transport (celeryredis_transport='reliable') "
         "through its URL scheme",
     )
+    _lease_options(flat, conf)
+
+
+def _lease_options(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
+    """The lease settings become the consuming transport's options (unless set there)."""
     options = conf.setdefault("broker_transport_options", {})
     for setting, option in _TRANSPORT_OPTIONS.items():
         entry = flat.get(setting)
@@ -683,15 +688,7 @@ def _apply_cluster_transport(flat: dict[str, _Layered], conf: dict[str, Any], br
         flat[setting] = _Layered(
             aliased, own.kind if own else "derived", own.source if own else "derived", why
         )
-    options = conf.setdefault("broker_transport_options", {})
-    for setting, option in _TRANSPORT_OPTIONS.items():
-        entry = flat.get(setting)
-        value = entry.value if entry else default(setting)
-        options.setdefault(option, value)
-        flat.setdefault(
-            f"broker_transport_options.{option}",
-            _Layered(options[option], "derived", "derived", f"from {setting}"),
-        )
+    _lease_options(flat, conf)
 
 
 def _scale_publish_retries(flat: dict[str, _Layered], broker_url: str) -> None:
