@@ -28,6 +28,19 @@ SECRETS = (
 )
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _kombu_knows_our_schemes() -> None:
+    """Tests open kombu connections of their own (``celeryredis://`` ...), outside any app.
+
+    An app registers the schemes when its configuration loads; worker processes (which
+    have no conftest) show that path. ``tests/unit/test_app.py`` checks that importing
+    celeryredis alone registers nothing.
+    """
+    from celeryredis.transport import register_aliases
+
+    register_aliases()
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]

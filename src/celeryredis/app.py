@@ -48,7 +48,12 @@ from celeryredis.presets import (
 from celeryredis.redaction import redact_setting, redact_text
 from celeryredis.registry import SETTINGS, default
 from celeryredis.tasks import Task
-from celeryredis.transport import CLUSTER_SCHEMES, cluster_broker_url, reliable_url
+from celeryredis.transport import (
+    CLUSTER_SCHEMES,
+    RELIABLE_SCHEMES,
+    cluster_broker_url,
+    reliable_url,
+)
 from celeryredis.urls import parse_redis_url, redact_url
 from celeryredis.validation import (
     Finding,
@@ -86,6 +91,8 @@ _REDIS_SCHEMES: Final = (
     "redisclusters",
 )
 _NEGATIVE_OK: Final = frozenset({"result_cache_max"})
+#: The URL schemes of celeryredis's own kombu transports (written by this module).
+_TRANSPORT_SCHEMES: Final = frozenset({*RELIABLE_SCHEMES.values(), *CLUSTER_SCHEMES.values()})
 #: Settings the layer resolves on every read (they depend on other settings).
 _RESOLVED: Final = MERGED_DICT_SETTINGS | {
     "broker_url",
@@ -359,7 +366,14 @@ def _modes(spec: _Spec, flat: Mapping[str, _Layered]) -> tuple[Any, Any]:
 
 
 def _normal_url(value: Any, setting: str, source: str, *, strict: bool) -> Any:
-    """A Redis URL in the form Celery and kombu read (``unix://`` -> ``redis+socket://``)."""
+    """A Redis URL in the form Celery and kombu read (``unix://`` -> ``redis+socket://``).
+
+    A URL already in one of celeryredis's transport forms (``celeryredis://``,
+    ``celeryrediscluster://``: what the settings layer itself writes, e.g. into a test
+    worker's configuration) is kept as it is.
+    """
+    if isinstance(value, str) and value.split(":", 1)[0].split("+", 1)[0] in _TRANSPORT_SCHEMES:
+        return value
     if not isinstance(value, str) or value.split(":", 1)[0] not in _REDIS_SCHEMES:
         if strict and setting == "broker_url" and value is not None:
             parse_redis_url(str(value), setting=f"broker_url (from {source})")  # raises
@@ -923,6 +937,9 @@ def _attach(app: Celery, layer: _Layer) -> None:
                 # Set with conf.update() before configure(): merged like the host's own.
                 layer.absorbed[name] = changes.pop(key)
                 break
+    from celeryredis.transport import register_aliases  # noqa: PLC0415
+
+    register_aliases()  # kombu learns celeryredis's URL schemes with the first app that loads
     conf.add_defaults(layer)
     layer.bind(conf)
     _validate(app, layer)

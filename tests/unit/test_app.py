@@ -290,6 +290,12 @@ def test_import_has_no_side_effects() -> None:
         "import celeryredis, celeryredis.app, celeryredis.worker, celeryredis.validation\n"
         "after = {n: len(getattr(s, n).receivers or []) for n in before}\n"
         "assert before == after, (before, after)\n"
+        "from kombu.transport import TRANSPORT_ALIASES as A\n"
+        "assert 'celeryredis' not in A and 'celeryrediscluster' not in A, 'aliases at import'\n"
+        "from celeryredis import make_app\n"
+        "app = make_app('t', broker_url='redis://127.0.0.1:1/0')\n"
+        "assert app.conf.broker_read_url.startswith('celeryredis://')\n"
+        "assert 'celeryredis' in A, 'the loaded app registers its schemes'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

@@ -8,9 +8,11 @@ it as unacked in the same call, a thread renews each held message's lease, acks 
 the next fetch, and any worker requeues expired leases every second. See
 ``docs/transport.md``.
 
-Importing this package (which ``import celeryredis`` does) registers two kombu URL
-schemes, ``celeryredis://`` and ``celeryrediss://`` (TLS), and ``celeryredis+socket://``
-for Unix sockets; the classes live in :mod:`celeryredis.transport._reliable` and are
+:func:`register_aliases` registers two kombu URL schemes, ``celeryredis://`` and
+``celeryrediss://`` (TLS), and ``celeryredis+socket://`` for Unix sockets; the settings
+layer of :func:`celeryredis.make_app` / :func:`celeryredis.configure` calls it when the
+app's configuration loads (importing the package changes nothing in kombu). The classes
+live in :mod:`celeryredis.transport._reliable` and are
 imported only when kombu opens such a connection. The Redis Cluster broker transport
 (:mod:`celeryredis.transport._cluster`) is registered the same way, as
 ``celeryrediscluster://`` and ``celeryredisclusters://`` (TLS), and under the plain
@@ -105,6 +107,3 @@ def reliable_url(url: str) -> str:
         else:
             parts.append(chunk)
     return ";".join(parts)
-
-
-register_aliases()
