@@ -98,7 +98,7 @@ def test_worker_start_up_validation_refuses_settings_changed_after_make_app(
     assert worker.returncode not in (None, 0)
     log = worker.log_text()
     assert "soft-limit-not-below-hard" in log
-    assert "task_soft_time_limit=10000 from app config" in log  # where the value came from
+    assert "task_soft_time_limit=10000 from app.conf.update" in log  # where it came from
     assert "ready." not in log
 
 
