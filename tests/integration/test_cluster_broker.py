@@ -214,7 +214,7 @@ def test_the_worker_fixture_points_a_worker_at_the_test_cluster_and_checks_every
     host: Any, redis_cluster: LocalRedisCluster, celery_worker_process: Any
 ) -> None:
     from celeryredis.testing._guard import check_urls
-    from celeryredis.testing._server import started_here
+    from celeryredis.testing._server import _free_port, started_here
 
     worker = celery_worker_process(
         "clusterbrokerapp",
@@ -228,13 +228,13 @@ def test_the_worker_fixture_points_a_worker_at_the_test_cluster_and_checks_every
     assert "celeryredis.testing: verified: broker celeryrediscluster://" in worker.log_text()
     assert host.work.apply_async(("guarded", 21), queue=host.QUEUES[0]).get(timeout=30) == 42
     # A node the session did not start is refused, in either cluster URL form.
-    ours = redis_cluster.ports[0]
+    ours, other = redis_cluster.ports[0], _free_port()  # `other`: a port nobody started
     for url in (
-        f"rediscluster://127.0.0.1:{ours},127.0.0.1:6379/0",
-        f"celeryrediscluster://127.0.0.1:{ours}/0;celeryrediscluster://127.0.0.1:6379/0",
+        f"rediscluster://127.0.0.1:{ours},127.0.0.1:{other}/0",
+        f"celeryrediscluster://127.0.0.1:{ours}/0;celeryrediscluster://127.0.0.1:{other}/0",
     ):
         (problem,) = check_urls({"broker_url": url}, started_here())
-        assert "127.0.0.1:6379 is not a redis-server this test session started" in problem
+        assert f"127.0.0.1:{other} is not a redis-server this test session started" in problem
 
 
 # --- the transport through kombu alone (no worker) ----------------------------------------

@@ -133,12 +133,14 @@ def test_worker_is_refused_against_a_server_the_session_did_not_start(
     watcher.close()
 
 
-def test_the_developers_redis_is_refused_without_connecting(
+def test_a_hard_coded_redis_the_session_did_not_start_is_refused(
     tmp_path: Path, celery_worker_process: Callable[..., WorkerProcess]
 ) -> None:
-    # Nothing connects to it: the check compares ports with the servers this session started.
-    _write_app(tmp_path, "redis://localhost:6379/0")
-    with pytest.raises(WorkerProcessError, match=r"localhost:6379 is not a redis-server"):
+    # Stands for a developer's own Redis (a port this session never started; nothing
+    # listens there, and nothing connects: the check compares ports with its servers).
+    port = _free_port()
+    _write_app(tmp_path, f"redis://localhost:{port}/0")
+    with pytest.raises(WorkerProcessError, match=rf"localhost:{port} is not a redis-server"):
         celery_worker_process("guardapp", cwd=tmp_path)
 
 
