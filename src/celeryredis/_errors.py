@@ -273,6 +273,12 @@ def fails_fast(url: Any) -> bool:
     """
     if not isinstance(url, str) or not url:
         return False
+    return _single_host(url)
+
+
+@functools.lru_cache(maxsize=64)
+def _single_host(url: str) -> bool:
+    """Parsed once per URL: :func:`fails_fast` runs on every publish."""
     try:
         return len(parse_redis_url(url).hosts) <= 1
     except ValueError:

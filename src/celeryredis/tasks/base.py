@@ -40,6 +40,7 @@ and Celery's result-backend retry loop is held off while the task runs (see
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
@@ -280,7 +281,8 @@ class Task(celery.Task[Any, Any]):
             if call.changed:
                 options["argsrepr"] = repr(call.args)
                 options["kwargsrepr"] = repr(call.kwargs)
-        self.check_arguments(args, kwargs)
+        if getattr(self, "__header__", None) is None:
+            self.check_arguments(args, kwargs)  # a task class: Celery checks only functions
         conf = self.app.conf
         if fails_fast(conf.broker_url):
             options["retry_policy"] = _with_permanent_errback(options.get("retry_policy"))
@@ -307,9 +309,8 @@ class Task(celery.Task[Any, Any]):
         if header is not None:  # a decorated function: Celery's own check
             header(*(args or ()), **(kwargs or {}))
             return
-        try:  # a task class: its run() method
-            signature = inspect.signature(self.run)
-        except (TypeError, ValueError):  # no signature to check
+        signature = _signature(self.run)  # a task class: its run() method
+        if signature is None:  # no signature to check
             return
         try:
             signature.bind(*(args or ()), **(kwargs or {}))
@@ -570,6 +571,15 @@ class Task(celery.Task[Any, Any]):
         elif exc is not None and event == "failed":
             exc_info = (type(exc), exc, exc.__traceback__)
         emit(level, fields, exc_info, secrets=secrets)
+
+
+@functools.lru_cache(maxsize=1024)
+def _signature(run: Any) -> inspect.Signature | None:
+    """``run``'s signature, computed once per task (inspect is slow; this is per publish)."""
+    try:
+        return inspect.signature(run)
+    except (TypeError, ValueError):
+        return None
 
 
 def _with_permanent_errback(policy: Mapping[str, Any] | None) -> dict[str, Any]:
