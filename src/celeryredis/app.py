@@ -351,7 +351,7 @@ def _make_spec(
             setting = f"broker_url (from ${var})"
             parse_redis_url(environ[var], setting=setting)
     spec = _Spec(context, presets, keywords, broker_url, result_backend, environ, validate)
-    mode, per_check = _modes(spec, _resolve_plain(spec))
+    mode, per_check = _modes(spec, {**spec.presets, **spec.keywords})
     normalise_modes(mode, per_check)
     return spec
 
@@ -385,10 +385,6 @@ def _normal_url(value: Any, setting: str, source: str, *, strict: bool) -> Any:
         if strict:
             raise
         return value
-
-
-def _resolve_plain(spec: _Spec) -> dict[str, _Layered]:
-    return _resolve(spec, {}, strict=True)
 
 
 def _resolve(
@@ -860,11 +856,11 @@ class _Layer(Mapping[str, Any]):
 
     def host_get(self, name: str) -> Any:
         """The host's value of ``name`` (as Celery would find it), or :data:`_UNSET`."""
-        return self._host_get(name, self._host_maps(), self._prefix())
-
-    def _host_get(self, name: str, maps: list[Mapping[str, Any]], prefix: str) -> Any:
         if name in self.absorbed:
             return self.absorbed[name]
+        return self._find(name, self._host_maps(), self._prefix())
+
+    def _find(self, name: str, maps: list[Mapping[str, Any]], prefix: str) -> Any:
         keys = self._candidates(name, prefix)
         for mapping in maps:
             for key in keys:
@@ -888,10 +884,12 @@ class _Layer(Mapping[str, Any]):
         host: dict[str, Any] = {}
         overrides: dict[str, Any] = {}
         for name in known_settings() if names is None else names:
-            for found, maps in ((overrides, above), (host, below)):
-                value = self._host_get(name, maps, prefix) if maps or found is host else _UNSET
-                if found is overrides and name in self.absorbed:
-                    value = _UNSET  # absorbed merged dicts count as the host's configuration
+            # Merged dicts absorbed from the override layer count as the host's own.
+            mine = self.absorbed.get(name, _UNSET)
+            for found, value in (
+                (overrides, self._find(name, above, prefix)),
+                (host, mine if mine is not _UNSET else self._find(name, below, prefix)),
+            ):
                 if value is not _UNSET and not (name == "broker_url" and value is None):
                     found[name] = value
         return host, overrides
