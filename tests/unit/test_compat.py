@@ -28,11 +28,11 @@ SHIMS = frozenset({"_celery_compat.py", "_kombu_compat.py"})
 #: of _kombu_compat.PRIVATE_API; their own private names that happen to also occur in
 #: Celery's or kombu's source are listed here.
 SUBCLASSES: dict[str, frozenset[str]] = {
-    "transport/_reliable.py": frozenset({"_key", "_lock", "_renewer", "_stop", "_probe"}),
+    "transport/_reliable.py": frozenset({"_key", "_lock", "_leases", "_probe"}),
     "_kombu_batch.py": frozenset({"_collector", "_declared"}),
     "cluster.py": frozenset(),
     "transport/_cluster.py": frozenset(
-        {"_client", "_fanout", "_keys", "_lock", "_no_ack", "_pending", "_renewer", "_steps"}
+        {"_client", "_fanout", "_keys", "_lock", "_no_ack", "_pending", "_leases", "_steps"}
         | {"_subscribe"}
     ),
 }

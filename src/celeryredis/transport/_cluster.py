@@ -48,6 +48,7 @@ from celeryredis._kombu_compat import BINDING_KEY_HEAD, DEFAULT_PRIORITY_STEPS, 
 from celeryredis._scripts import source
 from celeryredis.cluster import CLUSTER_ERRORS
 from celeryredis.registry import default
+from celeryredis.transport._lease import LeaseRenewer
 
 virtual: Any = importlib.import_module("kombu.transport.virtual")
 
@@ -199,8 +200,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         self._pubsub: Any = None
         self._client: RedisCluster | None = None
         self._scripts: dict[str, Any] = {}
-        self._renewer: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._leases = LeaseRenewer(self, "celeryredis-cluster-lease")
         self._last_sweep = float("-inf")
         self._last_error = float("-inf")
         super().__init__(*args, **kwargs)
@@ -338,7 +338,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
             self._no_ack_queues.add(queue)
         else:
             self._no_ack_queues.discard(queue)
-            self._start_renewer()
+            self._leases.start()
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
     def basic_cancel(self, consumer_tag: str) -> Any:
@@ -589,22 +589,6 @@ class Channel(virtual.Channel):  # type: ignore[misc]
                 exc_info=True,
             )
 
-    def _start_renewer(self) -> None:
-        if self._renewer is not None:
-            return
-        self._renewer = threading.Thread(
-            target=self._renew_loop, name="celeryredis-cluster-lease", daemon=True
-        )
-        self._renewer.start()
-
-    def _renew_loop(self) -> None:
-        interval = max(float(self.lease_seconds) / 3.0, 0.05)
-        while not self._stop.wait(interval):
-            try:
-                self.renew()
-            except Exception:
-                logger.warning("celeryredis: lease renewal failed; retrying", exc_info=True)
-
     # --- restore sweep (per queue) ----------------------------------------------------
 
     def sweep(self, limit: int = 1000) -> int:
@@ -661,14 +645,12 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         """Stop the lease thread; requeue buffered and held messages; close the client."""
         if self.closed:
             return
-        self._stop.set()
+        self._leases.stop()
         self._restore_buffered()
         if self._client is not None:
             self.flush_acks()
         super().close()  # the QoS requeues what this consumer still holds
-        renewer = self._renewer
-        if renewer is not None and renewer is not threading.current_thread():
-            renewer.join(timeout=2.0)
+        self._leases.join()
         if self._pubsub is not None:
             try:
                 self._pubsub.close()

@@ -40,6 +40,7 @@ from celeryredis._kombu_compat import deliver, raw_payload, replace_restore_time
 from celeryredis._scripts import source
 from celeryredis.keys import POISON_NAME
 from celeryredis.registry import default
+from celeryredis.transport._lease import LeaseRenewer
 
 # kombu's stubs (celery-types) cover little of the Redis transport's private API, which
 # this module extends on purpose: treat the modules as untyped.
@@ -173,8 +174,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._in_flight: tuple[str, list[str], list[str], int] | None = None
         self._use_eval = False
         self._shas: dict[str, str] = {}
-        self._renewer: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._leases = LeaseRenewer(self, "celeryredis-lease")
         self._last_sweep = float("-inf")
         super().__init__(*args, **kwargs)
         self._probe()
@@ -237,7 +237,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._no_ack_queues.add(queue)
         else:
             self._no_ack_queues.discard(queue)
-            self._start_renewer()
+            if self.reliable:
+                self._leases.start()
         return super().basic_consume(queue, *args, **kwargs)
 
     def _batch_size(self) -> int:
@@ -502,22 +503,6 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 exc_info=True,
             )
 
-    def _start_renewer(self) -> None:
-        if not self.reliable or self._renewer is not None:
-            return
-        self._renewer = threading.Thread(
-            target=self._renew_loop, name="celeryredis-lease", daemon=True
-        )
-        self._renewer.start()
-
-    def _renew_loop(self) -> None:
-        interval = max(float(self.lease_seconds) / 3.0, 0.05)
-        while not self._stop.wait(interval):
-            try:
-                self.renew()
-            except Exception:
-                logger.warning("celeryredis: lease renewal failed; retrying", exc_info=True)
-
     # --- restore sweep ----------------------------------------------------------------
 
     def sweep(self, limit: int | None = None) -> int:
@@ -576,7 +561,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     def close(self) -> None:
         """Stop the lease thread, read any outstanding reply, flush acks, close."""
         if self.reliable:
-            self._stop.set()
+            self._leases.stop()
             if self._in_poll:
                 try:
                     self._brpop_read()
@@ -587,9 +572,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             if not self.closed:
                 self.flush_acks()
         super().close()
-        renewer = self._renewer
-        if renewer is not None and renewer is not threading.current_thread():
-            renewer.join(timeout=2.0)
+        self._leases.join()
 
 
 class Transport(kombu_redis.Transport):  # type: ignore[misc]
