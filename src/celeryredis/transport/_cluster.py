@@ -263,6 +263,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         self._wake_part: dict[str, str] = {}  # wake-up channel -> partition
         self._live: set[str] = set()  # partitions whose wake-up subscription is confirmed
         self._idle: dict[str, float] = {}  # live partition found empty -> since when
+        self._fetch_failed = False  # a fetch was refused this round: wait before retrying
         super().__init__(*args, **kwargs)
         self.partitions = parse_partitions(
             self.partitions, "broker_transport_options['partitions']"
@@ -545,6 +546,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
                 self._idle[part] = now  # empty: wait for its wake-up
             else:
                 self._idle.pop(part, None)
+                self._fetch_failed = self._fetch_failed or got is None
         raise Empty()
 
     def _batch_size(self) -> int:
@@ -844,7 +846,8 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         queues = self._consumed()
         if not queues:
             return sockets, None
-        if not self.wake_up or not self.qos.can_consume():
+        failed, self._fetch_failed = self._fetch_failed, False
+        if failed or not self.wake_up or not self.qos.can_consume():
             return sockets, polling_interval
         parts = [part for queue in queues for part in self._parts(queue)]
         try:
