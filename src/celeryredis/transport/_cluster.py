@@ -506,13 +506,19 @@ class Channel(virtual.Channel):  # type: ignore[misc]
                 self._no_ack_queues.discard(queue)
 
     def drain_events(self, timeout: float | None = None, callback: Any = None) -> Any:
-        """One round of the poll loop; the restore sweep runs first when it is due."""
+        """One round: the restore sweep when it is due, the wake-ups read, one delivery.
+
+        Reading the wake-up connections here (without blocking, no command sent) keeps a
+        busy consumer from starving an idle partition that was rung meanwhile.
+        """
         if self._consumers and self._active_queues:
             try:
                 with _topology_errors():
                     self.sweep()
             except _RETRY_ERRORS as exc:
                 self._refresh(exc)
+            if self._idle:
+                self.after_wait()
         return super().drain_events(timeout=timeout, callback=callback)
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
