@@ -304,3 +304,55 @@ def test_a_blocked_kombu_consumer_is_woken_by_a_publish(
                 thread.join()
         channel.renew()
     assert got == [{"hello": 1}]
+
+
+def test_a_consumer_whose_wake_up_connections_were_killed_still_gets_the_next_message(
+    kombu_url: str, redis_cluster: LocalRedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis
+    from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+    name = "killedwake"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    options = {"partitions": {name: 3}, "idle_fetch_interval": 600.0}
+    got: list[Any] = []
+    with Connection(kombu_url, transport_options=options) as conn:
+        channel = conn.default_channel
+        queue(channel).declare()
+        queue(channel).purge()
+
+        def on_message(body: Any, message: Any) -> None:
+            got.append(body)
+            message.ack()
+
+        with Consumer(channel, [queue], callbacks=[on_message]):
+
+            def idle() -> bool:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.05)
+                return all(p in channel._idle for p in channel._parts(name))
+
+            wait_for(idle, 10, "every partition to be idle")
+            killed = 0
+            for port in redis_cluster.masters:
+                client = redis.Redis(host="127.0.0.1", port=port)
+                try:
+                    killed += int(client.client_kill_filter(_type="pubsub"))
+                finally:
+                    client.close()
+            assert killed >= 2  # the wake-up connections (and no other test's)
+            for _ in range(3):  # rounds in which the consumer notices and recovers
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.3)
+            with Connection(kombu_url, transport_options=options) as other:
+                producer = Producer(other.default_channel)
+                for i in range(3):  # one per partition (round robin)
+                    producer.publish({"i": i}, exchange=queue.exchange, routing_key=name)
+            deadline = time.monotonic() + 10
+            while len(got) < 3 and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=1.0)
+        channel.renew()
+    assert sorted(body["i"] for body in got) == [0, 1, 2]
+    # It noticed the lost connections (not the 600 s safety net) and subscribed again.
+    assert "refreshing the slot map" in caplog.text
