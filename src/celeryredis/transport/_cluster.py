@@ -844,7 +844,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         sockets: list[Any] = []
         if self._pubsub is not None:
             self._read_pubsub()
-            if any(self._fanout_buffers.values()):
+            if any(self._fanout_buffers.get(q) for q in self._active_queues if q in self._fanout):
                 return sockets, 0.0
             sock = _socket_of(self._pubsub)
             if sock is not None:
