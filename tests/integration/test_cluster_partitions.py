@@ -356,3 +356,52 @@ def test_a_consumer_whose_wake_up_connections_were_killed_still_gets_the_next_me
     assert sorted(body["i"] for body in got) == [0, 1, 2]
     # It noticed the lost connections (not the 600 s safety net) and subscribed again.
     assert "refreshing the slot map" in caplog.text
+
+
+def test_a_partition_rung_while_another_is_busy_is_served_before_the_busy_one_drains(
+    kombu_url: str,
+) -> None:
+    from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+    name = "ringbusy"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    options = {"partitions": {name: 2}, "idle_fetch_interval": 600.0}
+    order: list[str] = []
+    with (
+        Connection(kombu_url, transport_options=options) as conn,
+        Connection(kombu_url, transport_options=options) as other,
+    ):
+        channel, producing = conn.default_channel, other.default_channel
+        queue(channel).declare()
+        queue(channel).purge()
+        producer = Producer(producing)
+
+        def publish(partition: int, body: str) -> None:
+            producing._next_part[name] = partition  # steer the round robin
+            producer.publish(body, exchange=queue.exchange, routing_key=name)
+
+        def on_message(body: Any, message: Any) -> None:
+            order.append(body)
+            message.ack()
+            if body == "busy-0":  # partition 0 is busy now; ring the idle partition 1
+                publish(1, "rung")
+
+        channel.basic_qos(0, 1, False)  # one message per fetch
+        with Consumer(channel, [queue], callbacks=[on_message]):
+
+            def idle() -> bool:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.05)
+                return all(p in channel._idle for p in channel._parts(name))
+
+            wait_for(idle, 10, "both partitions to be idle")
+            for i in range(6):
+                publish(0, f"busy-{i}")
+            deadline = time.monotonic() + 10
+            while len(order) < 7 and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=1.0)
+        channel.renew()
+    assert sorted(order) == sorted([*(f"busy-{i}" for i in range(6)), "rung"]), order
+    # Read at the next round, not when partition 0 runs dry.
+    assert order.index("rung") < order.index("busy-5"), order
