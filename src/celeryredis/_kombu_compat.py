@@ -105,6 +105,14 @@ PRIVATE_API: Final[tuple[tuple[str, str, str, str, str], ...]] = (
     (_VIRTUAL, "Channel", "_tag_to_queue", "instance", "cluster transport: a cancelled queue"),
     (_VIRTUAL, "QoS", "_delivered", "instance", "cluster transport: held at close"),
     (_VIRTUAL, "QoS", "_flush", "class", "cluster transport: drop acked before restoring"),
+    # redis-py: the cluster transport select()s on its wake-up subscriptions' sockets.
+    (
+        "redis.connection",
+        "AbstractConnection",
+        "_sock",
+        "instance",
+        "cluster transport: select() on the wake-up sockets",
+    ),
 )
 
 

@@ -119,6 +119,7 @@ _RESOLUTION_INPUTS: Final = _RESOLVED | {
     "celeryredis_lease_seconds",
     "celeryredis_lease_sweep_interval",
     "celeryredis_fetch_batch_max",
+    "celeryredis_cluster_partitions",
 }
 
 Kind = Literal["preset", "host", "argument", "env", "derived", "default"]
@@ -699,6 +700,34 @@ def _apply_cluster_transport(flat: dict[str, _Layered], conf: dict[str, Any], br
             aliased, own.kind if own else "derived", own.source if own else "derived", why
         )
     _lease_options(flat, conf)
+    _partition_options(flat, conf)
+
+
+def _partition_options(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
+    """``celeryredis_cluster_partitions`` becomes the cluster transport's ``partitions``.
+
+    Checked here, so a wrong value fails when the app is made, naming where it came from;
+    ``broker_transport_options["partitions"]`` set directly wins (and is checked by the
+    transport).
+    """
+    from celeryredis.transport import parse_partitions  # noqa: PLC0415
+
+    name = "celeryredis_cluster_partitions"
+    entry = flat.get(name)
+    value = entry.value if entry else default(name)
+    try:
+        checked = parse_partitions(value, name)
+    except (TypeError, ValueError) as exc:
+        source = entry.source if entry else "the default"
+        raise ConfigurationError(f"{exc} (from {source})", setting=name) from None
+    if not checked:
+        return
+    options = conf.setdefault("broker_transport_options", {})
+    options.setdefault("partitions", checked)
+    flat.setdefault(
+        "broker_transport_options.partitions",
+        _Layered(options["partitions"], "derived", "derived", f"from {name}"),
+    )
 
 
 def _scale_publish_retries(flat: dict[str, _Layered], broker_url: str) -> None:

@@ -123,3 +123,60 @@ def test_the_test_guard_rewrites_a_cluster_url_as_the_settings_layer_does(url: s
     from celeryredis.testing._guard import _kombu_form
 
     assert _kombu_form(url) == cluster_broker_url(url)
+
+
+# --- partitioned queues (celeryredis_cluster_partitions) ----------------------------------
+
+
+def test_partitions_become_the_cluster_transports_option() -> None:
+    from celeryredis.transport import parse_partitions
+
+    app = make_app(
+        "t", broker_url="rediscluster://a:7000", celeryredis_cluster_partitions={"hot": 3}
+    )
+    assert app.conf.broker_transport_options["partitions"] == {"hot": 3}
+    assert parse_partitions(None, "x") == {}
+    plain = make_app("t", broker_url="rediscluster://a:7000")
+    assert "partitions" not in plain.conf.broker_transport_options
+    keys = queue_keys("p:", "hot", partitions=3)
+    assert [p["unacked"] for p in keys["partitions"]] == [
+        "p:{hot}:unacked",
+        "p:{hot#1}:unacked",
+        "p:{hot#2}:unacked",
+    ]
+    assert keys["partitions"][2]["wake"] == "p:{hot#2}:wake"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("hot", r"celeryredis_cluster_partitions='hot' must be a dict of \{queue name: number"),
+        ({"hot": 0}, r"celeryredis_cluster_partitions\['hot'\]=0 must be from 1 .* to 64"),
+        ({"hot": 65}, r"celeryredis_cluster_partitions\['hot'\]=65 must be from 1"),
+        ({"hot": "3"}, r"\['hot'\]='3' must be a whole number of partitions"),
+        ({"hot": True}, r"\['hot'\]=True must be a whole number"),
+        ({"h{o}t": 2}, r"names the queue 'h\{o\}t', which contains '\{' or '\}'"),
+        ({3: 2}, r"has the key 3; the keys are queue names"),
+    ],
+)
+def test_a_wrong_partition_setting_is_refused_with_where_it_came_from(
+    value: object, message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message) as excinfo:
+        _ = make_app(
+            "t", broker_url="rediscluster://a:7000", celeryredis_cluster_partitions=value
+        ).conf.broker_url
+    assert "(from " in str(excinfo.value)
+    assert excinfo.value.setting == "celeryredis_cluster_partitions"
+
+
+def test_a_wrong_partitions_transport_option_is_refused_by_the_channel() -> None:
+    from kombu import Connection
+
+    with (
+        Connection(
+            "celeryrediscluster://127.0.0.1:1/0", transport_options={"partitions": [3]}
+        ) as conn,
+        pytest.raises(TypeError, match=r"broker_transport_options\['partitions'\]=\[3\] must be"),
+    ):
+        conn.default_channel  # noqa: B018
