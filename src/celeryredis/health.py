@@ -27,7 +27,7 @@ from redis.exceptions import RedisClusterException
 
 from celeryredis._errors import classify, describe
 from celeryredis.cluster import cluster_client
-from celeryredis.connection import new_redis
+from celeryredis.connection import Client, new_redis
 from celeryredis.heartbeat import (
     TTL_INTERVALS,
     WorkerHeartbeat,
@@ -39,7 +39,7 @@ from celeryredis.heartbeat import (
 )
 from celeryredis.keys import SENT_AT_HEADER, dead_letter_key, workers_key
 from celeryredis.queues import QueueDepth, inspect_queues
-from celeryredis.urls import RedisURL, parse_redis_url, redact_text
+from celeryredis.urls import RedisURL, parse_redis_url, redact_text, redis_url_of_broker
 
 __all__ = [
     "SENT_AT_HEADER",
@@ -248,7 +248,7 @@ def _failure(exc: BaseException, setting: str) -> str:
     return f"{verb}: {describe(diagnosis, setting)}"
 
 
-def _ping(client: redis.Redis) -> float:
+def _ping(client: Client) -> float:
     started = time.monotonic()
     client.ping()
     return time.monotonic() - started
@@ -262,7 +262,7 @@ def _backend_part(app: Celery, timeout: float) -> HealthPart:
         parsed = parse_redis_url(str(url))
     except ValueError:
         return HealthPart("backend", "ok", "not a Redis result backend; not checked")
-    if parsed.geturl() == parse_redis_url(app.conf.broker_url).geturl():
+    if parsed.geturl() == parse_redis_url(redis_url_of_broker(app.conf.broker_url)).geturl():
         return HealthPart("backend", "ok", "the broker's Redis (see broker)")
     if parsed.is_cluster:
         return _cluster_backend_part(parsed, timeout)
@@ -292,7 +292,7 @@ def _cluster_backend_part(url: RedisURL, timeout: float) -> HealthPart:
     return HealthPart("backend", "ok", f"cluster reachable in {latency * 1000:.1f} ms", latency)
 
 
-def _server_parts(client: redis.Redis) -> list[HealthPart]:
+def _server_parts(client: Client) -> list[HealthPart]:
     try:
         info: Mapping[str, Any] = client.info("server") | client.info("memory")
     except redis.ResponseError as exc:  # INFO is in ACL category @dangerous

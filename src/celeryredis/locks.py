@@ -22,6 +22,7 @@ from typing import Any
 import redis
 
 from celeryredis._scripts import source
+from celeryredis.connection import Client
 from celeryredis.exceptions import LockError
 
 __all__ = ["LockError", "LockRenewer", "LockState", "TokenLock", "acquire_many"]
@@ -45,10 +46,10 @@ class LockState:
 
 
 _SCRIPT_NAMES = ("lock_acquire", "lock_release", "lock_extend", "lock_acquire_many")
-_SCRIPTS: weakref.WeakKeyDictionary[redis.Redis, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+_SCRIPTS: weakref.WeakKeyDictionary[Client, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
-def _scripts(client: redis.Redis) -> tuple[Any, ...]:
+def _scripts(client: Client) -> tuple[Any, ...]:
     """The lock scripts registered on ``client`` (once per client), in ``_SCRIPT_NAMES`` order."""
     scripts = _SCRIPTS.get(client)
     if scripts is None:
@@ -62,7 +63,7 @@ def _ms(seconds: float) -> int:
 
 
 def acquire_many(
-    client: redis.Redis,
+    client: Client,
     owners: dict[str, str],
     ttl: float,
     *,
@@ -113,7 +114,7 @@ class TokenLock:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         key: str,
         token: str,
         ttl: float,

@@ -14,11 +14,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-import redis
 from celery import Celery
 
 from celeryredis import _kombu_compat
-from celeryredis.connection import new_redis
+from celeryredis.connection import Client, new_redis
 from celeryredis.heartbeat import WorkerHeartbeat, read_heartbeats
 from celeryredis.keys import SENT_AT_HEADER
 
@@ -72,7 +71,7 @@ def _transport(conf: Mapping[str, Any]) -> tuple[str, str, tuple[int, ...], str]
     )
 
 
-def _bound_queues(client: redis.Redis, conf: Mapping[str, Any]) -> set[str]:
+def _bound_queues(client: Client, conf: Mapping[str, Any]) -> set[str]:
     """Queues kombu has bound in Redis (declared by a publisher or a worker)."""
     keyprefix, sep, _, _ = _transport(conf)
     head = f"{keyprefix}{_kombu_compat.BINDING_KEY_HEAD}"
@@ -88,7 +87,7 @@ def _bound_queues(client: redis.Redis, conf: Mapping[str, Any]) -> set[str]:
     return names
 
 
-def _queue_names(app: Celery, workers: Sequence[WorkerHeartbeat], client: redis.Redis) -> list[str]:
+def _queue_names(app: Celery, workers: Sequence[WorkerHeartbeat], client: Client) -> list[str]:
     names = {str(app.conf.task_default_queue or "celery")}
     names.update(_bound_queues(client, app.conf))
     with contextlib.suppress(Exception):  # a host's odd task_queues must not break a probe
@@ -107,7 +106,7 @@ def _sent_at(raw: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _unacked_by_queue(client: redis.Redis, app: Celery, key: str) -> dict[str, int]:
+def _unacked_by_queue(client: Client, app: Celery, key: str) -> dict[str, int]:
     routes: dict[str, str] = {}
     with contextlib.suppress(Exception):
         for name, queue in app.amqp.queues.items():
@@ -127,7 +126,7 @@ def inspect_queues(
     app: Celery,
     queues: Sequence[str] | None = None,
     *,
-    client: redis.Redis | None = None,
+    client: Client | None = None,
     sample: int = 1000,
     workers: Sequence[WorkerHeartbeat] | None = None,
 ) -> list[QueueDepth]:

@@ -17,7 +17,7 @@ import redis
 from celery import Celery
 
 from celeryredis._scripts import source
-from celeryredis.connection import get_redis
+from celeryredis.connection import Client, get_redis
 from celeryredis.exceptions import ConfigurationError, RateLimitError
 from celeryredis.keys import rate_limit_key
 
@@ -87,7 +87,7 @@ class RateLimiter:
                 schedule_later(decision.wait)
     """
 
-    def __init__(self, client: redis.Redis, key: str, rate: str | float, burst: int = 1) -> None:
+    def __init__(self, client: Client, key: str, rate: str | float, burst: int = 1) -> None:
         per_second = parse_rate(rate) if isinstance(rate, str) else float(rate)
         if not per_second > 0 or not math.isfinite(per_second):
             raise ConfigurationError(f"rate {rate!r} must be > 0", setting="rate")

@@ -15,7 +15,7 @@ from typing import Any, Final, Literal
 import redis
 from celery import Celery
 
-from celeryredis.connection import get_redis
+from celeryredis.connection import Client, get_redis
 from celeryredis.keys import stats_key
 
 __all__ = ["EVENTS", "Event", "count", "read_counts"]
@@ -36,7 +36,7 @@ def count(app: Celery, event: Event, task_name: str | None) -> None:
         logger.debug("celeryredis: %s not counted: %s", event, exc)
 
 
-def read_counts(client: redis.Redis, conf: Mapping[str, Any]) -> dict[tuple[str, str], int]:
+def read_counts(client: Client, conf: Mapping[str, Any]) -> dict[tuple[str, str], int]:
     """Every counter: ``{(event, task_name): count}``."""
     counts: dict[tuple[str, str], int] = {}
     for field, value in client.hgetall(stats_key(conf)).items():

@@ -28,7 +28,7 @@ from celery.worker.consumer import Consumer as _CeleryConsumer
 
 from celeryredis import _kombu_compat
 from celeryredis._prefork import PreforkReapStep
-from celeryredis.connection import new_redis
+from celeryredis.connection import Client, new_redis
 from celeryredis.deadletter import DeadLetterError, DeadLetterQueue, dead_letter_message
 from celeryredis.exceptions import ConfigurationError
 from celeryredis.heartbeat import remove_heartbeat, write_heartbeat
@@ -172,7 +172,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
         self.interval = float(setting(parent.app.conf, "celeryredis_heartbeat_interval"))
         self.enabled = self.interval > 0
         self._tref: Any = None
-        self._client: redis.Redis | None = None
+        self._client: Client | None = None
         self._started_at = time.time()
         self._failing = False
         super().__init__(parent, **kwargs)
