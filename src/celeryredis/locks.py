@@ -20,9 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.crc import key_slot
+from redis.exceptions import RedisClusterException
 
 from celeryredis._scripts import source
-from celeryredis.connection import Client
+from celeryredis.connection import Client, is_cluster
 from celeryredis.exceptions import LockError
 
 __all__ = ["LockError", "LockRenewer", "LockState", "TokenLock", "acquire_many"]
@@ -75,18 +77,47 @@ def acquire_many(
     ``all_or_nothing``, no lock is taken if any key is held by another owner, and the
     free keys map to None (free, not taken).
 
+    On a Redis Cluster the keys are grouped by hash slot and the script runs once per
+    slot (each call atomic on its slot). With ``all_or_nothing``, the slots run in turn
+    until one finds a key held by another owner; the locks the earlier slots took are
+    then released again (owner-only), the keys of the slots not run yet are read, and
+    the answer is the same as on one node: no lock stays taken, held keys say who
+    holds them, free keys map to None.
+
     Raises:
         LockError: Redis refused the call.
     """
     keys = list(owners)
     if not keys:
         return {}
+    if not is_cluster(client):
+        return _acquire_slot(client, owners, keys, ttl, all_or_nothing)
+    by_slot: dict[int, list[str]] = {}
+    for key in keys:
+        by_slot.setdefault(key_slot(key.encode()), []).append(key)
+    states: dict[str, LockState | None] = {}
+    groups = list(by_slot.values())
+    for done, group in enumerate(groups):
+        replies = _acquire_slot(client, owners, group, ttl, all_or_nothing)
+        states.update(replies)
+        if all_or_nothing and any(s is not None and not s.acquired for s in replies.values()):
+            _give_back(client, owners, [k for g in groups[:done] for k in g], states)
+            for later in groups[done + 1 :]:
+                states.update(_peek(client, owners, later))
+            break
+    return {key: states[key] for key in keys}
+
+
+def _acquire_slot(
+    client: Client, owners: dict[str, str], keys: list[str], ttl: float, strict: bool
+) -> dict[str, LockState | None]:
+    """One call of the acquire-many script on ``keys`` (all in one slot on a cluster)."""
     script = _scripts(client)[3]
     try:
         replies = script(
-            keys=keys, args=[_ms(ttl), "1" if all_or_nothing else "0", *owners.values()]
+            keys=keys, args=[_ms(ttl), "1" if strict else "0", *(owners[k] for k in keys)]
         )
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:
         raise LockError(f"could not acquire {len(keys)} locks: {exc}", lock_name=keys[0]) from exc
     states: dict[str, LockState | None] = {}
     for key, reply in zip(keys, replies, strict=True):
@@ -99,6 +130,45 @@ def acquire_many(
             states[key] = LockState(False, holder, pttl / 1000 if pttl >= 0 else None)
         else:
             states[key] = None
+    return states
+
+
+def _give_back(
+    client: Client, owners: dict[str, str], keys: list[str], states: dict[str, LockState | None]
+) -> None:
+    """Release the locks of ``keys`` this call took (all-or-nothing refused on another slot)."""
+    release = _scripts(client)[1]
+    for key in keys:
+        state = states.get(key)
+        if state is not None and state.acquired:
+            try:
+                release(keys=[key], args=[owners[key]])
+            except (redis.RedisError, RedisClusterException) as exc:
+                raise LockError(
+                    f"could not give back lock {key!r} after a refusal on another slot: {exc}",
+                    lock_name=key,
+                ) from exc
+        states[key] = None
+
+
+def _peek(client: Client, owners: dict[str, str], keys: list[str]) -> dict[str, LockState | None]:
+    """Who holds ``keys`` (not taken): a held key's state, None for a free one."""
+    try:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+            pipe.pttl(key)
+        replies = pipe.execute()
+    except (redis.RedisError, RedisClusterException) as exc:
+        raise LockError(f"could not read {len(keys)} locks: {exc}", lock_name=keys[0]) from exc
+    states: dict[str, LockState | None] = {}
+    for index, key in enumerate(keys):
+        raw, pttl = replies[2 * index], int(replies[2 * index + 1])
+        holder = raw.decode() if isinstance(raw, bytes) else raw
+        if holder is None or holder == owners[key]:
+            states[key] = None
+        else:
+            states[key] = LockState(False, holder, pttl / 1000 if pttl >= 0 else None)
     return states
 
 

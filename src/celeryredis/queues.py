@@ -17,9 +17,10 @@ from typing import Any, Final
 from celery import Celery
 
 from celeryredis import _kombu_compat
-from celeryredis.connection import Client, new_redis
+from celeryredis.connection import Client, is_cluster, new_redis
 from celeryredis.heartbeat import WorkerHeartbeat, read_heartbeats
 from celeryredis.keys import SENT_AT_HEADER
+from celeryredis.transport._cluster import queue_keys
 
 __all__ = ["QueueDepth", "inspect_queues"]
 
@@ -97,6 +98,15 @@ def _queue_names(app: Celery, workers: Sequence[WorkerHeartbeat], client: Client
     return sorted(names)
 
 
+def _list_keys(
+    cluster: bool, keyprefix: str, name: str, steps: Sequence[int], sep: str
+) -> list[str]:
+    """The lists of queue ``name``, one per priority step (the cluster transport's on a cluster)."""
+    if cluster:
+        return list(queue_keys(keyprefix, name, steps)["lists"])
+    return [_kombu_compat.queue_key(keyprefix, name, step, sep) for step in steps]
+
+
 def _sent_at(raw: Any) -> float | None:
     try:
         message = json.loads(_text(raw))
@@ -120,6 +130,35 @@ def _unacked_by_queue(client: Client, app: Celery, key: str) -> dict[str, int]:
         target = routes.get(routing_key, routing_key)
         counts[target] = counts.get(target, 0) + 1
     return counts
+
+
+def _read_lists(
+    client: Client,
+    app: Celery,
+    names: Sequence[str],
+    window: tuple[int, int],
+    transport: tuple[str, str, tuple[int, ...], str],
+) -> tuple[list[Any], dict[str, int]]:
+    """``LLEN`` and the oldest messages of each priority list, and the unacked counts."""
+    keyprefix, sep, steps, unacked_key = transport
+    first, last = window
+    cluster = is_cluster(client)
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        lists = _list_keys(cluster, keyprefix, name, steps, sep)
+        for key in lists:
+            pipe.llen(key)
+            pipe.lrange(key, first, last)
+        if cluster:  # each queue has its own unacked hash on a cluster broker
+            pipe.hlen(queue_keys(keyprefix, name, steps)["unacked"])
+    replies = pipe.execute()
+    if cluster:
+        width = 2 * len(steps) + 1
+        unacked = {name: int(replies[i * width + width - 1]) for i, name in enumerate(names)}
+        replies = [r for i, r in enumerate(replies) if i % width != width - 1]
+    else:
+        unacked = _unacked_by_queue(client, app, keyprefix + unacked_key)
+    return replies, unacked
 
 
 def inspect_queues(
@@ -155,14 +194,9 @@ def inspect_queues(
         keyprefix, sep, steps, unacked_key = _transport(conf)
         # The consuming end is the right (BRPOP), so the oldest messages are the last.
         first, last = (-sample, -1) if sample > 0 else (1, 0)
-        pipe = client.pipeline(transaction=False)
-        for name in names:
-            for step in steps:
-                key = _kombu_compat.queue_key(keyprefix, name, step, sep)
-                pipe.llen(key)
-                pipe.lrange(key, first, last)
-        replies = pipe.execute()
-        unacked = _unacked_by_queue(client, app, keyprefix + unacked_key)
+        replies, unacked = _read_lists(
+            client, app, names, (first, last), (keyprefix, sep, steps, unacked_key)
+        )
         now = time.time()
         result = []
         for index, name in enumerate(names):
