@@ -16,7 +16,7 @@ import itertools
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,18 +25,20 @@ from celery import Celery, Signature
 from celery.result import AsyncResult
 from celery.utils.functional import maybe_list
 from kombu.exceptions import OperationalError
+from redis.crc import key_slot
+from redis.exceptions import ExecAbortError, RedisClusterException
 
 from celeryredis import _celery_compat, _kombu_compat
 from celeryredis._errors import classify, describe, fails_fast
 from celeryredis._kombu_batch import BatchProducer, Command
-from celeryredis.connection import get_redis
+from celeryredis.connection import get_redis, is_cluster
 from celeryredis.exceptions import CeleryRedisError, DuplicateTaskError
 from celeryredis.keys import bulk_marker_key
 from celeryredis.locks import LockError, TokenLock
 from celeryredis.redaction import redact_text
 from celeryredis.tasks.unique import UniqueTask
 
-__all__ = ["BulkDuplicateError", "BulkPublishError", "Progress", "enqueue_many"]
+__all__ = ["BulkDuplicateError", "BulkPublishError", "Progress", "SlotReport", "enqueue_many"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,38 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, "int | None"], None]
 
 _MARKER_TTL = 86_400  # seconds a chunk's marker is kept
+
+
+@dataclass(frozen=True)
+class SlotReport:
+    """One hash slot's part of a chunk on a Redis Cluster broker (see :class:`BulkPublishError`).
+
+    Attributes:
+        slot: The hash slot (0-16383).
+        keys: The queue keys its messages went to.
+        task_ids: Ids of the calls with a message in this slot.
+        messages: How many messages the slot's transaction held.
+        state: ``published`` (its transaction was applied), ``refused`` (Redis answered
+            and applied none of it), ``in_doubt`` (sent, reply lost: its marker says),
+            or ``not_sent`` (a slot before it failed).
+        marker_key: The key that exists if and only if this slot's part was applied.
+        error: What went wrong (``refused`` and ``in_doubt`` only).
+    """
+
+    slot: int
+    keys: tuple[str, ...]
+    task_ids: tuple[str, ...]
+    messages: int
+    state: str
+    marker_key: str
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        data = asdict(self)
+        data["keys"] = list(self.keys)
+        data["task_ids"] = list(self.task_ids)
+        return data
 
 
 class BulkPublishError(CeleryRedisError):
@@ -65,6 +99,11 @@ class BulkPublishError(CeleryRedisError):
         in_doubt_ids: Ids of the chunk whose transaction's reply was lost.
         next_index: Index in ``calls`` of the first call not known to be published.
         marker_key: The key that exists if and only if the in-doubt chunk was applied.
+        slots: On a Redis Cluster broker, where each chunk is one transaction per hash
+            slot: what happened to each slot's part of the failing chunk
+            (:class:`SlotReport`, in the order they were sent; empty on one node). The
+            chunk can then be published in part: ``published_ids`` holds its landed
+            calls too, and ``next_index`` is its first call that did not land.
     """
 
     def __init__(
@@ -76,9 +115,11 @@ class BulkPublishError(CeleryRedisError):
         in_doubt_ids: Sequence[str] = (),
         next_index: int = 0,
         marker_key: str | None = None,
+        slots: Sequence[SlotReport] = (),
     ) -> None:
         # Not super(): BulkDuplicateError also derives from DuplicateTaskError.
         CeleryRedisError.__init__(self, message)
+        self.slots = list(slots)
         self.published_ids = list(published_ids)
         self.unpublished_ids = list(unpublished_ids)
         self.in_doubt_ids = list(in_doubt_ids)
@@ -390,6 +431,11 @@ def _publish_chunk(
     connection: Any,
 ) -> None:
     app, task = batch.app, batch.task
+    if is_cluster(channel.client):
+        _publish_chunk_by_slot(
+            batch, sender, producer, chunk, chunk_no, client=channel.client, connection=connection
+        )
+        return
     try:
         for call in chunk:
             if call.publish:
@@ -433,6 +479,146 @@ def _publish_chunk(
         ) from exc
     batch.published.extend(call.result for call in chunk)
     batch.next_index = chunk[-1].index + 1
+
+
+# -- a Redis Cluster broker: one transaction per hash slot ------------------------------------
+
+
+def _publish_chunk_by_slot(
+    batch: _Batch,
+    sender: _Sender,
+    producer: BatchProducer,
+    chunk: list[_Call],
+    chunk_no: int,
+    *,
+    client: Any,
+    connection: Any,
+) -> None:
+    """Publish a chunk on a cluster broker: one ``MULTI``/``EXEC`` per hash slot, in turn.
+
+    Each slot's transaction holds its messages and its own marker
+    (:func:`celeryredis.keys.bulk_marker_key` with the slot's hash tag). The first slot
+    that fails stops the chunk: the slots before it are published, the ones after it
+    are not sent, and :class:`BulkPublishError` reports each slot.
+    """
+    task = batch.task
+    groups: dict[int, list[Command]] = {}
+    calls_of: dict[int, list[_Call]] = {}
+    slots_of: dict[str, set[int]] = {}
+    try:
+        for call in chunk:
+            if not call.publish:
+                continue
+            sender.send(call)
+            for name, args in producer.take_commands():
+                slot = _slot_of(name, args, call)
+                groups.setdefault(slot, []).append((name, args))
+                if slot not in slots_of.setdefault(call.task_id, set()):
+                    calls_of.setdefault(slot, []).append(call)
+                slots_of[call.task_id].add(slot)
+    except Exception as exc:
+        producer.take_commands()
+        _release_locks(batch, chunk)
+        raise _stopped(
+            batch,
+            f"enqueue_many({task.name}): building call #{call.index} failed: {_why(exc)}",
+            chunk,
+        ) from exc
+    reports: list[SlotReport] = []
+    failed: SlotReport | None = None
+    cause: BaseException | None = None
+    for slot, commands in groups.items():
+        keys = tuple(dict.fromkeys(str(args[0]) for _, args in commands))
+        ids = tuple(call.task_id for call in calls_of[slot])
+        marker = bulk_marker_key(batch.app.conf, batch.batch_id, chunk_no, slot_key=keys[0])
+        if failed is not None:
+            reports.append(SlotReport(slot, keys, ids, len(commands), "not_sent", marker))
+            continue
+        state, cause = _run_slot(client, commands, marker, connection)
+        error = None if cause is None else _why(cause)
+        reports.append(SlotReport(slot, keys, ids, len(commands), state, marker, error))
+        if state != "published":
+            failed = reports[-1]
+    if failed is None:
+        batch.published.extend(call.result for call in chunk)
+        batch.next_index = chunk[-1].index + 1
+        return
+    raise _slot_failure(batch, chunk, reports, slots_of, failed) from cause
+
+
+def _slot_of(name: str, args: tuple[Any, ...], call: _Call) -> int:
+    """The hash slot of one command of ``call`` (a fanout's ``PUBLISH`` has none: refused)."""
+    if name == "publish":
+        raise ValueError(
+            f"call #{call.index} goes to a fanout exchange: on a Redis Cluster broker its "
+            "PUBLISH cannot join a transaction; publish it with apply_async"
+        )
+    return key_slot(str(args[0]).encode())
+
+
+def _run_slot(
+    client: Any, commands: list[Command], marker: str, connection: Any
+) -> tuple[str, BaseException | None]:
+    """Run one slot's transaction: its :class:`SlotReport` state, and the failure."""
+    sent = False
+    try:
+        pipe = client.pipeline(transaction=True)
+        _queue_commands(pipe, commands)
+        pipe.set(marker, 1, ex=_MARKER_TTL)
+        sent = True
+        pipe.execute()
+    except ExecAbortError as exc:  # Redis refused a command: none of the slot applied
+        return "refused", exc
+    except (redis.RedisError, RedisClusterException, OSError, *connection.connection_errors) as exc:
+        return ("in_doubt" if sent and _maybe_sent(exc) else "refused"), exc
+    return "published", None
+
+
+def _slot_failure(
+    batch: _Batch,
+    chunk: list[_Call],
+    reports: list[SlotReport],
+    slots_of: dict[str, set[int]],
+    failed: SlotReport,
+) -> BulkPublishError:
+    """The error of a chunk whose slot ``failed``; each call is placed by its slots' fate."""
+    task = batch.task
+    state = {report.slot: report.state for report in reports}
+    landed: list[_Call] = []
+    doubt: list[str] = []
+    rest: list[_Call] = []
+    for call in chunk:
+        fates = {state[slot] for slot in slots_of.get(call.task_id, ())}
+        if not call.publish or fates == {"published"}:
+            landed.append(call)
+        elif fates <= {"published", "in_doubt"}:
+            doubt.append(call.task_id)
+        else:
+            rest.append(call)
+    landed_ids = {id(call) for call in landed}
+    first_open = next((c.index for c in chunk if id(c) not in landed_ids), chunk[-1].index + 1)
+    published = [*batch.published, *(call.result for call in landed)]
+    lines = "; ".join(
+        f"slot {r.slot} ({', '.join(r.keys)}): {r.messages} message(s) {r.state}" for r in reports
+    )
+    message = (
+        f"enqueue_many({task.name}): on the Redis Cluster broker the chunk starting at call "
+        f"#{chunk[0].index} is one transaction per hash slot, and slot {failed.slot} "
+        f"{'may have failed after it was sent' if failed.state == 'in_doubt' else 'was refused'}"
+        f": {failed.error}; per slot: {lines}; {len(published)} call(s) are published"
+        + (f", {len(doubt)} in doubt (call .resolve(app) once Redis is back)" if doubt else "")
+        + f", {len(rest)} not"
+    )
+    _release_locks(batch, rest)  # not published: give their unique locks back
+    return BulkPublishError(
+        message,
+        published_ids=published,
+        unpublished_ids=[call.task_id for call in rest],
+        in_doubt_ids=doubt,
+        next_index=first_open,
+        marker_key=failed.marker_key if doubt else None,
+        slots=reports,
+    )
 
 
 def _why(exc: BaseException) -> str:

@@ -257,6 +257,10 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         """LPUSH the message to the queue's list for its priority step."""
         step = self._step(self._get_message_priority(message, reverse=False))
         key = self._keys(queue)["lists"][self._steps().index(step)]
+        batch = kwargs.get("_publish_batch")
+        if batch is not None:  # enqueue_many runs the command itself (one transaction per slot)
+            batch.add("lpush", key, dumps(message))
+            return
         with _topology_errors():
             self.client.lpush(key, dumps(message))
 
@@ -274,6 +278,10 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         self, exchange: str, message: dict[str, Any], routing_key: str, **kw: Any
     ) -> None:
         """PUBLISH: classic pub/sub reaches subscribers on every node of the cluster."""
+        batch = kw.get("_publish_batch")
+        if batch is not None:  # enqueue_many: no PUBLISH in a cluster transaction; it refuses
+            batch.add("publish", self._fanout_channel(exchange), dumps(message))
+            return
         with _topology_errors():
             self.client.publish(self._fanout_channel(exchange), dumps(message))
 
