@@ -535,7 +535,7 @@ def _publish_chunk_by_slot(
             reports.append(SlotReport(slot, keys, ids, len(commands), "not_sent", marker))
             continue
         state, cause = _run_slot(client, commands, marker, connection)
-        error = None if cause is None else _why(cause)
+        error = None if cause is None else redact_text(f"{type(cause).__name__}: {cause}")
         reports.append(SlotReport(slot, keys, ids, len(commands), state, marker, error))
         if state != "published":
             failed = reports[-1]
@@ -567,11 +567,26 @@ def _run_slot(
         pipe.set(marker, 1, ex=_MARKER_TTL)
         sent = True
         pipe.execute()
-    except ExecAbortError as exc:  # Redis refused a command: none of the slot applied
-        return "refused", exc
     except (redis.RedisError, RedisClusterException, OSError, *connection.connection_errors) as exc:
+        if _aborted(exc):
+            return "refused", exc
         return ("in_doubt" if sent and _maybe_sent(exc) else "refused"), exc
     return "published", None
+
+
+def _aborted(exc: BaseException) -> bool:
+    """Whether Redis discarded the transaction (``EXECABORT``): none of it was applied.
+
+    A command refused while queued (out of memory, ``NOPERM``...) aborts the ``EXEC``;
+    redis-py's cluster pipeline then raises that command's error with the
+    ``ExecAbortError`` as its context.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ExecAbortError):
+            return True
+        seen = seen.__context__
+    return False
 
 
 def _slot_failure(
