@@ -20,7 +20,7 @@ from celeryredis import _kombu_compat
 from celeryredis.connection import Client, is_cluster, new_redis
 from celeryredis.heartbeat import WorkerHeartbeat, read_heartbeats
 from celeryredis.keys import SENT_AT_HEADER
-from celeryredis.transport._cluster import queue_keys
+from celeryredis.transport import cluster_queue_keys
 
 __all__ = ["QueueDepth", "inspect_queues"]
 
@@ -103,7 +103,7 @@ def _list_keys(
 ) -> list[str]:
     """The lists of queue ``name``, one per priority step (the cluster transport's on a cluster)."""
     if cluster:
-        return list(queue_keys(keyprefix, name, steps)["lists"])
+        return list(cluster_queue_keys(keyprefix, name, steps)["lists"])
     return [_kombu_compat.queue_key(keyprefix, name, step, sep) for step in steps]
 
 
@@ -150,7 +150,7 @@ def _read_lists(
             pipe.llen(key)
             pipe.lrange(key, first, last)
         if cluster:  # each queue has its own unacked hash on a cluster broker
-            pipe.hlen(queue_keys(keyprefix, name, steps)["unacked"])
+            pipe.hlen(cluster_queue_keys(keyprefix, name, steps)["unacked"])
     replies = pipe.execute()
     if cluster:
         width = 2 * len(steps) + 1

@@ -44,7 +44,12 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.cluster import ClusterNode, RedisCluster
 
-from celeryredis._kombu_compat import BINDING_KEY_HEAD, DEFAULT_PRIORITY_STEPS, DEFAULT_SEP
+from celeryredis._kombu_compat import (
+    BINDING_KEY_HEAD,
+    DEFAULT_PRIORITY_STEPS,
+    DEFAULT_SEP,
+    PUBLISH_BATCH_KWARG,
+)
 from celeryredis._scripts import source
 from celeryredis.cluster import CLUSTER_ERRORS
 from celeryredis.registry import default
@@ -257,7 +262,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         """LPUSH the message to the queue's list for its priority step."""
         step = self._step(self._get_message_priority(message, reverse=False))
         key = self._keys(queue)["lists"][self._steps().index(step)]
-        batch = kwargs.get("_publish_batch")
+        batch = kwargs.get(PUBLISH_BATCH_KWARG)
         if batch is not None:  # enqueue_many runs the command itself (one transaction per slot)
             batch.add("lpush", key, dumps(message))
             return
@@ -278,7 +283,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         self, exchange: str, message: dict[str, Any], routing_key: str, **kw: Any
     ) -> None:
         """PUBLISH: classic pub/sub reaches subscribers on every node of the cluster."""
-        batch = kw.get("_publish_batch")
+        batch = kw.get(PUBLISH_BATCH_KWARG)
         if batch is not None:  # enqueue_many: no PUBLISH in a cluster transaction; it refuses
             batch.add("publish", self._fanout_channel(exchange), dumps(message))
             return
