@@ -17,22 +17,26 @@ from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
+from typing import Any, Final
 
 import redis
 from celery import Celery
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.sentinel import Sentinel
 
 from celeryredis.cluster import cluster_client
 from celeryredis.exceptions import ConfigurationError
 from celeryredis.urls import RedisURL, parse_redis_url, redis_url_of_broker
 
-__all__ = ["Client", "get_redis", "is_cluster", "new_redis"]
+__all__ = ["REDIS_ERRORS", "Client", "get_redis", "is_cluster", "new_redis"]
 
 #: What :func:`get_redis` and :func:`new_redis` return: one Redis (or a Sentinel master)
 #: or, for a ``rediscluster://`` broker, a cluster client.
 Client = redis.Redis | RedisCluster
+#: What a :data:`Client` raises when Redis fails: a cluster client also raises
+#: ``RedisClusterException`` (no node reachable, slot map unknown), not a ``RedisError``.
+REDIS_ERRORS: Final = (redis.RedisError, RedisClusterException)
 
 _CLIENTS: weakref.WeakKeyDictionary[Celery, tuple[str, Client]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()

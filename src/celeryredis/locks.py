@@ -19,12 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from redis.crc import key_slot
-from redis.exceptions import RedisClusterException
 
 from celeryredis._scripts import source
-from celeryredis.connection import Client, is_cluster
+from celeryredis.connection import REDIS_ERRORS, Client, is_cluster
 from celeryredis.exceptions import LockError
 
 __all__ = ["LockError", "LockRenewer", "LockState", "TokenLock", "acquire_many"]
@@ -117,7 +115,7 @@ def _acquire_slot(
         replies = script(
             keys=keys, args=[_ms(ttl), "1" if strict else "0", *(owners[k] for k in keys)]
         )
-    except (redis.RedisError, RedisClusterException) as exc:
+    except REDIS_ERRORS as exc:
         raise LockError(f"could not acquire {len(keys)} locks: {exc}", lock_name=keys[0]) from exc
     states: dict[str, LockState | None] = {}
     for key, reply in zip(keys, replies, strict=True):
@@ -143,7 +141,7 @@ def _give_back(
         if state is not None and state.acquired:
             try:
                 release(keys=[key], args=[owners[key]])
-            except (redis.RedisError, RedisClusterException) as exc:
+            except REDIS_ERRORS as exc:
                 raise LockError(
                     f"could not give back lock {key!r} after a refusal on another slot: {exc}",
                     lock_name=key,
@@ -159,7 +157,7 @@ def _peek(client: Client, owners: dict[str, str], keys: list[str]) -> dict[str, 
             pipe.get(key)
             pipe.pttl(key)
         replies = pipe.execute()
-    except (redis.RedisError, RedisClusterException) as exc:
+    except REDIS_ERRORS as exc:
         raise LockError(f"could not read {len(keys)} locks: {exc}", lock_name=keys[0]) from exc
     states: dict[str, LockState | None] = {}
     for index, key in enumerate(keys):
@@ -201,7 +199,7 @@ class TokenLock:
         """Take the lock (or renew it, if this token holds it); one round trip."""
         try:
             reply = self._acquire(keys=[self.key], args=[self.token, _ms(ttl or self.ttl)])
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise LockError(
                 f"could not acquire lock {self.key!r}: {exc}", lock_name=self.key
             ) from exc
@@ -215,7 +213,7 @@ class TokenLock:
         """Release the lock if this token holds it; True if it did."""
         try:
             return bool(self._release(keys=[self.key], args=[self.token]))
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise LockError(
                 f"could not release lock {self.key!r}: {exc}", lock_name=self.key
             ) from exc
@@ -228,7 +226,7 @@ class TokenLock:
         """
         try:
             return bool(self._extend(keys=[self.key], args=[self.token, _ms(ttl or self.ttl)]))
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise LockError(
                 f"could not extend lock {self.key!r}: {exc}", lock_name=self.key
             ) from exc

@@ -13,11 +13,10 @@ import re
 from dataclasses import dataclass
 from types import TracebackType
 
-import redis
 from celery import Celery
 
 from celeryredis._scripts import source
-from celeryredis.connection import Client, get_redis
+from celeryredis.connection import REDIS_ERRORS, Client, get_redis
 from celeryredis.exceptions import ConfigurationError, RateLimitError
 from celeryredis.keys import rate_limit_key
 
@@ -120,7 +119,7 @@ class RateLimiter:
                     max_wait_ms,
                 ],
             )
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise RateLimitError(f"rate limiter {self.key!r}: {exc}") from exc
         wait = max(0.0, float(wait_ms) / 1000)
         slot = float(slot_ms) / 1000 if int(slot_ms) else None

@@ -25,6 +25,7 @@ import redis
 from celery import Celery, bootsteps
 from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer as _CeleryConsumer
+from redis.exceptions import RedisClusterException
 
 from celeryredis import _kombu_compat
 from celeryredis._prefork import PreforkReapStep
@@ -195,7 +196,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
         """Stop beating and delete the heartbeat (a clean shutdown is not a lost worker)."""
         self.stop(parent)
         if self._client is not None:
-            with contextlib.suppress(redis.RedisError):
+            with contextlib.suppress(redis.RedisError, RedisClusterException):
                 remove_heartbeat(self._client, parent.app.conf, parent.hostname)
             self._client.close()
             self._client = None
@@ -230,7 +231,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
             return
         try:
             write_heartbeat(self._client, parent.app.conf, self.payload(parent), self.interval)
-        except redis.RedisError as exc:
+        except (redis.RedisError, RedisClusterException) as exc:  # a cluster in flux too
             if not self._failing:
                 logger.warning("celeryredis heartbeat not written: %s", redact_text(str(exc)))
             self._failing = True
