@@ -101,9 +101,10 @@ class BulkPublishError(CeleryRedisError):
         marker_key: The key that exists if and only if the in-doubt chunk was applied.
         slots: On a Redis Cluster broker, where each chunk is one transaction per hash
             slot: what happened to each slot's part of the failing chunk
-            (:class:`SlotReport`, in the order they were sent; empty on one node). The
-            chunk can then be published in part: ``published_ids`` holds its landed
-            calls too, and ``next_index`` is its first call that did not land.
+            (:class:`~celeryredis.bulk.SlotReport`, in the order they were sent; empty
+            on one node). The chunk can then be published in part: ``published_ids``
+            holds its landed calls too, and ``next_index`` is its first call that did
+            not land.
     """
 
     def __init__(

@@ -18,7 +18,7 @@ TTL or a bound:
   of a bulk enqueue, so a chunk whose reply was lost can be checked later; a TTL of a day.
   On a Redis Cluster broker a chunk is one transaction per hash slot, and each has its
   marker in that slot: ``{p}celeryredis:bulk:{batch}:{chunk}:{<queue>}`` (the queue's
-  hash tag, see :func:`bulk_marker_key`).
+  hash tag, see ``bulk_marker_key``).
 - ``{p}celeryredis:hb:{worker}`` — a worker's heartbeat (JSON: hostname, pid, queues,
   tasks done, age of its last completed poll of Redis), with a TTL of three heartbeat
   intervals (``celeryredis_heartbeat_interval``).
