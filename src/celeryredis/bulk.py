@@ -16,7 +16,7 @@ import itertools
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,13 +25,15 @@ from celery import Celery, Signature
 from celery.result import AsyncResult
 from celery.utils.functional import maybe_list
 from kombu.exceptions import OperationalError
+from redis.backoff import NoBackoff
 from redis.crc import key_slot
 from redis.exceptions import ExecAbortError, RedisClusterException
+from redis.retry import Retry
 
 from celeryredis import _celery_compat, _kombu_compat
 from celeryredis._errors import classify, describe, fails_fast
 from celeryredis._kombu_batch import BatchProducer, Command
-from celeryredis.connection import get_redis, is_cluster
+from celeryredis.connection import REDIS_ERRORS, get_redis, is_cluster
 from celeryredis.exceptions import CeleryRedisError, DuplicateTaskError
 from celeryredis.keys import bulk_marker_key
 from celeryredis.locks import LockError, TokenLock
@@ -137,19 +139,29 @@ class BulkPublishError(CeleryRedisError):
 
         On True its ids move to :attr:`published_ids` and :attr:`next_index` past it;
         on False to :attr:`unpublished_ids`. None: nothing was in doubt, or Redis is
-        still unreachable (call again later; the marker lives a day).
+        still unreachable (call again later; the marker lives a day). On a Redis
+        Cluster broker the in-doubt part is one slot's: its :attr:`slots` entry becomes
+        ``published`` or ``refused``, and :attr:`next_index` stays (the chunk's calls
+        after it may not have landed; resume by :attr:`unpublished_ids`).
         """
         if not self.in_doubt_ids or self.marker_key is None:
             return None
         try:
             applied = bool(get_redis(app).exists(self.marker_key))
-        except (redis.RedisError, OSError):
+        except (*REDIS_ERRORS, OSError):
             return None
         if applied:
             self.published_ids.extend(self.in_doubt_ids)
-            self.next_index += len(self.in_doubt_ids)
+            if not self.slots:
+                self.next_index += len(self.in_doubt_ids)
         else:
             self.unpublished_ids = self.in_doubt_ids + self.unpublished_ids
+        self.slots = [
+            replace(slot, state="published" if applied else "refused")
+            if slot.state == "in_doubt"
+            else slot
+            for slot in self.slots
+        ]
         self.in_doubt_ids = []
         return applied
 
@@ -563,7 +575,15 @@ def _run_slot(
     """Run one slot's transaction: its :class:`SlotReport` state, and the failure."""
     sent = False
     try:
-        pipe = client.pipeline(transaction=True)
+        # redis-py's cluster pipeline retries a transaction after a timeout or a lost
+        # connection, which could apply it twice: this one is sent once (the channel,
+        # and its client, belong to this enqueue_many call).
+        retry = client.retry
+        client.set_retry(Retry(NoBackoff(), 0))
+        try:
+            pipe = client.pipeline(transaction=True)
+        finally:
+            client.set_retry(retry)
         _queue_commands(pipe, commands)
         pipe.set(marker, 1, ex=_MARKER_TTL)
         sent = True
