@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from celeryredis import BulkDuplicateError, BulkPublishError, enqueue_many
+from celeryredis import BulkDuplicateError, BulkPublishError, enqueue_many, make_app
 from celeryredis._kombu_compat import BINDING_KEY_HEAD
 from celeryredis.cli import main as cli_main
 from celeryredis.deadletter import DeadLetterQueue
@@ -376,4 +376,51 @@ def test_enqueue_many_lands_exactly_over_three_masters_and_reports_a_refused_slo
     assert client.exists(error.slots[1].marker_key) == 0
     assert f"slot {error.slots[1].slot}" in str(error)
     assert "was refused" in str(error)
+    client.close()
+
+
+def test_a_slot_whose_reply_is_lost_is_in_doubt_and_resolve_tells_the_truth(
+    host: Any, redis_cluster: LocalRedisCluster
+) -> None:
+    queues = host.BULK_QUEUES
+    app = make_app(
+        "ownkeysapp",
+        broker_url=redis_cluster.url,
+        preset="testing",
+        broker_transport_options={"global_keyprefix": PREFIX, "socket_timeout": 0.5},
+    )
+
+    @app.task(name="ownkeysapp.bulk", shared=False, ignore_result=True)
+    def bulk(n: int) -> None:
+        pass
+
+    client = redis_cluster.client()
+    lists = [queue_keys(PREFIX, q)["lists"][0] for q in queues]
+    before = [client.llen(key) for key in lists]
+    # The second queue's master holds every write for 2 s (CLIENT PAUSE WRITE): the reply
+    # to its EXEC does not come within the 0.5 s socket timeout, so the slot is in doubt
+    # until resolve() reads its marker.
+    admin = client.get_node("127.0.0.1", redis_cluster.master_for(lists[1])).redis_connection
+
+    def pause_after_first_chunk(published: int, _total: int | None) -> None:
+        admin.execute_command("CLIENT", "PAUSE", 2000, "WRITE")
+
+    calls = [bulk.s(n).set(queue=queues[n % 3]) for n in range(60)]
+    with pytest.raises(BulkPublishError) as excinfo:
+        enqueue_many(bulk, calls, chunk_size=30, progress=pause_after_first_chunk)
+    error = excinfo.value
+    assert [s.state for s in error.slots] == ["published", "in_doubt", "not_sent"], str(error)
+    assert "TimeoutError" in str(error.slots[1].error)
+    assert set(error.in_doubt_ids) == set(error.slots[1].task_ids)
+    assert error.marker_key == error.slots[1].marker_key
+    assert len(error.published_ids) == 30 + 10
+    probe = f"{PREFIX}{{{queues[1]}}}:pause-probe"  # in the paused master's slot
+    admin.set(probe, 1, px=1000)  # a write: it returns once the pause is over
+    applied = error.resolve(app)  # the marker says whether the slot's EXEC ran
+    assert applied is not None
+    second = "published" if applied else "refused"
+    assert [s.state for s in error.slots] == ["published", second, "not_sent"]
+    assert len(error.published_ids) == 30 + (20 if applied else 10)
+    grown = [client.llen(key) - b for key, b in zip(lists, before, strict=True)]
+    assert grown == [20, 20 if applied else 10, 10]  # as resolve() says; never twice
     client.close()
