@@ -102,9 +102,6 @@ _RESOLVED: Final = MERGED_DICT_SETTINGS | {
     "celeryredis_validate",
     "celeryredis_validate_checks",
     "result_backend_always_retry",
-    # Off for a Redis Cluster broker (_apply_cluster_transport):
-    "celeryredis_heartbeat_interval",
-    "celeryredis_dead_letter",
 }
 #: The host settings the resolved settings depend on (what the layer reads to resolve).
 _RESOLUTION_INPUTS: Final = _RESOLVED | {
@@ -641,10 +638,6 @@ def _lease_options(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
         )
 
 
-#: Features that keep celeryredis's own keys on the broker's Redis, off on a cluster broker.
-_CLUSTER_NOT_YET: Final = {"celeryredis_heartbeat_interval": 0, "celeryredis_dead_letter": False}
-
-
 def _apply_cluster_transport(flat: dict[str, _Layered], conf: dict[str, Any], broker: str) -> None:
     """A ``rediscluster://`` broker: producers and consumers use the cluster transport.
 
@@ -667,26 +660,6 @@ def _apply_cluster_transport(flat: dict[str, _Layered], conf: dict[str, Any], br
             "one host per URL; name one node (the cluster client finds the others), or "
             "pass the URL to make_app(broker_url=...)",
             setting="broker_url",
-        )
-    for name, off in _CLUSTER_NOT_YET.items():
-        layered = flat.get(name)
-        value = layered.value if layered else default(name)
-        if value in (off, None) or value == 0:
-            continue
-        if layered is not None and layered.kind in ("argument", "host"):
-            raise ConfigurationError(
-                f"{name}={value!r} (from {layered.source}) needs celeryredis's own keys on the "
-                f"broker's Redis, which a Redis Cluster broker does not hold yet; set {name}="
-                f"{off!r} or use a single-node or Sentinel broker",
-                setting=name,
-            )
-        conf[name] = off
-        flat[name] = _Layered(
-            off,
-            "derived",
-            "derived",
-            f"{layered.source if layered else 'the default'} sets {value!r}, but on a Redis "
-            "Cluster broker celeryredis's own keys (heartbeats, dead letters) are not there yet",
         )
     why = "a Redis Cluster broker uses celeryredis's cluster transport (celeryrediscluster://)"
     for setting in ("broker_url", "broker_read_url"):

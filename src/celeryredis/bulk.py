@@ -16,7 +16,7 @@ import itertools
 import logging
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -25,18 +25,22 @@ from celery import Celery, Signature
 from celery.result import AsyncResult
 from celery.utils.functional import maybe_list
 from kombu.exceptions import OperationalError
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import ExecAbortError, RedisClusterException
+from redis.retry import Retry
 
 from celeryredis import _celery_compat, _kombu_compat
 from celeryredis._errors import classify, describe, fails_fast
 from celeryredis._kombu_batch import BatchProducer, Command
-from celeryredis.connection import get_redis
+from celeryredis.connection import REDIS_ERRORS, get_redis, is_cluster
 from celeryredis.exceptions import CeleryRedisError, DuplicateTaskError
 from celeryredis.keys import bulk_marker_key
 from celeryredis.locks import LockError, TokenLock
 from celeryredis.redaction import redact_text
 from celeryredis.tasks.unique import UniqueTask
 
-__all__ = ["BulkDuplicateError", "BulkPublishError", "Progress", "enqueue_many"]
+__all__ = ["BulkDuplicateError", "BulkPublishError", "Progress", "SlotReport", "enqueue_many"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,38 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, "int | None"], None]
 
 _MARKER_TTL = 86_400  # seconds a chunk's marker is kept
+
+
+@dataclass(frozen=True)
+class SlotReport:
+    """One hash slot's part of a chunk on a Redis Cluster broker (see :class:`BulkPublishError`).
+
+    Attributes:
+        slot: The hash slot (0-16383).
+        keys: The queue keys its messages went to.
+        task_ids: Ids of the calls with a message in this slot.
+        messages: How many messages the slot's transaction held.
+        state: ``published`` (its transaction was applied), ``refused`` (Redis answered
+            and applied none of it), ``in_doubt`` (sent, reply lost: its marker says),
+            or ``not_sent`` (a slot before it failed).
+        marker_key: The key that exists if and only if this slot's part was applied.
+        error: What went wrong (``refused`` and ``in_doubt`` only).
+    """
+
+    slot: int
+    keys: tuple[str, ...]
+    task_ids: tuple[str, ...]
+    messages: int
+    state: str
+    marker_key: str
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        data = asdict(self)
+        data["keys"] = list(self.keys)
+        data["task_ids"] = list(self.task_ids)
+        return data
 
 
 class BulkPublishError(CeleryRedisError):
@@ -65,6 +101,12 @@ class BulkPublishError(CeleryRedisError):
         in_doubt_ids: Ids of the chunk whose transaction's reply was lost.
         next_index: Index in ``calls`` of the first call not known to be published.
         marker_key: The key that exists if and only if the in-doubt chunk was applied.
+        slots: On a Redis Cluster broker, where each chunk is one transaction per hash
+            slot: what happened to each slot's part of the failing chunk
+            (:class:`~celeryredis.bulk.SlotReport`, in the order they were sent; empty
+            on one node). The chunk can then be published in part: ``published_ids``
+            holds its landed calls too, and ``next_index`` is its first call that did
+            not land.
     """
 
     def __init__(
@@ -76,9 +118,11 @@ class BulkPublishError(CeleryRedisError):
         in_doubt_ids: Sequence[str] = (),
         next_index: int = 0,
         marker_key: str | None = None,
+        slots: Sequence[SlotReport] = (),
     ) -> None:
         # Not super(): BulkDuplicateError also derives from DuplicateTaskError.
         CeleryRedisError.__init__(self, message)
+        self.slots = list(slots)
         self.published_ids = list(published_ids)
         self.unpublished_ids = list(unpublished_ids)
         self.in_doubt_ids = list(in_doubt_ids)
@@ -95,19 +139,29 @@ class BulkPublishError(CeleryRedisError):
 
         On True its ids move to :attr:`published_ids` and :attr:`next_index` past it;
         on False to :attr:`unpublished_ids`. None: nothing was in doubt, or Redis is
-        still unreachable (call again later; the marker lives a day).
+        still unreachable (call again later; the marker lives a day). On a Redis
+        Cluster broker the in-doubt part is one slot's: its :attr:`slots` entry becomes
+        ``published`` or ``refused``, and :attr:`next_index` stays (the chunk's calls
+        after it may not have landed; resume by :attr:`unpublished_ids`).
         """
         if not self.in_doubt_ids or self.marker_key is None:
             return None
         try:
             applied = bool(get_redis(app).exists(self.marker_key))
-        except (redis.RedisError, OSError):
+        except (*REDIS_ERRORS, OSError):
             return None
         if applied:
             self.published_ids.extend(self.in_doubt_ids)
-            self.next_index += len(self.in_doubt_ids)
+            if not self.slots:
+                self.next_index += len(self.in_doubt_ids)
         else:
             self.unpublished_ids = self.in_doubt_ids + self.unpublished_ids
+        self.slots = [
+            replace(slot, state="published" if applied else "refused")
+            if slot.state == "in_doubt"
+            else slot
+            for slot in self.slots
+        ]
         self.in_doubt_ids = []
         return applied
 
@@ -390,6 +444,11 @@ def _publish_chunk(
     connection: Any,
 ) -> None:
     app, task = batch.app, batch.task
+    if is_cluster(channel.client):
+        _publish_chunk_by_slot(
+            batch, sender, producer, chunk, chunk_no, client=channel.client, connection=connection
+        )
+        return
     try:
         for call in chunk:
             if call.publish:
@@ -433,6 +492,175 @@ def _publish_chunk(
         ) from exc
     batch.published.extend(call.result for call in chunk)
     batch.next_index = chunk[-1].index + 1
+
+
+# -- a Redis Cluster broker: one transaction per hash slot ------------------------------------
+
+
+def _publish_chunk_by_slot(
+    batch: _Batch,
+    sender: _Sender,
+    producer: BatchProducer,
+    chunk: list[_Call],
+    chunk_no: int,
+    *,
+    client: Any,
+    connection: Any,
+) -> None:
+    """Publish a chunk on a cluster broker: one ``MULTI``/``EXEC`` per hash slot, in turn.
+
+    Each slot's transaction holds its messages and its own marker
+    (:func:`celeryredis.keys.bulk_marker_key` with the slot's hash tag). The first slot
+    that fails stops the chunk: the slots before it are published, the ones after it
+    are not sent, and :class:`BulkPublishError` reports each slot.
+    """
+    task = batch.task
+    groups: dict[int, list[Command]] = {}
+    calls_of: dict[int, list[_Call]] = {}
+    slots_of: dict[str, set[int]] = {}
+    rung: set[tuple[int, Any]] = set()
+    try:
+        for call in chunk:
+            if not call.publish:
+                continue
+            sender.send(call)
+            for name, args in producer.take_commands():
+                slot = _slot_of(name, args, call)
+                if name == "spublish":  # the transport's wake-up: once per channel and slot
+                    if (slot, args[0]) in rung:
+                        continue
+                    rung.add((slot, args[0]))
+                groups.setdefault(slot, []).append((name, args))
+                if slot not in slots_of.setdefault(call.task_id, set()):
+                    calls_of.setdefault(slot, []).append(call)
+                slots_of[call.task_id].add(slot)
+    except Exception as exc:
+        producer.take_commands()
+        _release_locks(batch, chunk)
+        raise _stopped(
+            batch,
+            f"enqueue_many({task.name}): building call #{call.index} failed: {_why(exc)}",
+            chunk,
+        ) from exc
+    reports: list[SlotReport] = []
+    failed: SlotReport | None = None
+    cause: BaseException | None = None
+    for slot, commands in groups.items():
+        pushes = [args for name, args in commands if name != "spublish"]
+        keys = tuple(dict.fromkeys(str(args[0]) for args in pushes))
+        ids = tuple(call.task_id for call in calls_of[slot])
+        marker = bulk_marker_key(batch.app.conf, batch.batch_id, chunk_no, slot_key=keys[0])
+        if failed is not None:
+            reports.append(SlotReport(slot, keys, ids, len(pushes), "not_sent", marker))
+            continue
+        state, cause = _run_slot(client, commands, marker, connection)
+        error = None if cause is None else redact_text(f"{type(cause).__name__}: {cause}")
+        reports.append(SlotReport(slot, keys, ids, len(pushes), state, marker, error))
+        if state != "published":
+            failed = reports[-1]
+    if failed is None:
+        batch.published.extend(call.result for call in chunk)
+        batch.next_index = chunk[-1].index + 1
+        return
+    raise _slot_failure(batch, chunk, reports, slots_of, failed) from cause
+
+
+def _slot_of(name: str, args: tuple[Any, ...], call: _Call) -> int:
+    """The hash slot of one command of ``call`` (a fanout's ``PUBLISH`` has none: refused)."""
+    if name == "publish":
+        raise ValueError(
+            f"call #{call.index} goes to a fanout exchange: on a Redis Cluster broker its "
+            "PUBLISH cannot join a transaction; publish it with apply_async"
+        )
+    return key_slot(str(args[0]).encode())
+
+
+def _run_slot(
+    client: Any, commands: list[Command], marker: str, connection: Any
+) -> tuple[str, BaseException | None]:
+    """Run one slot's transaction: its :class:`SlotReport` state, and the failure."""
+    sent = False
+    try:
+        # redis-py's cluster pipeline retries a transaction after a timeout or a lost
+        # connection, which could apply it twice: this one is sent once (the channel,
+        # and its client, belong to this enqueue_many call).
+        retry = client.retry
+        client.set_retry(Retry(NoBackoff(), 0))
+        try:
+            pipe = client.pipeline(transaction=True)
+        finally:
+            client.set_retry(retry)
+        _queue_commands(pipe, commands)
+        pipe.set(marker, 1, ex=_MARKER_TTL)
+        sent = True
+        pipe.execute()
+    except (redis.RedisError, RedisClusterException, OSError, *connection.connection_errors) as exc:
+        if _aborted(exc):
+            return "refused", exc
+        return ("in_doubt" if sent and _maybe_sent(exc) else "refused"), exc
+    return "published", None
+
+
+def _aborted(exc: BaseException) -> bool:
+    """Whether Redis discarded the transaction (``EXECABORT``): none of it was applied.
+
+    A command refused while queued (out of memory, ``NOPERM``...) aborts the ``EXEC``;
+    redis-py's cluster pipeline then raises that command's error with the
+    ``ExecAbortError`` as its context.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ExecAbortError):
+            return True
+        seen = seen.__context__
+    return False
+
+
+def _slot_failure(
+    batch: _Batch,
+    chunk: list[_Call],
+    reports: list[SlotReport],
+    slots_of: dict[str, set[int]],
+    failed: SlotReport,
+) -> BulkPublishError:
+    """The error of a chunk whose slot ``failed``; each call is placed by its slots' fate."""
+    task = batch.task
+    state = {report.slot: report.state for report in reports}
+    landed: list[_Call] = []
+    doubt: list[str] = []
+    rest: list[_Call] = []
+    for call in chunk:
+        fates = {state[slot] for slot in slots_of.get(call.task_id, ())}
+        if not call.publish or fates == {"published"}:
+            landed.append(call)
+        elif fates <= {"published", "in_doubt"}:
+            doubt.append(call.task_id)
+        else:
+            rest.append(call)
+    landed_ids = {id(call) for call in landed}
+    first_open = next((c.index for c in chunk if id(c) not in landed_ids), chunk[-1].index + 1)
+    published = [*batch.published, *(call.result for call in landed)]
+    lines = "; ".join(
+        f"slot {r.slot} ({', '.join(r.keys)}): {r.messages} message(s) {r.state}" for r in reports
+    )
+    message = (
+        f"enqueue_many({task.name}): on the Redis Cluster broker the chunk starting at call "
+        f"#{chunk[0].index} is one transaction per hash slot, and slot {failed.slot} "
+        f"{'may have failed after it was sent' if failed.state == 'in_doubt' else 'was refused'}"
+        f": {failed.error}; per slot: {lines}; {len(published)} call(s) are published"
+        + (f", {len(doubt)} in doubt (call .resolve(app) once Redis is back)" if doubt else "")
+        + f", {len(rest)} not"
+    )
+    _release_locks(batch, rest)  # not published: give their unique locks back
+    return BulkPublishError(
+        message,
+        published_ids=published,
+        unpublished_ids=[call.task_id for call in rest],
+        in_doubt_ids=doubt,
+        next_index=first_open,
+        marker_key=failed.marker_key if doubt else None,
+        slots=reports,
+    )
 
 
 def _why(exc: BaseException) -> str:

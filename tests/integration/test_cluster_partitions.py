@@ -204,6 +204,12 @@ def test_an_idle_worker_sends_no_fetch_and_still_gets_the_next_message_at_once(
         assert host.work.apply_async(("woken", 2), queue=PARTED).get(timeout=20) == 4
         assert host.work.apply_async(("woken", 3), queue=PARTED).get(timeout=20) == 6
         assert host.work.apply_async(("woken", 4), queue=PARTED).get(timeout=20) == 8
+        # enqueue_many's per-slot transactions ring the wake-up channels too.
+        from celeryredis import enqueue_many
+
+        wait_for(settled, 30, "the idle worker to settle again")
+        results = enqueue_many(host.work, [(("bulk", i), {}) for i in range(6)], queue=PARTED)
+        assert [r.get(timeout=20) for r in results] == [0, 2, 4, 6, 8, 10]
         assert "Traceback" not in worker.log_text()
     finally:
         worker.stop()

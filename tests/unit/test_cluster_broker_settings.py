@@ -6,8 +6,10 @@ import pytest
 from celery import Celery
 
 from celeryredis import ConfigurationError, configure, make_app
+from celeryredis.acl import acl_rule
 from celeryredis.transport import cluster_broker_url
 from celeryredis.transport._cluster import queue_keys
+from celeryredis.urls import redis_url_of_broker
 
 SECRET = "hunter2-Secret"  # one of tests/conftest.py's SECRETS
 
@@ -37,21 +39,28 @@ def test_make_app_points_producers_and_consumers_at_the_cluster_transport() -> N
         assert SECRET not in conn.as_uri()
 
 
-def test_features_that_keep_own_keys_are_off_with_a_reason() -> None:
+def test_heartbeats_and_dead_letters_stay_on_with_a_cluster_broker() -> None:
     app = make_app("t", broker_url="rediscluster://a:7000", preset="production")
-    assert app.conf.celeryredis_heartbeat_interval == 0
-    assert app.conf.celeryredis_dead_letter is False
+    assert app.conf.celeryredis_heartbeat_interval > 0
+    assert app.conf.celeryredis_dead_letter is True
+    explicit = make_app(
+        "t", broker_url=f"rediscluster://:{SECRET}@a:7000", celeryredis_heartbeat_interval=5
+    )
+    assert explicit.conf.celeryredis_heartbeat_interval == 5
 
 
-def test_an_explicit_heartbeat_on_a_cluster_broker_is_refused_by_name() -> None:
-    with pytest.raises(ConfigurationError, match="celeryredis_heartbeat_interval=5") as excinfo:
-        _ = make_app(
+def test_own_clients_read_the_cluster_transports_url_back() -> None:
+    app = make_app("t", broker_url=f"rediscluster://:{SECRET}@a:7000,b:7001")
+    assert redis_url_of_broker(app.conf.broker_url) == f"rediscluster://:{SECRET}@a:7000,b:7001/0"
+    assert redis_url_of_broker("redis://a:6379/0") == "redis://a:6379/0"
+    rule = acl_rule(
+        make_app(
             "t",
-            broker_url=f"rediscluster://:{SECRET}@a:7000",
-            celeryredis_heartbeat_interval=5,
-        ).conf.broker_url  # the settings are resolved on read
-    assert "single-node or Sentinel broker" in str(excinfo.value)
-    assert SECRET not in str(excinfo.value)
+            broker_url="rediscluster://a:7000,b:7001",
+            broker_transport_options={"global_keyprefix": "p:"},
+        ).conf
+    )
+    assert "~p:*" in rule.rules
 
 
 def test_one_node_from_the_environment_reaches_kombu_as_is(
@@ -90,7 +99,7 @@ def test_a_cluster_broker_in_the_host_config() -> None:
     configure(app)
     assert app.conf.broker_url == "rediscluster://a:7000"
     assert app.conf.broker_read_url == "celeryrediscluster://a:7000/0"
-    assert app.conf.celeryredis_heartbeat_interval == 0
+    assert app.conf.celeryredis_heartbeat_interval > 0
 
 
 def test_every_key_of_a_queue_shares_its_hash_tag() -> None:

@@ -24,7 +24,8 @@ A scheme alias, unlike Celery's ``broker_transport``, survives
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import importlib
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "RELIABLE_SCHEMES",
     "TRANSPORTS",
     "cluster_broker_url",
+    "cluster_queue_keys",
     "parse_partitions",
     "partition_names",
     "register_aliases",
@@ -126,6 +128,28 @@ def register_aliases() -> None:
         # rediscluster:// too: a host's own broker_url (or $CELERY_BROKER_URL), which
         # Celery hands to kombu unchanged, works when it names one node.
         TRANSPORT_ALIASES.setdefault(scheme, _CLUSTER_TARGET)
+
+
+def cluster_queue_keys(
+    prefix: str, queue: str, steps: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """The keys of ``queue`` on a cluster broker, as the cluster transport names them.
+
+    ``lists`` (one per priority step), ``unacked``, ``index`` and ``poison``, all with the
+    queue's hash tag (``queue_keys`` of the cluster transport, imported on first use so
+    that reading a single-node broker's queues does not load the cluster transport).
+
+    Example:
+        >>> cluster_queue_keys("p:", "celery")["unacked"]
+        'p:{celery}:unacked'
+    """
+    module = importlib.import_module(_CLUSTER_TARGET.partition(":")[0])
+    keys: dict[str, Any] = (
+        module.queue_keys(prefix, queue)
+        if steps is None
+        else module.queue_keys(prefix, queue, steps)
+    )
+    return keys
 
 
 def cluster_broker_url(url: str) -> str:

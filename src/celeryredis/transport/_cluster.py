@@ -60,7 +60,12 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.cluster import ClusterNode, RedisCluster
 
-from celeryredis._kombu_compat import BINDING_KEY_HEAD, DEFAULT_PRIORITY_STEPS, DEFAULT_SEP
+from celeryredis._kombu_compat import (
+    BINDING_KEY_HEAD,
+    DEFAULT_PRIORITY_STEPS,
+    DEFAULT_SEP,
+    PUBLISH_BATCH_KWARG,
+)
 from celeryredis._scripts import source
 from celeryredis.cluster import CLUSTER_ERRORS
 from celeryredis.registry import default
@@ -361,9 +366,17 @@ class Channel(virtual.Channel):  # type: ignore[misc]
             part = partition_names(queue, count)[index]
         step = self._step(self._get_message_priority(message, reverse=False))
         keys = self._keys(part)
+        key = keys["lists"][self._steps().index(step)]
+        batch = kwargs.get(PUBLISH_BATCH_KWARG)
+        if batch is not None:
+            # enqueue_many runs the commands itself, one transaction per slot; it keeps
+            # one wake-up SPUBLISH per channel and slot (same hash tag as the list).
+            batch.add("lpush", key, dumps(message))
+            batch.add("spublish", keys["wake"], "1")
+            return
         with _topology_errors():
             self._scripts["cluster_push"](
-                keys=[keys["lists"][self._steps().index(step)]],
+                keys=[key],
                 args=[dumps(message), keys["wake"]],
                 client=self.client,
             )
@@ -382,6 +395,10 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         self, exchange: str, message: dict[str, Any], routing_key: str, **kw: Any
     ) -> None:
         """PUBLISH: classic pub/sub reaches subscribers on every node of the cluster."""
+        batch = kw.get(PUBLISH_BATCH_KWARG)
+        if batch is not None:  # enqueue_many: no PUBLISH in a cluster transaction; it refuses
+            batch.add("publish", self._fanout_channel(exchange), dumps(message))
+            return
         with _topology_errors():
             self.client.publish(self._fanout_channel(exchange), dumps(message))
 
