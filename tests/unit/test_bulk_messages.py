@@ -3,11 +3,13 @@
 ``bulk._flat_repr`` stands in for Celery's ``saferepr`` (``argsrepr`` / ``kwargsrepr``
 headers) on flat arguments; it must return exactly saferepr's text or None (then
 saferepr is called). The byte-for-byte comparison of whole messages with
-``apply_async``'s is in tests/integration/test_bulk_integration.py.
+``apply_async``'s is in tests/integration/test_bulk_integration.py. ``bulk._new_ids``
+stands in for ``str(uuid.uuid4())`` per task.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -15,7 +17,7 @@ from celery.utils.saferepr import saferepr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from celeryredis.bulk import _flat_repr
+from celeryredis.bulk import _flat_repr, _new_ids
 
 _scalars = st.one_of(
     st.integers(min_value=-(10**30), max_value=10**30),
@@ -89,3 +91,14 @@ def test_common_arguments_take_the_short_path(value: Any, expected: str) -> None
 )
 def test_what_saferepr_treats_specially_is_left_to_it(value: Any) -> None:
     assert _flat_repr(value, 1024) is None
+
+
+def test_new_ids_are_distinct_version_4_uuids_in_their_usual_form() -> None:
+    ids = _new_ids(5000)
+    assert len(ids) == len(set(ids)) == 5000
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert parsed.version == 4
+        assert parsed.variant == uuid.RFC_4122
+        assert str(parsed) == text
+    assert _new_ids(0) == []
