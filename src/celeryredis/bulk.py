@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
 from dataclasses import asdict, dataclass, field, replace
@@ -22,8 +23,12 @@ from typing import Any
 
 import redis
 from celery import Celery, Signature
+from celery.app.routes import MapRoute
+from celery.app.task import Task as CeleryTask
 from celery.result import AsyncResult
 from celery.utils.functional import maybe_list
+from celery.utils.nodenames import anon_nodename
+from celery.utils.saferepr import saferepr
 from kombu.exceptions import OperationalError
 from redis.backoff import NoBackoff
 from redis.crc import key_slot
@@ -204,6 +209,7 @@ class _Call:
     kwargs: dict[str, Any]
     options: dict[str, Any]
     lock_key: str | None = None
+    shared: bool = False  # no options of its own: the batch's options as they are
     result: str | None = None  # the id the caller gets back (a holder's, for a duplicate)
     publish: bool = True
 
@@ -348,14 +354,15 @@ def _prepare(batch: _Batch, items: list[tuple[int, Any]]) -> list[_Call]:
     """Turn a chunk of the input into calls with ids (and unique locks' keys)."""
     task = batch.task
     chunk: list[_Call] = []
-    for index, call in items:
+    ids = _new_ids(len(items))
+    for (index, call), new_id in zip(items, ids, strict=True):
         try:
             args, kwargs, opts = _split(task, call, index)
         except TypeError as exc:
             raise _stopped(batch, f"enqueue_many({task.name}): {exc}", chunk) from exc
         options = {**batch.options, **opts}
-        task_id = options.pop("task_id", None) or str(uuid.uuid4())
-        chunk.append(_Call(index, task_id, args, kwargs, options, result=task_id))
+        task_id = options.pop("task_id", None) or new_id
+        chunk.append(_Call(index, task_id, args, kwargs, options, shared=not opts, result=task_id))
     if isinstance(task, UniqueTask) and task.unique_mode != "while_executing":
         _lock_chunk(batch, chunk)
     elif isinstance(task, UniqueTask):
@@ -364,11 +371,28 @@ def _prepare(batch: _Batch, items: list[tuple[int, Any]]) -> list[_Call]:
     return chunk
 
 
+def _new_ids(count: int) -> list[str]:
+    """``count`` random task ids, each what ``str(uuid.uuid4())`` gives.
+
+    Version-4 UUIDs from one ``os.urandom`` read: the version and variant bits set as
+    RFC 4122 says, the rest random, written in the 8-4-4-4-12 form.
+    """
+    raw = bytearray(os.urandom(16 * count))
+    ids = []
+    for start in range(0, 16 * count, 16):
+        raw[start + 6] = (raw[start + 6] & 0x0F) | 0x40  # version 4
+        raw[start + 8] = (raw[start + 8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = raw[start : start + 16].hex()
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids
+
+
 def _set_unique_header(task: UniqueTask, call: _Call) -> str:
     call.options["headers"], key = task.unique_headers(
         call.options.get("headers"), call.args, call.kwargs
     )
     call.lock_key = key
+    call.shared = False  # its own headers
     return key
 
 
@@ -718,7 +742,8 @@ class _Sender:
     The option handling follows Celery 5.7's ``send_task``; the test that compares a
     message from each path field by field keeps it honest. What cannot change within
     one call of :func:`enqueue_many` (the task's own options, the app's settings, the
-    parent task) is read once.
+    parent task) is read once, and so is what only depends on a call's options (see
+    :class:`_Plan`): calls that bring no options of their own share one plan.
     """
 
     def __init__(self, app: Celery, task: Any, producer: BatchProducer) -> None:
@@ -730,9 +755,18 @@ class _Sender:
         self.check = getattr(task, "__header__", None) if task.typing else None
         self.sent_event = app.conf.task_send_sent_event
         self.thread_oid = _celery_compat.reply_to(app)
-        self.route = app.amqp.router.route
+        router: Any = app.amqp.router
+        self.route = router.route
+        # Routes from task_routes mappings (or none) depend on the task's name and the
+        # options only, so one routing serves every call with the same options; a
+        # router function may look at the arguments and is asked for every call.
+        self.routes_static = all(isinstance(r, MapRoute) for r in router.routes)
+        # Task.shadow_name not overridden: it returns None whatever the call.
+        self.shadow_static = getattr(task.shadow_name, "__func__", None) is CeleryTask.shadow_name
         self.create_message = app.amqp.create_task_message
         self.send_message = app.amqp.send_task_message
+        self.reprs = _Reprs(app)
+        self.origin = anon_nodename()
         self.root_id: str | None = None
         self.parent_id: str | None = None
         self.parent_priority: Any = None
@@ -744,14 +778,42 @@ class _Sender:
             if app.conf.task_inherit_parent_priority:
                 self.inherit_priority = True
                 self.parent_priority = (parent.request.delivery_info or {}).get("priority")
+        self.shared: _Plan | None = None  # the plan of calls without options of their own
 
     def send(self, call: _Call) -> None:
         task = self.task
         args, kwargs = call.args, call.kwargs
-        options = dict(call.options)
         if self.check is not None:
             self.check(*args, **kwargs)
-        shadow = options.pop("shadow", None) or task.shadow_name(args, kwargs, options)
+        if call.shared:
+            plan = self.shared
+            if plan is None:
+                plan = self.shared = self.plan(call.options)
+        else:
+            plan = self.plan(call.options)
+        shadow = plan.shadow
+        if shadow is None and not self.shadow_static:
+            shadow = task.shadow_name(args, kwargs, dict(call.options))
+        if plan.options is not None:
+            options, send_options = plan.options, plan.send_options
+        else:
+            if plan.routed is not None:
+                options = dict(plan.routed)
+            else:
+                options = self.route(dict(plan.unrouted), task.name, args, kwargs, task)
+            options, send_options = self.finish(options, plan.expires, plan.inherit)
+        reprs = {} if plan.own_reprs else self.reprs(args, kwargs)
+        message = self.create_message(
+            call.task_id, task.name, args, kwargs, *plan.fields, shadow, plan.chain,
+            **plan.keywords, **reprs, **options,
+        )  # fmt: skip
+        self.send_message(self.producer, task.name, message, **send_options)
+
+    def plan(self, call_options: Mapping[str, Any]) -> _Plan:
+        """What the message of a call with these options gets, apart from id and arguments."""
+        task = self.task
+        options = dict(call_options)
+        shadow = options.pop("shadow", None)
         options = {**self.exec_options, **options}
         options.setdefault("ignore_result", self.ignore_result)
         link = options.pop("link", None)
@@ -776,41 +838,153 @@ class _Sender:
         replaced_task_nesting = options.pop("replaced_task_nesting", 0)
         for unused in _NOT_MESSAGE_OPTIONS:
             options.pop(unused, None)
-        options = self.route(options, task.name, args, kwargs, task)
+        plan = _Plan(
+            fields=(
+                countdown,
+                eta,
+                group_id,
+                group_index,
+                expires,
+                retries,
+                chord,
+                maybe_list(link),
+                maybe_list(link_error),
+                reply_to or self.thread_oid,
+                time_limit,
+                soft_time_limit,
+                self.sent_event,
+                root_id,
+                parent_id,
+            ),
+            shadow=shadow,
+            chain=chain,
+            keywords={
+                "ignore_result": ignore_result,
+                "replaced_task_nesting": replaced_task_nesting,
+                # Celery's anon_nodename() per message: the same text for a whole batch.
+                **({} if "origin" in options else {"origin": self.origin}),
+            },
+            own_reprs="argsrepr" in options or "kwargsrepr" in options,
+            expires=expires,
+            inherit=inherit,
+            unrouted=options,
+        )
+        if self.routes_static:
+            plan.routed = self.route(dict(options), task.name, (), {}, task)
+            if expires is None:  # nothing depends on the time of the call either
+                plan.options, plan.send_options = self.finish(dict(plan.routed), expires, inherit)
+        return plan
+
+    def finish(
+        self, options: dict[str, Any], expires: Any, inherit: bool
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The routed options as ``create_task_message`` and ``send_task_message`` take them."""
         if expires is not None:
             options["expiration"] = _expiration_seconds(self.app, expires)
         if inherit:
             options.setdefault("priority", self.parent_priority)
-        message = self.create_message(
-            call.task_id,
-            task.name,
-            args,
-            kwargs,
-            countdown,
-            eta,
-            group_id,
-            group_index,
-            expires,
-            retries,
-            chord,
-            maybe_list(link),
-            maybe_list(link_error),
-            reply_to or self.thread_oid,
-            time_limit,
-            soft_time_limit,
-            self.sent_event,
-            root_id,
-            parent_id,
-            shadow,
-            chain,
-            ignore_result=ignore_result,
-            replaced_task_nesting=replaced_task_nesting,
-            **options,
-        )
-        for stamp in options.pop("stamped_headers", None) or ():
-            options.pop(stamp, None)
-        options["retry"] = False  # a chunk either commits or is reported, never half-retried
-        self.send_message(self.producer, task.name, message, **options)
+        send_options = dict(options)
+        for stamp in send_options.pop("stamped_headers", None) or ():
+            send_options.pop(stamp, None)
+        send_options["retry"] = False  # a chunk either commits or is reported, never half-retried
+        return options, send_options
+
+
+@dataclass
+class _Plan:
+    """The parts of a message that only depend on a call's options (see ``_Sender.plan``).
+
+    ``fields`` are ``create_task_message``'s positional arguments from ``countdown`` to
+    ``parent_id``; ``options`` / ``send_options`` are the final keyword options of
+    ``create_task_message`` / ``send_task_message`` when neither routing nor the time
+    of the call changes them (otherwise None, and each call finishes ``routed`` or
+    routes ``unrouted``).
+    """
+
+    fields: tuple[Any, ...]
+    shadow: str | None
+    chain: Any
+    keywords: dict[str, Any]
+    own_reprs: bool
+    expires: Any
+    inherit: bool
+    unrouted: dict[str, Any]
+    routed: dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    send_options: dict[str, Any] = field(default_factory=dict)
+
+
+class _Reprs:
+    """``argsrepr`` / ``kwargsrepr`` exactly as Celery's ``create_task_message`` makes them.
+
+    Celery's ``saferepr`` walks a token stream and costs more than the rest of a
+    message's headers. For arguments that are flat tuples, lists or dicts of ``int``,
+    ``float``, ``bool``, ``None`` and ``str`` whose representation fits well within the
+    length limit, its output is simple enough to produce directly: numbers as ``str()``
+    gives them, strings in single quotes with only ``'`` escaped, no truncation (the
+    unit test compares the two on many values). Anything else goes to ``saferepr``.
+    """
+
+    def __init__(self, app: Celery) -> None:
+        self.args_max = app.amqp.argsrepr_maxsize
+        self.kwargs_max = app.amqp.kwargsrepr_maxsize
+        self.maxlevels = app.conf.task_repr_maxlevels
+
+    def __call__(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, str]:
+        argsrepr = _flat_repr(args, self.args_max)
+        if argsrepr is None:
+            argsrepr = saferepr(args, self.args_max, maxlevels=self.maxlevels)
+        kwargsrepr = _flat_repr(kwargs, self.kwargs_max)
+        if kwargsrepr is None:
+            kwargsrepr = saferepr(kwargs, self.kwargs_max, maxlevels=self.maxlevels)
+        return {"argsrepr": argsrepr, "kwargsrepr": kwargsrepr}
+
+
+_NUMBERS = frozenset((int, float, bool))
+
+
+def _scalar_repr(value: Any) -> str | None:
+    kind = type(value)
+    if kind in _NUMBERS:
+        return str(value)
+    if kind is str:
+        text: str = value
+        return "'" + text.replace("'", "\\'") + "'"
+    if value is None:
+        return "None"
+    return None
+
+
+def _flat_repr(value: Any, maxlen: int | None) -> str | None:
+    """``saferepr(value, maxlen)`` for a flat container of scalars, else None."""
+    kind = type(value)
+    parts: list[str] = []
+    if kind is dict:
+        for key, item in value.items():
+            key_repr, item_repr = _scalar_repr(key), _scalar_repr(item)
+            if key_repr is None or item_repr is None:
+                return None
+            parts.append(f"{key_repr}: {item_repr}")
+        text = "{" + ", ".join(parts) + "}"
+    elif kind is tuple or kind is list:
+        for item in value:
+            item_repr = _scalar_repr(item)
+            if item_repr is None:
+                return None
+            parts.append(item_repr)
+        if kind is list:
+            text = "[" + ", ".join(parts) + "]"
+        elif len(parts) == 1:
+            text = "(" + parts[0] + ",)"
+        else:
+            text = "(" + ", ".join(parts) + ")"
+    else:
+        return None
+    # Shorter than the limit: saferepr truncates nothing (a part as long as what is
+    # left of the limit would already be cut).
+    if maxlen is not None and len(text) >= maxlen:
+        return None
+    return text
 
 
 #: ``apply_async`` arguments that are about the call, not the message.
