@@ -756,6 +756,10 @@ class _Layer(Mapping[str, Any]):
         self.absorbed: dict[str, Any] = {}
         self._cache: tuple[tuple[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
         self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._split: (
+            tuple[tuple[Mapping[str, Any], ...], list[Mapping[str, Any]], list[Mapping[str, Any]]]
+            | None
+        ) = None
         #: The namespace prefix of the configuration the layer is attached to.
         self.prefix: str | None = None
 
@@ -838,10 +842,21 @@ class _Layer(Mapping[str, Any]):
         conf = self._conf()
         if conf is None:
             return [], []
-        maps: list[Mapping[str, Any]] = list(getattr(conf, "maps", ()))[:-1]  # not the defaults
+        chain: list[Mapping[str, Any]] = getattr(conf, "maps", [])
+        # Celery only ever adds maps (add_defaults): the split is kept while the chain's
+        # maps are the same objects, checked by identity on every call (cheap).
+        cached = self._split
+        if (
+            cached is not None
+            and len(cached[0]) == len(chain)
+            and all(a is b for a, b in zip(cached[0], chain, strict=True))
+        ):
+            return cached[1], cached[2]
+        maps = list(chain)[:-1]  # not the defaults
         position = next((i for i, m in enumerate(maps) if m is self), len(maps))
         above = [m for m in maps[:position] if not getattr(m, "celeryredis_layer", False)]
         below = [m for m in maps[position + 1 :] if not getattr(m, "celeryredis_layer", False)]
+        self._split = (tuple(chain), above, below)
         return above, below
 
     def _host_maps(self) -> list[Mapping[str, Any]]:
