@@ -36,8 +36,11 @@ __all__ = [
     "TRANSPORTS",
     "cluster_broker_url",
     "cluster_queue_keys",
+    "configured_partitions",
+    "is_cluster_broker",
     "parse_partitions",
     "partition_names",
+    "recorded_partitions",
     "register_aliases",
     "reliable_url",
 ]
@@ -131,25 +134,78 @@ def register_aliases() -> None:
 
 
 def cluster_queue_keys(
-    prefix: str, queue: str, steps: Sequence[int] | None = None
+    prefix: str, queue: str, steps: Sequence[int] | None = None, partitions: int = 1
 ) -> dict[str, Any]:
     """The keys of ``queue`` on a cluster broker, as the cluster transport names them.
 
     ``lists`` (one per priority step), ``unacked``, ``index`` and ``poison``, all with the
-    queue's hash tag (``queue_keys`` of the cluster transport, imported on first use so
-    that reading a single-node broker's queues does not load the cluster transport).
+    queue's hash tag; ``record`` (the key holding the highest partition count any process
+    used) and ``partitions`` (one such dict per partition, the first being the top-level
+    keys). This is ``queue_keys`` of the cluster transport, imported on first use so that
+    reading a single-node broker's queues does not load the cluster transport.
 
     Example:
         >>> cluster_queue_keys("p:", "celery")["unacked"]
         'p:{celery}:unacked'
+        >>> [p["poison"] for p in cluster_queue_keys("", "q", partitions=2)["partitions"]]
+        ['{q}:poison', '{q#1}:poison']
     """
     module = importlib.import_module(_CLUSTER_TARGET.partition(":")[0])
     keys: dict[str, Any] = (
-        module.queue_keys(prefix, queue)
+        module.queue_keys(prefix, queue, partitions=partitions)
         if steps is None
-        else module.queue_keys(prefix, queue, steps)
+        else module.queue_keys(prefix, queue, steps, partitions=partitions)
     )
     return keys
+
+
+def configured_partitions(conf: Mapping[str, Any]) -> dict[str, int]:
+    """The ``{queue: N}`` partition counts an app's configuration gives the cluster transport.
+
+    Read from ``broker_transport_options["partitions"]`` (which ``make_app`` / ``configure``
+    set from ``celeryredis_cluster_partitions``); a value that does not parse counts as none
+    here (the transport refuses it when it opens).
+
+    Example:
+        >>> configured_partitions({"broker_transport_options": {"partitions": {"q": 3}}})
+        {'q': 3}
+    """
+    options = conf.get("broker_transport_options") or {}
+    try:
+        return parse_partitions(options.get("partitions"), "broker_transport_options['partitions']")
+    except (TypeError, ValueError):
+        return {}
+
+
+def recorded_partitions(value: Any) -> int:
+    """A queue's recorded partition count as read from its ``record`` key (1 if unset).
+
+    Example:
+        >>> recorded_partitions(b"4"), recorded_partitions(None), recorded_partitions(b"x")
+        (4, 1, 1)
+    """
+    if value is None:
+        return 1
+    try:
+        return max(1, int(value.decode() if isinstance(value, bytes) else value))
+    except (TypeError, ValueError):
+        return 1
+
+
+def is_cluster_broker(conf: Mapping[str, Any]) -> bool:
+    """Whether the app's ``broker_url`` opens a Redis Cluster broker (its first URL's scheme).
+
+    Example:
+        >>> is_cluster_broker({"broker_url": "celeryrediscluster://10.0.0.1:7000/0"})
+        True
+        >>> is_cluster_broker({"broker_url": "redis://10.0.0.1:6379/0"})
+        False
+    """
+    url = conf.get("broker_url")
+    if not isinstance(url, str):
+        return False
+    scheme = url.split(";", 1)[0].partition("://")[0].strip()
+    return scheme in CLUSTER_SCHEMES or scheme in CLUSTER_SCHEMES.values()
 
 
 def cluster_broker_url(url: str) -> str:
