@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from celery.exceptions import Ignore
 
 from celeryredis.exceptions import ConfigurationError
+from celeryredis.keys import rate_limit_key
 from celeryredis.ratelimit import RateLimiter, parse_rate, rate_limiter
 from celeryredis.tasks._options import OptionCheck, as_positive_int
 from celeryredis.tasks.base import Task, emit
@@ -21,6 +22,8 @@ logger = logging.getLogger(__name__)
 #: Redis clock): it runs without asking again. A running attempt finds its granted slot
 #: in ``self.request.celeryredis_rate_slot``.
 RESERVED_HEADER = "celeryredis_rate_slot"
+# Most limiters (one per rate_limit_key value) a worker process keeps built.
+_LIMITERS_MAX = 1024
 
 
 def _rate(name: str, value: Any) -> None:
@@ -68,7 +71,31 @@ class RateLimitedTask(Task):
         rate = self._rate()
         extra = self.rate_limit_key(args, kwargs)
         name = self.name if extra is None else f"{self.name}:{extra}"
-        return rate_limiter(self.app, name, rate, burst=self.rate_limit_burst)
+        cache = self._worker_cache()
+        if cache is None:
+            return rate_limiter(self.app, name, rate, burst=self.rate_limit_burst)
+        # Kept per worker process: building one reads the app's configuration.
+        limiters: dict[tuple[str, str, int], RateLimiter] = cache.setdefault("limiters", {})
+        handle = (name, rate, self.rate_limit_burst)
+        limiter = limiters.get(handle)
+        if limiter is None:
+            if len(limiters) >= _LIMITERS_MAX:  # many rate_limit_key values: start afresh
+                limiters.clear()
+            limiter = limiters[handle] = RateLimiter(
+                self._redis(), rate_limit_key(self.app.conf, name), rate, self.rate_limit_burst
+            )
+        return limiter
+
+    def _horizon(self) -> float:
+        cache = self._worker_cache()
+        if cache is None:
+            return float(self.app.conf.get("celeryredis_eta_horizon") or 0.0)
+        horizon: float | None = cache.get("eta_horizon")
+        if horizon is None:
+            horizon = cache["eta_horizon"] = float(
+                self.app.conf.get("celeryredis_eta_horizon") or 0.0
+            )
+        return horizon
 
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Run now, or reserve the next slot, re-publish for it and skip this attempt.
@@ -89,7 +116,7 @@ class RateLimitedTask(Task):
             request.celeryredis_rate_slot = float(slot)  # type: ignore[attr-defined]
             super().before_start(task_id, args, kwargs)
             return
-        horizon = float(self.app.conf.get("celeryredis_eta_horizon") or 0.0)
+        horizon = self._horizon()
         decision = self._limiter(args, kwargs).acquire(reserve=True, max_wait=horizon)
         if decision.allowed:
             request.celeryredis_rate_slot = decision.slot  # type: ignore[attr-defined]
