@@ -11,7 +11,7 @@ from celery.exceptions import Ignore
 from celeryredis.exceptions import ConfigurationError
 from celeryredis.keys import rate_limit_key
 from celeryredis.ratelimit import RateLimiter, parse_rate, rate_limiter
-from celeryredis.tasks._options import OptionCheck, as_positive_int
+from celeryredis.tasks._options import OptionCheck, as_positive_int, as_seconds
 from celeryredis.tasks.base import Task, emit
 
 __all__ = ["RESERVED_HEADER", "RateLimitedTask"]
@@ -42,17 +42,35 @@ class RateLimitedTask(Task):
     visibility timeout covers countdowns only up to that horizon): the task comes back
     after the horizon and asks again.
 
+    Above ``1 / rate_limit_lease_window`` per second (100/s by default), one round trip
+    takes up to ``rate_limit_lease`` permits whose slots fall within the window, and the
+    worker process runs the next attempts on them without asking Redis again: each
+    leased permit is used within ``rate_limit_lease_window`` seconds after its slot (an
+    attempt that comes before its slot waits for it, at most the window) or dropped. The
+    bound over every worker: in any T seconds at most ``burst + rate * (T +
+    rate_limit_lease_window)`` attempts start, and at most ``rate_limit_lease - 1`` per
+    worker process more than the schedule's slots in those T seconds (see
+    :meth:`celeryredis.RateLimiter.acquire`). ``rate_limit_lease=1`` asks Redis for
+    every attempt.
+
     Attributes:
         distributed_rate_limit: Celery's rate syntax: ``"100/m"``, ``"10/s"``.
         rate_limit_burst: Executions allowed at once after a quiet spell (default 1).
+        rate_limit_lease: Most permits one round trip takes (default 16; 1: no lease).
+        rate_limit_lease_window: Seconds a leased permit stays usable after its slot
+            (default 0.01).
     """
 
     distributed_rate_limit: ClassVar[str | None] = None
     rate_limit_burst: ClassVar[int] = 1
+    rate_limit_lease: ClassVar[int] = 16
+    rate_limit_lease_window: ClassVar[float] = 0.01
 
     celeryredis_options: ClassVar[Mapping[str, OptionCheck]] = {
         "distributed_rate_limit": _rate,
         "rate_limit_burst": as_positive_int,
+        "rate_limit_lease": as_positive_int,
+        "rate_limit_lease_window": as_seconds,
     }
 
     def rate_limit_key(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str | None:
@@ -117,7 +135,13 @@ class RateLimitedTask(Task):
             super().before_start(task_id, args, kwargs)
             return
         horizon = self._horizon()
-        decision = self._limiter(args, kwargs).acquire(reserve=True, max_wait=horizon)
+        decision = self._limiter(args, kwargs).acquire(
+            reserve=True,
+            max_wait=horizon,
+            # Leased permits live in the worker's cached limiter (none outside a worker).
+            lease=self.rate_limit_lease if self._worker_cache() is not None else 1,
+            lease_window=float(self.rate_limit_lease_window),
+        )
         if decision.allowed:
             request.celeryredis_rate_slot = decision.slot  # type: ignore[attr-defined]
             super().before_start(task_id, args, kwargs)
