@@ -37,7 +37,7 @@ class RateLimitedTask(Task):
     Before an attempt starts, one Redis round trip decides. Over the limit, the task
     reserves its next free slot (so deferred tasks do not all come back at the same
     instant) and is re-published once, with a countdown to that slot — never through
-    ``retry()``, so no retry budget is used — and the worker does not sleep. A slot
+    ``retry()``, so no retry budget is used — and the worker does not sleep for it. A slot
     further away than the app's ``celeryredis_eta_horizon`` is not reserved (the
     visibility timeout covers countdowns only up to that horizon): the task comes back
     after the horizon and asks again.
