@@ -51,7 +51,6 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar
 
 import celery
-import redis
 from celery.exceptions import Reject
 from celery.result import AsyncResult
 
@@ -64,7 +63,7 @@ from celeryredis._errors import (
     permanent_errback,
     refused_by,
 )
-from celeryredis.connection import get_redis
+from celeryredis.connection import Client, get_redis
 from celeryredis.exceptions import PublishError, ResultNotStoredError
 from celeryredis.log import (
     bind_task_secrets,
@@ -258,12 +257,12 @@ class Task(celery.Task[Any, Any]):
             self.__dict__["_celeryredis_cache"] = cached
         return cached[1]
 
-    def _redis(self) -> redis.Redis:
+    def _redis(self) -> Client:
         """The app's Redis client (:func:`celeryredis.connection.get_redis`), cached per worker."""
         cache = self._worker_cache()
         if cache is None:
             return get_redis(self.app)
-        client: redis.Redis | None = cache.get("redis")
+        client: Client | None = cache.get("redis")
         if client is None:
             client = cache["redis"] = get_redis(self.app)
         return client
