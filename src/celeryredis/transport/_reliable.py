@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 POISON_KEY: Final = POISON_NAME  # the prefix is added by the channel (self._key)
 _MIN_REDIS: Final = (6, 2)
 _SENTINEL_URL_SCHEMES: Final = ("sentinel", "celeryredissentinel")
+#: Seconds a new Sentinel channel keeps asking the sentinels for a reachable master.
+MASTER_WAIT: Final = 10.0
 _SCRIPTS: Final = ("transport_fetch", "transport_renew", "transport_claim", "transport_restore")
 _CHUNK: Final = 1000
 _CLAIM_SECONDS: Final = 10.0
@@ -694,6 +696,26 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):  # type: ignore[mis
             (*Channel.from_transport_options, *kombu_redis.SentinelChannel.from_transport_options)
         )
     )
+
+    def _probe(self) -> None:
+        """The first command on a new channel; during a failover, wait for the new master.
+
+        While the sentinels still name the dead master (until ``down-after-milliseconds``
+        plus the election) every connection is refused; Celery's reconnect loop would
+        then sleep 2 s, 4 s, 6 s ... between rounds. Asking the sentinels again every
+        0.2 s for up to :data:`MASTER_WAIT` seconds connects as soon as they promote a
+        replica.
+        """
+        deadline = time.monotonic() + MASTER_WAIT
+        while True:
+            try:
+                super()._probe()
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
+            else:
+                return
 
     def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
         """The Sentinel pool (as kombu builds it), reading sentinels from our URLs too.
