@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kombu import Connection
 
 from celeryredis import explain, make_app
 from celeryredis.exceptions import NotDurableError
 from celeryredis.testing import RedisServer
+from celeryredis.transport import register_aliases
 from tests._sentinel import MASTER, sentinel_rig
 from tests._util import FAST_PRODUCTION, wait_for
 
@@ -136,3 +138,26 @@ def test_durable_publish_raises_without_a_replica_and_returns_with_one(
     app.send_task("sent.work", (2,))
     assert replica.client().llen("celery") == 1  # WAIT returned: the replica has it
     app.close()
+
+
+def test_readonly_reply_ends_the_poll_like_a_lost_connection(
+    redis_server_factory: Callable[..., RedisServer],
+) -> None:
+    """A master demoted under a consumer (``READONLY``): reconnect, never a task error."""
+    register_aliases()
+    demoted, other = redis_server_factory(), redis_server_factory()
+    with Connection(f"celeryredis://127.0.0.1:{demoted.port}/0") as conn:
+        queue = conn.SimpleQueue("ro")
+        queue.put({"n": 1})
+        message = queue.get(timeout=5)
+        message.ack()
+        demoted.client().replicaof("127.0.0.1", other.port)
+        wait_for(
+            lambda: demoted.client().info("replication")["master_link_status"] == "up",
+            30,
+            "the demoted master to sync",
+        )
+        with pytest.raises(conn.connection_errors) as caught:
+            queue.get(timeout=2)
+        assert "is now a replica (READONLY)" in str(caught.value)
+        queue.close()
