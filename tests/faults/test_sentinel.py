@@ -172,6 +172,8 @@ def test_reliable_transport_drains_through_a_master_sigkill(
         for i in range(BACKLOG):
             work.apply_async((BACKLOG_BASE + i,), ignore_result=True)
         backlog = [BACKLOG_BASE + i for i in range(BACKLOG)]
+        waits = sent.master.client().info("commandstats").get("cmdstat_wait", {}).get("calls", 0)
+        assert waits == (BACKLOG if durable else 0)  # one WAIT per durable publish
         worker = rig.worker("s", concurrency=2, trust_ports=sent.ports)
         worker.wait_ready()
         publisher = Publisher(rig)

@@ -79,9 +79,11 @@ def test_reliable_transport_drains_over_sentinel_with_durable_publish(
         assert "durable publish on" in rows["celeryredis_durable_publish"].reason
         for i in range(TASKS):
             app.send_task("sent.work", (i,))
-        # Durable: every publish was on the replica when it returned.
-        queued = int(rig.replica.client().llen("celery"))
-        assert queued == TASKS
+        # Durable: one WAIT per publish, and every publish was on the replica when it
+        # returned.
+        stats = rig.master.client().info("commandstats")
+        assert stats["cmdstat_wait"]["calls"] == TASKS
+        assert int(rig.replica.client().llen("celery")) == TASKS
         (tmp_path / "sentapp.py").write_text(
             textwrap.dedent(HOST).replace("{FAST}", repr(dict(FAST_PRODUCTION)))
         )
@@ -114,7 +116,10 @@ def test_reliable_transport_drains_over_sentinel_with_durable_publish(
 def test_durable_publish_raises_without_a_replica_and_returns_with_one(
     redis_server_factory: Callable[..., RedisServer],
 ) -> None:
-    lonely = redis_server_factory()
+    # A password: a replica left over by another test (its master's port reused by this
+    # server) cannot attach.
+    lonely = redis_server_factory(password="Hunter2-integration-pw")
+    assert lonely.client().info("replication")["connected_slaves"] == 0
     app = _app(lonely.url, celeryredis_durable_publish=1, celeryredis_durable_publish_timeout=0.2)
     with pytest.raises(NotDurableError) as caught:
         app.send_task("sent.work", (1,))
@@ -136,6 +141,7 @@ def test_durable_publish_raises_without_a_replica_and_returns_with_one(
     )
     app = _app(master.url, celeryredis_durable_publish=1)
     app.send_task("sent.work", (2,))
+    assert master.client().info("commandstats")["cmdstat_wait"]["calls"] == 1
     assert replica.client().llen("celery") == 1  # WAIT returned: the replica has it
     app.close()
 

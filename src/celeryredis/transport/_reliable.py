@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -253,7 +254,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
     # --- publishing ------------------------------------------------------------------
 
-    def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
+    def _put(self, queue: str, message: Any, _publish_batch: Any = None, **kwargs: Any) -> None:
         """Publish as kombu does; with ``durable_publish`` > 0, ``WAIT`` for the replicas.
 
         The ``LPUSH`` and the ``WAIT`` go down one connection in one pipeline: ``WAIT``
@@ -264,10 +265,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 write within ``durable_publish_timeout``.
         """
         replicas = int(self.durable_publish)
-        if replicas <= 0 or any(v is not None for v in kwargs.values()):
-            # kombu 5.7 passes a keyword only for a publish batch (enqueue_many's
-            # collector), whose commands run elsewhere: not waited for.
-            super()._put(queue, message, **kwargs)
+        if replicas <= 0 or _publish_batch is not None:
+            # A publish batch (kombu 5.7's, or enqueue_many's collector) runs its commands
+            # elsewhere: not waited for.
+            super()._put(queue, message, _publish_batch=_publish_batch, **kwargs)
             return
         pri = self._get_message_priority(message, reverse=False)
         key = self._q_for_pri(queue, pri)
@@ -682,6 +683,54 @@ def _read_only(exc: BaseException) -> bool:
     return isinstance(exc, redis.ReadOnlyError) or "READONLY" in str(exc)[:200]
 
 
+def _sentinel_hosts(client: Any, default_port: int) -> list[tuple[str, int]]:
+    """The sentinels named by a kombu connection's ``;``-separated URLs."""
+    hosts: list[tuple[str, int]] = []
+    for url in client.alt or [client.hostname or ""]:
+        scheme, _, tail = str(url).partition("://")
+        if scheme in _SENTINEL_URL_SCHEMES:
+            parsed = urlsplit(f"redis://{tail}")
+            hosts.append((parsed.hostname or "127.0.0.1", parsed.port or default_port))
+    if not hosts and client.hostname and "://" not in str(client.hostname):
+        hosts.append((client.hostname, client.port or default_port))  # one sentinel
+    return hosts
+
+
+def _await_master(transport: Any) -> None:
+    """During a failover, wait until the sentinels name a master that accepts connections.
+
+    While the sentinels still name the dead master (``down-after-milliseconds`` plus the
+    election) every connection is refused, and Celery's reconnect loop sleeps 2 s, 4 s,
+    6 s ... between rounds. Asking them again every 0.2 s, for up to :data:`MASTER_WAIT`
+    seconds, lets a new channel connect as soon as a replica is promoted. Returns at once
+    when the master answers; after the wait, the channel connects (and fails) as usual.
+    """
+    client = transport.client
+    options = client.transport_options or {}
+    name = options.get("master_name")
+    hosts = _sentinel_hosts(client, transport.default_port)
+    if not name or not hosts:
+        return
+    manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        hosts, sentinel_kwargs=options.get("sentinel_kwargs") or {"socket_timeout": 1.0}
+    )
+    deadline = time.monotonic() + MASTER_WAIT
+    try:
+        while True:
+            try:
+                host, port = manager.discover_master(name)  # type: ignore[no-untyped-call]
+                socket.create_connection((host, port), timeout=1.0).close()
+            except (redis.RedisError, OSError):
+                if time.monotonic() >= deadline:
+                    return
+                time.sleep(0.2)
+            else:
+                return
+    finally:
+        for sentinel in manager.sentinels:
+            sentinel.close()
+
+
 class SentinelChannel(Channel, kombu_redis.SentinelChannel):  # type: ignore[misc]
     """The reliable channel on a Sentinel-managed Redis (``celeryredissentinel://``).
 
@@ -697,25 +746,9 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):  # type: ignore[mis
         )
     )
 
-    def _probe(self) -> None:
-        """The first command on a new channel; during a failover, wait for the new master.
-
-        While the sentinels still name the dead master (until ``down-after-milliseconds``
-        plus the election) every connection is refused; Celery's reconnect loop would
-        then sleep 2 s, 4 s, 6 s ... between rounds. Asking the sentinels again every
-        0.2 s for up to :data:`MASTER_WAIT` seconds connects as soon as they promote a
-        replica.
-        """
-        deadline = time.monotonic() + MASTER_WAIT
-        while True:
-            try:
-                super()._probe()
-            except (redis.ConnectionError, redis.TimeoutError):
-                if time.monotonic() >= deadline:
-                    raise
-                time.sleep(0.2)
-            else:
-                return
+    def __init__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
+        _await_master(connection)
+        super().__init__(connection, *args, **kwargs)
 
     def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
         """The Sentinel pool (as kombu builds it), reading sentinels from our URLs too.
@@ -725,15 +758,7 @@ class SentinelChannel(Channel, kombu_redis.SentinelChannel):  # type: ignore[mis
         """
         params = self._connparams(asynchronous)
         rest = {k: v for k, v in params.items() if k not in ("host", "port")}
-        sentinels: list[tuple[str, int]] = []
-        for url in self.connection.client.alt:
-            scheme, _, tail = str(url).partition("://")
-            if scheme not in _SENTINEL_URL_SCHEMES:
-                continue
-            parsed = urlsplit(f"redis://{tail}")
-            sentinels.append(
-                (parsed.hostname or "127.0.0.1", parsed.port or self.connection.default_port)
-            )
+        sentinels = _sentinel_hosts(self.connection.client, self.connection.default_port)
         if not sentinels:
             sentinels.append((params["host"], params["port"]))
         master_name = getattr(self, "master_name", None)
