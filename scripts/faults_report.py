@@ -93,9 +93,12 @@ NOTES = """\
   seen once in about 6 runs on the stock transport).
 - **10. Sentinel, reliable transport, master SIGKILLed mid-drain.** The same rig; 2,000
   tasks are queued, then a prefork worker (2 processes) drains them while the publisher
-  sends a task every 0.1 s; the master is SIGKILLed once a quarter of the backlog ran,
-  and restarted (empty) after the sentinels promoted the replica, which they then make
-  its replica. The lease is the default 30 s (it must outlast the ~6 s reconnect, or a
+  sends a task every 0.1 s; the master is SIGKILLed once a quarter of the backlog ran and
+  stays down, so the promoted replica has no replica of its own: with durable publish on,
+  every publish after the failover raises `NotDurableError` ("raised"; never
+  acknowledged). (A version of this scenario restarted the killed master empty, without
+  persistence: once, the sentinels failed over a second time to that empty node and the
+  data was gone — Redis's documented hazard of a persistence-less master that restarts.) The lease is the default 30 s (it must outlast the ~6 s reconnect, or a
   task that finishes across it is requeued before its ack reaches the new master).
   "Durable publish on" is `celeryredis_durable_publish=1`: every returned publish was on
   the replica. With production's `worker_cancel_long_running_tasks_on_connection_loss`
