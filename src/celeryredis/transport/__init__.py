@@ -9,7 +9,9 @@ the next fetch, and any worker requeues expired leases every second. See
 ``docs/transport.md``.
 
 :func:`register_aliases` registers two kombu URL schemes, ``celeryredis://`` and
-``celeryrediss://`` (TLS), and ``celeryredis+socket://`` for Unix sockets; the settings
+``celeryrediss://`` (TLS), and ``celeryredis+socket://`` for Unix sockets, plus
+``celeryredissentinel://`` for a Sentinel-managed Redis (kombu's ``sentinel://``
+pooling, one ``;``-separated URL per sentinel); the settings
 layer of :func:`celeryredis.make_app` / :func:`celeryredis.configure` calls it when the
 app's configuration loads (importing the package changes nothing in kombu). The classes
 live in :mod:`celeryredis.transport._reliable` and are
@@ -33,6 +35,7 @@ __all__ = [
     "MAX_PARTITIONS",
     "PARTITION_SEP",
     "RELIABLE_SCHEMES",
+    "SENTINEL_SCHEMES",
     "TRANSPORTS",
     "cluster_broker_url",
     "cluster_queue_keys",
@@ -50,6 +53,7 @@ TRANSPORTS: Final = ("reliable", "stock")
 
 _TARGET: Final = "celeryredis.transport._reliable:Transport"
 _CLUSTER_TARGET: Final = "celeryredis.transport._cluster:Transport"
+_SENTINEL_TARGET: Final = "celeryredis.transport._reliable:SentinelTransport"
 
 #: Cluster URL scheme -> the cluster transport's kombu scheme.
 CLUSTER_SCHEMES: Final = {
@@ -62,6 +66,10 @@ RELIABLE_SCHEMES: Final = {
     "redis": "celeryredis",
     "rediss": "celeryrediss",
 }
+
+#: Sentinel scheme -> the reliable Sentinel transport's scheme (kombu's ``sentinel://``
+#: pooling through ``master_for``, with the reliable channel's fetch and leases).
+SENTINEL_SCHEMES: Final = {"sentinel": "celeryredissentinel"}
 
 
 #: Between a queue's name and its partition number in the partition's hash tag.
@@ -127,6 +135,8 @@ def register_aliases() -> None:
 
     for scheme in RELIABLE_SCHEMES.values():
         TRANSPORT_ALIASES.setdefault(scheme, _TARGET)
+    for scheme in SENTINEL_SCHEMES.values():
+        TRANSPORT_ALIASES.setdefault(scheme, _SENTINEL_TARGET)
     for scheme in (*CLUSTER_SCHEMES, *CLUSTER_SCHEMES.values()):
         # rediscluster:// too: a host's own broker_url (or $CELERY_BROKER_URL), which
         # Celery hands to kombu unchanged, works when it names one node.
@@ -233,12 +243,16 @@ def cluster_broker_url(url: str) -> str:
 def reliable_url(url: str) -> str:
     """Rewrite a broker URL (or a ``;``-separated failover list) to the reliable scheme.
 
-    ``redis://`` becomes ``celeryredis://``, ``rediss://`` ``celeryrediss://`` and
-    ``redis+socket://`` ``celeryredis+socket://``; other text is unchanged.
+    ``redis://`` becomes ``celeryredis://``, ``rediss://`` ``celeryrediss://``,
+    ``redis+socket://`` ``celeryredis+socket://`` and ``sentinel://``
+    ``celeryredissentinel://`` (each ``;``-separated sentinel keeps its own URL, which
+    is how kombu reads several sentinels); other text is unchanged.
 
     Example:
         >>> reliable_url("redis://localhost:6379/0;redis://other:6379/0")
         'celeryredis://localhost:6379/0;celeryredis://other:6379/0'
+        >>> reliable_url("sentinel://:pw@10.0.0.1:26379/0;sentinel://10.0.0.2:26379/0")
+        'celeryredissentinel://:pw@10.0.0.1:26379/0;celeryredissentinel://10.0.0.2:26379/0'
     """
     parts = []
     for chunk in url.split(";"):
@@ -246,6 +260,8 @@ def reliable_url(url: str) -> str:
         base, plus, tail = scheme.partition("+")
         if sep and base in RELIABLE_SCHEMES:
             parts.append(f"{RELIABLE_SCHEMES[base]}{plus}{tail}{sep}{rest}")
+        elif sep and scheme in SENTINEL_SCHEMES:
+            parts.append(f"{SENTINEL_SCHEMES[scheme]}{sep}{rest}")
         else:
             parts.append(chunk)
     return ";".join(parts)
