@@ -44,35 +44,35 @@ def _done():
     client.mset({"done:" + celery.current_task.request.id: 1})
 
 
-@app.task(base=celery.Task, name="cost.plain", ignore_result=True)
+@app.task(base=celery.Task, name="cost.plain", shared=False, ignore_result=True)
 def plain(i):
     _done()
 
 
-@app.task(base=Task, name="cost.task", ignore_result=True)
+@app.task(base=Task, name="cost.task", shared=False, ignore_result=True)
 def task(i):
     _done()
 
 
-@app.task(base=RetryTask, name="cost.retry", ignore_result=True)
+@app.task(base=RetryTask, name="cost.retry", shared=False, ignore_result=True)
 def retry(i):
     _done()
 
 
-@app.task(base=UniqueTask, name="cost.unique", ignore_result=True)
+@app.task(base=UniqueTask, name="cost.unique", shared=False, ignore_result=True)
 def unique(i):
     _done()
 
 
 # A long lease window: no leased permit expires while the worker is slow (a loaded
 # machine), so the count of decisions is exact.
-@app.task(base=RateLimitedTask, name="cost.limited", ignore_result=True,
+@app.task(base=RateLimitedTask, name="cost.limited", shared=False, ignore_result=True,
           distributed_rate_limit="1000000/s", rate_limit_lease=16, rate_limit_lease_window=60.0)
 def limited(i):
     _done()
 
 
-@app.task(base=RateLimitedTask, name="cost.limited_unleased", ignore_result=True,
+@app.task(base=RateLimitedTask, name="cost.limited_unleased", shared=False, ignore_result=True,
           distributed_rate_limit="1000000/s", rate_limit_lease=1)
 def limited_unleased(i):
     _done()
