@@ -180,7 +180,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         # (mode, queues, acks carried, messages asked for).
         self._in_flight: deque[tuple[str, list[str], list[str], int]] = deque()
         self._reading = False
-        self._loop_thread: int | None = None
+        self._poll_owner: int | None = None
         self._use_eval = False
         self._shas: dict[str, str] = {}
         self._leases = LeaseRenewer(self, "celeryredis-lease")
@@ -300,7 +300,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             command = self._fetch_command(queues, count, acks)
             self._in_flight.append(("fetch", list(queues), acks, count))
         self._in_poll = connection
-        self._loop_thread = threading.get_ident()
+        self._poll_owner = threading.get_ident()
         self._brpop_sent_at = time.monotonic()
         try:
             connection.send_command(*command)
@@ -324,7 +324,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         Only from the thread (or greenlet) that runs the event loop: a thread pool's
         acks leave the poll connection alone.
         """
-        if not self.reliable or self._wait_next or threading.get_ident() != self._loop_thread:
+        if not self.reliable or self._wait_next or threading.get_ident() != self._poll_owner:
             return
         in_flight = self._in_flight
         if not in_flight and not self._reading:
