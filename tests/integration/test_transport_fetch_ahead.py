@@ -100,3 +100,40 @@ def test_freed_slot_fetches_without_waiting_for_the_event_loop(redis_url: str) -
     assert "cmdstat_blmove" not in stats
     assert int(stats["cmdstat_evalsha"]["calls"]) == 5 + 1
     client.close()
+
+
+def test_a_fetch_sent_inside_a_batch_never_overfills_the_window(redis_url: str) -> None:
+    """Acks inside the delivery of a batch (acks early on solo): the fetch sent ahead asks
+    only for slots that neither the batch's undelivered messages nor an outstanding fetch
+    will take, so Redis never holds more than the window for this consumer."""
+    client = redis.Redis.from_url(redis_url)
+    queue = Queue("fb", Exchange("fb", type="direct"), routing_key="fb")
+    n, window = 40, 4
+    with Connection(redis_url) as publisher:
+        producer = Producer(publisher.default_channel)
+        for i in range(n):
+            producer.publish({"i": i}, exchange=queue.exchange, routing_key="fb", declare=[queue])
+    got: list[int] = []
+    peak = 0
+
+    def on_message(body: Any, message: Any) -> None:
+        nonlocal peak
+        got.append(body["i"])
+        message.ack()
+        peak = max(peak, int(client.hlen("unacked")))
+
+    with Connection(reliable_url(redis_url)) as conn:
+        channel = conn.channel()
+        consumer = Consumer(channel, [queue], callbacks=[on_message])
+        consumer.qos(prefetch_count=window)
+        consumer.consume()
+        for _ in range(4 * n):
+            if len(got) == n:
+                break
+            conn.drain_events(timeout=5)
+        consumer.cancel()
+        channel.close()
+    assert got == list(range(n))
+    assert 0 < peak <= window
+    wait_for(lambda: int(client.hlen("unacked")) == 0, 5, "the acks")
+    client.close()

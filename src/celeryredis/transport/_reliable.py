@@ -180,6 +180,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         # (mode, queues, acks carried, messages asked for).
         self._in_flight: deque[tuple[str, list[str], list[str], int]] = deque()
         self._reading = False
+        self._undelivered = 0  # messages of the batch being delivered not handed over yet
         self._poll_owner: int | None = None
         self._use_eval = False
         self._shas: dict[str, str] = {}
@@ -324,17 +325,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         Only from the thread (or greenlet) that runs the event loop: a thread pool's
         acks leave the poll connection alone.
         """
-        if not self.reliable or self._wait_next or threading.get_ident() != self._poll_owner:
+        connection = self._ahead_connection()
+        if connection is None:
             return
         in_flight = self._in_flight
-        if not in_flight and not self._reading:
-            return  # idle between fetches: the event loop's next turn sends one
-        if len(in_flight) >= _MAX_IN_FLIGHT or any(mode != "fetch" for mode, *_ in in_flight):
-            return
-        connection = self._in_poll
-        if connection is None or connection is not self.client.connection:
-            return
-        free = self._batch_size() - sum(entry[3] for entry in in_flight)
+        free = self._batch_size() - sum(entry[3] for entry in in_flight) - self._undelivered
         if free <= 0:
             return
         queues = self._queue_cycle.consume(len(self.active_queues))
@@ -354,6 +349,26 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._abandon_in_flight()
             raise
 
+    def _ahead_connection(self) -> Any:
+        """The poll connection when a fetch may be sent ahead now, else None."""
+        if not self.reliable or self._wait_next or threading.get_ident() != self._poll_owner:
+            return None
+        in_flight = self._in_flight
+        if self._reading:
+            # Inside a delivery: only once every reply outstanding when the read began
+            # has been read, so no later read of this turn can pull this fetch's reply
+            # into the parser's buffer (the event loop's poll would not see it there).
+            if in_flight:
+                return None
+        elif not in_flight:
+            return None  # idle between fetches: the event loop's next turn sends one
+        if len(in_flight) >= _MAX_IN_FLIGHT or any(mode != "fetch" for mode, *_ in in_flight):
+            return None
+        connection = self._in_poll
+        if connection is None or connection is not self.client.connection:
+            return None
+        return connection
+
     def _abandon_in_flight(self) -> None:
         """The outstanding commands' replies will never be read: send their acks again later."""
         in_flight = self._in_flight
@@ -372,14 +387,26 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             return bool(super()._brpop_read(**options))
         connection = self.client.connection
         delivered = False
+        # Replies outstanding now; one is read below. The others (a fetch sent ahead) may
+        # be in the parser's buffer once it is read, where the event loop's poll cannot
+        # see them: they are read in this turn too. Fetches sent during this turn are
+        # left to the poll, so a busy solo worker still returns to the event loop (its
+        # timers, remote control) after every reply.
+        more = len(self._in_flight) - 1
         self._reading = True
         try:
             delivered = self._read_reply(**options)
-            # A fetch sent ahead may have its reply in the parser's buffer already, where
-            # the event loop's poll cannot see it: read it now. (Its messages were asked
-            # for when the window had room for them.)
-            while self._in_flight and connection.can_read(timeout=0):
+            while more > 0 and self._in_flight and connection.can_read(timeout=0):
+                more -= 1
+                # (Its messages were asked for when the window had room for them.)
                 delivered = self._read_reply() or delivered
+        except BaseException:
+            if self._in_flight:
+                # A reply left unread could sit in the parser's buffer, unseen by the
+                # poll: drop the connection (its acks are queued again), kombu reconnects.
+                connection.disconnect()
+                self._abandon_in_flight()
+            raise
         finally:
             self._reading = False
             if not self._in_flight:
@@ -436,13 +463,20 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             if queue not in self._no_ack_queues:
                 with self._lock:
                     self._recorded.add(tag)
-        for position, (queue, payload) in enumerate(batch):
-            self._queue_cycle.rotate(queue)
-            try:
-                deliver(self.connection, payload, queue)
-            except BaseException:
-                self._restore_rest(batch[position + 1 :])
-                raise
+        # Until handed over, the rest of the batch is not in the QoS's count: a fetch
+        # ahead sent from inside a delivery must not ask for their slots.
+        self._undelivered = len(batch)
+        try:
+            for position, (queue, payload) in enumerate(batch):
+                self._queue_cycle.rotate(queue)
+                self._undelivered -= 1
+                try:
+                    deliver(self.connection, payload, queue)
+                except BaseException:
+                    self._restore_rest(batch[position + 1 :])
+                    raise
+        finally:
+            self._undelivered = 0
 
     def _poison_unacked(self, raw: Any) -> None:
         client = self._scripts_client
