@@ -177,8 +177,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._no_ack_queues: set[str] = set()
         self._wait_next = False
         # Commands sent on the poll connection whose replies are not read yet, in order:
-        # (mode, queues, acks carried, messages asked for).
-        self._in_flight: deque[tuple[str, list[str], list[str], int]] = deque()
+        # (mode, queues, acks carried, messages asked for, time.monotonic() when sent).
+        self._in_flight: deque[tuple[str, list[str], list[str], int, float]] = deque()
         self._reading = False
         self._undelivered = 0  # messages of the batch being delivered not handed over yet
         self._poll_owner: int | None = None
@@ -291,18 +291,21 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             if not waiting:
                 acks = list(self._pending_acks)
                 self._pending_acks.clear()
+        now = time.monotonic()
         if waiting:
             key = self._key(self._q_for_pri(queues[0], self.priority_steps[0]))
             wait = self.brpop_timeout if timeout is None else timeout
             command: list[Any] = ["BLMOVE", key, key, "RIGHT", "RIGHT", wait or 0]
-            self._in_flight.append(("wait", list(queues), [], 0))
+            self._in_flight.append(("wait", list(queues), [], 0, now))
         else:
             count = self._batch_size()
             command = self._fetch_command(queues, count, acks)
-            self._in_flight.append(("fetch", list(queues), acks, count))
+            self._in_flight.append(("fetch", list(queues), acks, count, now))
         self._in_poll = connection
         self._poll_owner = threading.get_ident()
-        self._brpop_sent_at = time.monotonic()
+        # kombu's health check and celeryredis's heartbeat read this as the age of the
+        # oldest outstanding command (kept so when fetches are sent ahead).
+        self._brpop_sent_at = now
         try:
             connection.send_command(*command)
         except BaseException:
@@ -339,7 +342,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             acks = list(self._pending_acks)
             self._pending_acks.clear()
         command = self._fetch_command(queues, free, acks)
-        in_flight.append(("fetch", list(queues), acks, free))
+        now = time.monotonic()
+        if not in_flight:
+            self._brpop_sent_at = now  # the oldest outstanding command now
+        in_flight.append(("fetch", list(queues), acks, free, now))
         try:
             # No health check: a PING now would read the outstanding fetch's reply.
             connection.send_packed_command(connection.pack_command(*command), check_health=False)
@@ -422,7 +428,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             # A reply nobody waits for (a reconnect dropped our state): read it away.
             self.client.parse_response(self.client.connection, "EVALSHA", **options)
             return False
-        mode, queues, acks, count = self._in_flight.popleft()
+        mode, queues, acks, count, _sent = self._in_flight.popleft()
+        if self._in_flight:
+            self._brpop_sent_at = self._in_flight[0][4]
         try:
             reply = self.client.parse_response(self.client.connection, "EVALSHA", **options)
         except self.connection_errors:
