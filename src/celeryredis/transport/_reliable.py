@@ -28,7 +28,6 @@ import importlib
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from queue import Empty
 from typing import Any, Final
@@ -58,9 +57,6 @@ _MIN_REDIS: Final = (6, 2)
 _SCRIPTS: Final = ("transport_fetch", "transport_renew", "transport_claim", "transport_restore")
 _CHUNK: Final = 1000
 _CLAIM_SECONDS: Final = 10.0
-#: The most commands outstanding on the poll connection: the fetch kombu started plus
-#: one fetch sent ahead when a slot of the prefetch window frees while it is in flight.
-_MAX_IN_FLIGHT: Final = 2
 
 # Acks a closing channel could not send (Redis down, a reconnect under way), by the
 # Redis database and unacked keys they belong to: the next channel of this process that
@@ -105,7 +101,6 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         channel.release(delivery_tag)
         channel.queue_ack(delivery_tag)
         virtual.QoS.ack(self, delivery_tag)
-        channel.fetch_ahead()
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         """Reject at once, as stock kombu does (requeued messages go first in line)."""
@@ -176,12 +171,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._recorded: set[str] = set()
         self._no_ack_queues: set[str] = set()
         self._wait_next = False
-        # Commands sent on the poll connection whose replies are not read yet, in order:
-        # (mode, queues, acks carried, messages asked for, time.monotonic() when sent).
-        self._in_flight: deque[tuple[str, list[str], list[str], int, float]] = deque()
-        self._reading = False
-        self._undelivered = 0  # messages of the batch being delivered not handed over yet
-        self._poll_owner: int | None = None
+        self._in_flight: tuple[str, list[str], list[str], int] | None = None
         self._use_eval = False
         self._shas: dict[str, str] = {}
         self._leases = LeaseRenewer(self, "celeryredis-lease")
@@ -291,95 +281,31 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             if not waiting:
                 acks = list(self._pending_acks)
                 self._pending_acks.clear()
-        now = time.monotonic()
         if waiting:
             key = self._key(self._q_for_pri(queues[0], self.priority_steps[0]))
             wait = self.brpop_timeout if timeout is None else timeout
             command: list[Any] = ["BLMOVE", key, key, "RIGHT", "RIGHT", wait or 0]
-            self._in_flight.append(("wait", list(queues), [], 0, now))
+            self._in_flight = ("wait", list(queues), [], 0)
         else:
             count = self._batch_size()
             command = self._fetch_command(queues, count, acks)
-            self._in_flight.append(("fetch", list(queues), acks, count, now))
+            self._in_flight = ("fetch", list(queues), acks, count)
         self._in_poll = connection
-        self._poll_owner = threading.get_ident()
-        # kombu's health check and celeryredis's heartbeat read this as the age of the
-        # oldest outstanding command (kept so when fetches are sent ahead).
-        self._brpop_sent_at = now
+        self._brpop_sent_at = time.monotonic()
         try:
             connection.send_command(*command)
         except BaseException:
             # redis-py's pre-send health check can raise here: keep the acks.
-            self._abandon_in_flight()
+            self._requeue_acks(acks)
+            self._in_flight = None
             self._in_poll = None
             raise
 
-    def fetch_ahead(self) -> None:
-        """A slot of the prefetch window freed while a fetch is in flight: fetch for it now.
-
-        Without this the freed slot waits for the outstanding reply and the next turn of
-        the event loop (with ``-c 2`` and prefetch 1, one pool process idles while the
-        other's fetch travels). The second fetch is pipelined on the poll connection
-        behind the first (Redis answers in order), asks for what the window has free
-        beyond what the outstanding fetch asked for, and carries the queued acks. Inside
-        a delivery (a solo pool acks while its message's reply is being handled) it sends
-        the next fetch as soon as the ack frees the slot. Never behind a wake-up
-        ``BLMOVE`` (it blocks) and never more than :data:`_MAX_IN_FLIGHT` commands.
-        Only from the thread (or greenlet) that runs the event loop: a thread pool's
-        acks leave the poll connection alone.
-        """
-        connection = self._ahead_connection()
-        if connection is None:
-            return
-        in_flight = self._in_flight
-        free = self._batch_size() - sum(entry[3] for entry in in_flight) - self._undelivered
-        if free <= 0:
-            return
-        queues = self._queue_cycle.consume(len(self.active_queues))
-        if not queues:
-            return
-        with self._lock:
-            acks = list(self._pending_acks)
-            self._pending_acks.clear()
-        command = self._fetch_command(queues, free, acks)
-        now = time.monotonic()
-        if not in_flight:
-            self._brpop_sent_at = now  # the oldest outstanding command now
-        in_flight.append(("fetch", list(queues), acks, free, now))
-        try:
-            # No health check: a PING now would read the outstanding fetch's reply.
-            connection.send_packed_command(connection.pack_command(*command), check_health=False)
-        except BaseException:
-            # The connection is dropped (redis-py disconnects on a failed send), so the
-            # outstanding replies are lost too: their acks go out with the next fetch.
-            self._abandon_in_flight()
-            raise
-
-    def _ahead_connection(self) -> Any:
-        """The poll connection when a fetch may be sent ahead now, else None."""
-        if not self.reliable or self._wait_next or threading.get_ident() != self._poll_owner:
-            return None
-        in_flight = self._in_flight
-        if self._reading:
-            # Inside a delivery: only once every reply outstanding when the read began
-            # has been read, so no later read of this turn can pull this fetch's reply
-            # into the parser's buffer (the event loop's poll would not see it there).
-            if in_flight:
-                return None
-        elif not in_flight:
-            return None  # idle between fetches: the event loop's next turn sends one
-        if len(in_flight) >= _MAX_IN_FLIGHT or any(mode != "fetch" for mode, *_ in in_flight):
-            return None
-        connection = self._in_poll
-        if connection is None or connection is not self.client.connection:
-            return None
-        return connection
-
     def _abandon_in_flight(self) -> None:
-        """The outstanding commands' replies will never be read: send their acks again later."""
-        in_flight = self._in_flight
-        while in_flight:
-            self._requeue_acks(in_flight.popleft()[2])
+        """The last command's reply will never be read: send its acks again later."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            self._requeue_acks(in_flight[2])
 
     def _on_connection_disconnect(self, connection: Any) -> None:
         # kombu's health check (or redis-py) dropped the poll connection with a command
@@ -391,69 +317,39 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     def _brpop_read(self, **options: Any) -> bool:
         if not self.reliable:
             return bool(super()._brpop_read(**options))
-        connection = self.client.connection
-        delivered = False
-        # Replies outstanding now; one is read below. The others (a fetch sent ahead) may
-        # be in the parser's buffer once it is read, where the event loop's poll cannot
-        # see them: they are read in this turn too. Fetches sent during this turn are
-        # left to the poll, so a busy solo worker still returns to the event loop (its
-        # timers, remote control) after every reply.
-        more = len(self._in_flight) - 1
-        self._reading = True
+        in_flight, self._in_flight = self._in_flight, None
         try:
-            delivered = self._read_reply(**options)
-            while more > 0 and self._in_flight and connection.can_read(timeout=0):
-                more -= 1
-                # (Its messages were asked for when the window had room for them.)
-                delivered = self._read_reply() or delivered
-        except BaseException:
-            if self._in_flight:
-                # A reply left unread could sit in the parser's buffer, unseen by the
-                # poll: drop the connection (its acks are queued again), kombu reconnects.
-                connection.disconnect()
-                self._abandon_in_flight()
-            raise
+            if in_flight is None:
+                # A reply nobody waits for (a reconnect dropped our state): read it away.
+                self.client.parse_response(self.client.connection, "EVALSHA", **options)
+                raise Empty()
+            mode, queues, acks, count = in_flight
+            try:
+                reply = self.client.parse_response(self.client.connection, "EVALSHA", **options)
+            except self.connection_errors:
+                self._requeue_acks(acks)
+                self.client.connection.disconnect()
+                raise
+            except redis.ResponseError as exc:
+                self._requeue_acks(acks)
+                if isinstance(exc, redis.exceptions.NoScriptError) or "NOSCRIPT" in str(exc):
+                    # SCRIPT FLUSH or a restarted Redis: nothing ran, send the source next.
+                    self._use_eval = True
+                    raise Empty() from None
+                raise
+            if mode == "wait":
+                self._wait_next = False  # something arrived, or the wait timed out
+                raise Empty()
+            self._use_eval = False
+            if not reply:
+                self._wait_next = True
+                raise Empty()
+            self._wait_next = len(reply) // 2 < count
+            self._deliver_batch(queues, reply)
+            return True
         finally:
-            self._reading = False
-            if not self._in_flight:
-                self._in_poll = None
-                self._flush_brpop_reauth()
-        if not delivered:
-            raise Empty()
-        return True
-
-    def _read_reply(self, **options: Any) -> bool:
-        """Read the oldest outstanding reply; True when it delivered messages."""
-        if not self._in_flight:
-            # A reply nobody waits for (a reconnect dropped our state): read it away.
-            self.client.parse_response(self.client.connection, "EVALSHA", **options)
-            return False
-        mode, queues, acks, count, _sent = self._in_flight.popleft()
-        if self._in_flight:
-            self._brpop_sent_at = self._in_flight[0][4]
-        try:
-            reply = self.client.parse_response(self.client.connection, "EVALSHA", **options)
-        except self.connection_errors:
-            self._requeue_acks(acks)
-            self.client.connection.disconnect()
-            raise
-        except redis.ResponseError as exc:
-            self._requeue_acks(acks)
-            if isinstance(exc, redis.exceptions.NoScriptError) or "NOSCRIPT" in str(exc):
-                # SCRIPT FLUSH or a restarted Redis: nothing ran, send the source next.
-                self._use_eval = True
-                return False
-            raise
-        if mode == "wait":
-            self._wait_next = False  # something arrived, or the wait timed out
-            return False
-        self._use_eval = False
-        if not reply:
-            self._wait_next = True
-            return False
-        self._wait_next = len(reply) // 2 < count
-        self._deliver_batch(queues, reply)
-        return True
+            self._in_poll = None
+            self._flush_brpop_reauth()
 
     def _deliver_batch(self, queues: Sequence[str], reply: Sequence[Any]) -> None:
         batch: list[tuple[str, dict[str, Any]]] = []
@@ -471,20 +367,13 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             if queue not in self._no_ack_queues:
                 with self._lock:
                     self._recorded.add(tag)
-        # Until handed over, the rest of the batch is not in the QoS's count: a fetch
-        # ahead sent from inside a delivery must not ask for their slots.
-        self._undelivered = len(batch)
-        try:
-            for position, (queue, payload) in enumerate(batch):
-                self._queue_cycle.rotate(queue)
-                self._undelivered -= 1
-                try:
-                    deliver(self.connection, payload, queue)
-                except BaseException:
-                    self._restore_rest(batch[position + 1 :])
-                    raise
-        finally:
-            self._undelivered = 0
+        for position, (queue, payload) in enumerate(batch):
+            self._queue_cycle.rotate(queue)
+            try:
+                deliver(self.connection, payload, queue)
+            except BaseException:
+                self._restore_rest(batch[position + 1 :])
+                raise
 
     def _poison_unacked(self, raw: Any) -> None:
         client = self._scripts_client
@@ -673,14 +562,13 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         """Stop the lease thread, read any outstanding reply, flush acks, close."""
         if self.reliable:
             self._leases.stop()
-            while self._in_poll and self._in_flight:
+            if self._in_poll:
                 try:
                     self._brpop_read()
                 except Empty:
                     pass
                 except Exception:
                     logger.debug("celeryredis: reply lost at close", exc_info=True)
-                    self._abandon_in_flight()
             if not self.closed:
                 self.flush_acks()
         super().close()
