@@ -131,12 +131,19 @@ def test_leases_replace_the_visibility_timeout_formula() -> None:
     assert "visibility-timeout" not in _ids(celeryredis_transport="reliable", **tiny)
 
 
-def test_production_uses_the_reliable_transport() -> None:
-    app = make_app("t", broker_url=URL)
+@pytest.mark.parametrize("preset", ["production", "development", "throughput"])
+def test_presets_that_use_the_reliable_transport(preset: str) -> None:
+    app = make_app("t", broker_url=URL, preset=preset)
     rows = {row.setting: row for row in explain(app)}
     assert rows["celeryredis_transport"].value == "reliable"
-    assert rows["celeryredis_transport"].source == "preset:production"
+    assert rows["celeryredis_transport"].source == f"preset:{preset}"
     assert app.conf.broker_read_url == "celeryredis://127.0.0.1:6379/0"
+
+
+def test_testing_preset_keeps_the_stock_transport() -> None:
+    app = make_app("t", broker_url=URL, preset="testing")
+    assert app.conf.celeryredis_transport == "stock"
+    assert app.conf.broker_read_url in (None, URL)
 
 
 def test_production_keeps_the_reliable_transport_on_sentinel() -> None:
