@@ -89,9 +89,7 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis
 
 
 @pytest.fixture(scope="module")
-def host(
-    tls_cluster: LocalRedisCluster, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Any]:
+def host(tls_cluster: LocalRedisCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The host module (``app``, ``add``, ``fail``, ``once``, ``DIR``, ``ENV``) and a worker."""
     directory = tmp_path_factory.mktemp("tlsclusterapp")
     (directory / "tlsclusterapp.py").write_text(textwrap.dedent(APP))
@@ -234,11 +232,14 @@ def test_a_wrong_ca_fails_at_once_naming_tls_verification(
     message = str(excinfo.value)
     assert "TLS certificate failed verification" in message
     assert "ssl_ca_certs" in message
+    assert "(broker_url redisclusters://app:***@127.0.0.1:" in message  # the URL as written
     _no_secret(message)
     _no_secret(str(excinfo.getrepr(style="long")))
 
     done = _redis_check(host, wrong_url)
     output = done.stdout + done.stderr
-    assert done.returncode != 0, output
+    assert done.returncode == 78, output  # EX_CONFIG: a setting is wrong
+    assert "Error: Redis at redisclusters://app:***@127.0.0.1:" in output
+    assert "refused the app: the server's TLS certificate failed verification" in output
     assert "CERTIFICATE_VERIFY_FAILED" in output
     _no_secret(output)

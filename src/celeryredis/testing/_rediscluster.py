@@ -324,7 +324,8 @@ class LocalRedisCluster:
             "-out", "server.csr", "-subj", "/CN=127.0.0.1")  # fmt: skip
         (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
         run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-out", "server.crt", "-extfile", "san.ext")  # fmt: skip
+            "-CAcreateserial", "-days", "2", "-out", "server.crt",
+            "-extfile", "san.ext")  # fmt: skip
         return directory
 
     def wait_ok(self, timeout: float = 30.0) -> None:
