@@ -12,6 +12,7 @@ any output.
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -138,7 +139,7 @@ def test_the_url_is_tls_with_the_acl_user_and_every_client_uses_it(
                 assert pool.connection_class.__name__ == "SSLConnection", where
                 assert kwargs["username"] == "app", where
                 assert kwargs["ssl_ca_certs"] == str(tls_cluster.ca_file), where
-                assert kwargs["ssl_cert_reqs"] in {"required", 2}, where  # ssl.CERT_REQUIRED
+                assert kwargs["ssl_cert_reqs"] in {"required", ssl.CERT_REQUIRED}, where
             assert client.acl_whoami() == "app", where
 
 
