@@ -227,8 +227,12 @@ def is_redis_failure(exc: BaseException) -> bool:
     kombu raises ``OperationalError`` when the publish retries are used up; Celery's
     Redis result backend raises a bare ``RuntimeError`` (with the connection error as
     its cause) when re-subscribing to the result channel runs out of retries.
+    redis-py's cluster client raises ``RedisClusterException`` (not a ``RedisError``)
+    when no startup node can be reached, with the node's error in its message.
     """
-    if isinstance(exc, RedisRefusedError | OperationalError | rx.RedisError):
+    if isinstance(
+        exc, RedisRefusedError | OperationalError | rx.RedisError | rx.RedisClusterException
+    ):
         return True
     if isinstance(exc, RuntimeError):
         return any(isinstance(e, rx.RedisError | OperationalError | OSError) for e in _chain(exc))

@@ -42,6 +42,7 @@ from celeryredis.keys import lock_pattern, lock_task_name
 from celeryredis.log import redact_exc_info
 from celeryredis.queues import QueueDepth, inspect_queues
 from celeryredis.redaction import redact_text
+from celeryredis.urls import redis_url_of_broker
 
 __all__ = ["EXIT_CODES", "CliError", "main", "redis_command"]
 
@@ -113,7 +114,7 @@ def _root_cause(exc: BaseException) -> BaseException:
 def _broker(ctx: click.Context) -> str:
     app = getattr(ctx.find_root().obj, "app", None)
     url = getattr(getattr(app, "conf", None), "broker_url", None) if app is not None else None
-    return f" at {redact_text(str(url))}" if url else ""
+    return f" at {redact_text(redis_url_of_broker(str(url)))}" if url else ""
 
 
 def _translate(  # noqa: PLR0911 - one return per kind of failure, in the table's order

@@ -57,6 +57,16 @@ PERMANENT = [
     (rx.ResponseError("unknown command 'LPUSH', with args beginning with: "), "unknown_command"),
     (_tls_failure(), "tls_verify"),
     (
+        # redis-py's cluster client when no startup node passes TLS verification: not a
+        # RedisError, the node's error only in the message (measured: a wrong CA on a TLS cluster).
+        rx.RedisClusterException(
+            "Redis Cluster cannot be connected. Please provide at least one reachable node: "
+            "Error 1 connecting to 127.0.0.1:7000. [SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+            "verify failed: self-signed certificate in certificate chain (_ssl.c:1006)."
+        ),
+        "tls_verify",
+    ),
+    (
         rx.ConnectionError("Error while reading: [SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] alert"),
         "tls_client_certificate",
     ),

@@ -88,7 +88,7 @@ from celeryredis.tasks._options import (
     as_positive_int,
     check_task_class,
 )
-from celeryredis.urls import redact_url
+from celeryredis.urls import redact_url, redis_url_of_broker
 from celeryredis.validation import Finding, enforce
 
 __all__ = ["AppRetryBudget", "Task", "emit", "lifecycle_logger", "remember_routing"]
@@ -658,7 +658,8 @@ def publish_error(app: Any, name: str, exc: BaseException, elapsed: float) -> Pu
     if diagnosis.permanent:
         where = refused_by(exc) or ("result backend" if isinstance(exc, RuntimeError) else "broker")
         setting = "result_backend" if where == "result backend" else "broker_url"
-        url = redact_url(str(app.conf.get(setting) or "")) or "unset"
+        # A cluster broker is shown as its rediscluster:// URL, not kombu's one-per-node form.
+        url = redact_url(redis_url_of_broker(str(app.conf.get(setting) or ""))) or "unset"
         message = (
             f"could not publish task {name!r}: the {where}'s Redis ({setting} {url}) refused "
             f"the app: {describe(diagnosis, setting)}. The task was not sent."

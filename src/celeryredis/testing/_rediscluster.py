@@ -82,6 +82,18 @@ class LocalRedisCluster:
             before its replica takes over (about 2x this, measured on loopback).
         password: Start every node with ``--requirepass`` (and ``--masterauth``);
             :attr:`url` then carries it (never shown in a repr).
+        user: ``(name, password)`` of an ACL user created on every node
+            (``user <name> on ><password> ~* &* +@all``); :attr:`url` then carries this
+            user instead of ``password``. The default user stays as ``password`` makes it
+            (replication and this helper's own admin connections use it).
+        tls: Also serve TLS: :meth:`start` makes a CA and a server certificate for IP
+            127.0.0.1 with ``openssl`` in :attr:`directory` (``tls/ca.crt`` is
+            :attr:`ca_file`); every node gets a ``tls-port``, ``tls-cluster yes`` and
+            ``tls-replication yes`` (the cluster bus and replication run over TLS) and
+            does not ask clients for certificates. :attr:`url` then is the
+            ``redisclusters://`` URL of the TLS ports with ``ssl_cert_reqs=required``
+            and ``ssl_ca_certs``. Each node keeps a plain port on loopback
+            (:attr:`ports`) for this helper's own admin connections.
         directory: Parent directory for the nodes' files; a temporary one by default.
         start_timeout: Seconds to wait for ``cluster_state:ok``.
 
@@ -98,6 +110,8 @@ class LocalRedisCluster:
         password: str | None = None,
         directory: str | Path | None = None,
         start_timeout: float = 30.0,
+        user: tuple[str, str] | None = None,
+        tls: bool = False,
     ) -> None:
         if masters < 3:
             raise ValueError(f"a Redis Cluster needs 3 masters at least, not {masters}")
@@ -105,10 +119,13 @@ class LocalRedisCluster:
         self.replica_count = replicas
         self.node_timeout_ms = node_timeout_ms
         self.password = password
+        self.user = user
+        self.tls = tls
         self.start_timeout = start_timeout
         self._own_dir = directory is None
         self.directory = Path(directory or tempfile.mkdtemp(prefix="celeryredis-cluster-"))
         self.nodes: list[RedisServer] = []
+        self._tls_ports: dict[int, int] = {}  # plain port -> TLS port
 
     # -- addresses -------------------------------------------------------------------------
 
@@ -118,9 +135,30 @@ class LocalRedisCluster:
         return [node.port for node in self.nodes]
 
     @property
+    def tls_ports(self) -> list[int]:
+        """Every node's TLS port, in start order (empty without ``tls=True``)."""
+        return [self._tls_ports[port] for port in self.ports if port in self._tls_ports]
+
+    @property
+    def ca_file(self) -> Path:
+        """The CA certificate the nodes' server certificate is signed with (``tls=True``)."""
+        return self.directory / "tls" / "ca.crt"
+
+    @property
     def url(self) -> str:
-        """``rediscluster://[:password@]127.0.0.1:<port>,...`` listing every node."""
-        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        """``rediscluster://[[user]:password@]127.0.0.1:<port>,...`` listing every node.
+
+        With ``tls=True``: ``redisclusters://...`` of the TLS ports, with
+        ``?ssl_cert_reqs=required&ssl_ca_certs=<ca_file>``.
+        """
+        if self.user is not None:
+            auth = f"{quote(self.user[0], safe='')}:{quote(self.user[1], safe='')}@"
+        else:
+            auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        if self.tls:
+            nodes = ",".join(f"127.0.0.1:{port}" for port in self.tls_ports)
+            query = f"ssl_cert_reqs=required&ssl_ca_certs={quote(str(self.ca_file))}"
+            return f"redisclusters://{auth}{nodes}/0?{query}"
         nodes = ",".join(f"127.0.0.1:{port}" for port in self.ports)
         return f"rediscluster://{auth}{nodes}/0"
 
@@ -193,9 +231,14 @@ class LocalRedisCluster:
         """
         cli = find_redis_cli()
         auth = ["--masterauth", self.password] if self.password else []
+        if self.user is not None:
+            name, secret = self.user
+            auth += ["--user", name, "on", f">{secret}", "~*", "&*", "+@all"]
+        certs = self._certificates() if self.tls else None
         for index in range(self.master_count * (1 + self.replica_count)):
             directory = self.directory / f"node-{index}"
             directory.mkdir(parents=True, exist_ok=True)
+            tls_port = _cluster_port() if certs is not None else 0
             node = RedisServer(
                 directory=directory,
                 databases=1,
@@ -206,19 +249,24 @@ class LocalRedisCluster:
                     "--cluster-node-timeout", str(self.node_timeout_ms),
                     "--repl-diskless-sync-delay", "0",
                     *auth,
+                    *self._tls_args(certs, tls_port),
                 ],
             )  # fmt: skip
-            node.port = _cluster_port()
+            if certs is None:
+                node.port = _cluster_port()
             self.nodes.append(node)
             node.start_timeout = self.start_timeout
             node.start()
+            if tls_port:
+                self._tls_ports[node.port] = tls_port
         env = dict(os.environ)
         if self.password:
             env["REDISCLI_AUTH"] = self.password  # not on the command line
+        tls_flags = ["--tls", "--cacert", str(self.ca_file)] if self.tls else []
         create = subprocess.run(  # noqa: S603 - fixed argv, no shell
             [
-                cli, "--cluster", "create",
-                *(f"127.0.0.1:{port}" for port in self.ports),
+                cli, *tls_flags, "--cluster", "create",
+                *(f"127.0.0.1:{port}" for port in (self.tls_ports if self.tls else self.ports)),
                 "--cluster-replicas", str(self.replica_count),
                 "--cluster-yes",
             ],
@@ -235,6 +283,50 @@ class LocalRedisCluster:
             )
         self.wait_ok(self.start_timeout)
         return self
+
+    def _tls_args(self, certs: Path | None, port: int) -> list[str]:
+        """A node's TLS arguments (``port``: its TLS port, whose bus port is free)."""
+        if certs is None:
+            return []
+        return [
+            "--tls-port", str(port),
+            "--tls-cert-file", str(certs / "server.crt"),
+            "--tls-key-file", str(certs / "server.key"),
+            "--tls-ca-cert-file", str(certs / "ca.crt"),
+            "--tls-auth-clients", "no",
+            "--tls-cluster", "yes",
+            "--tls-replication", "yes",
+        ]  # fmt: skip
+
+    def _certificates(self) -> Path:
+        """A CA and a server certificate for IP 127.0.0.1 signed by it, in ``tls/``."""
+        directory = self.directory / "tls"
+        directory.mkdir(parents=True, exist_ok=True)
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise RedisServerNotFound("openssl is not installed (a TLS test cluster needs it)")
+
+        def run(*args: str) -> None:
+            done = subprocess.run(  # noqa: S603 - fixed argv, no shell
+                [openssl, *args],
+                cwd=directory,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise RedisServerError(f"openssl {args[0]} failed: {done.stderr[-1000:]}")
+
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=celeryredis-test-ca")  # fmt: skip
+        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
+            "-out", "server.csr", "-subj", "/CN=127.0.0.1")  # fmt: skip
+        (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+        run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-out", "server.crt",
+            "-extfile", "san.ext")  # fmt: skip
+        return directory
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Wait until every running node reports ``cluster_state:ok`` and all slots assigned.

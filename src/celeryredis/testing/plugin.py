@@ -129,7 +129,7 @@ def redis_cluster_factory(tmp_path: Path) -> Iterator[Callable[..., LocalRedisCl
     """Start private Redis Clusters a test may kill nodes of; all stopped at teardown.
 
     Call it with :class:`~celeryredis.testing.LocalRedisCluster`'s arguments
-    (``masters``, ``replicas``, ``node_timeout_ms``, ``password``).
+    (``masters``, ``replicas``, ``node_timeout_ms``, ``password``, ``user``, ``tls``).
     """
     clusters: list[LocalRedisCluster] = []
 
