@@ -604,23 +604,35 @@ def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
     _apply_durable_publish(flat, conf)
     if layered.value != "reliable":
         return
-    read = conf.get("broker_read_url") or conf.get("broker_url")
-    if not isinstance(read, str):
-        return
+    if _reliable_alias(
+        flat,
+        conf,
+        "broker_read_url",
+        "consumers use celeryredis's reliable transport (celeryredis_transport='reliable') "
+        "through its URL scheme",
+    ):
+        _lease_options(flat, conf)
+
+
+def _reliable_alias(flat: dict[str, _Layered], conf: dict[str, Any], name: str, why: str) -> bool:
+    """Point ``name`` (``broker_read_url``/``broker_write_url``) at the reliable scheme.
+
+    Its value, or the broker URL, in the reliable transport's scheme; False when there
+    is no URL string to rewrite.
+    """
+    url = conf.get(name) or conf.get("broker_url")
+    if not isinstance(url, str):
+        return False
     from celeryredis.transport import register_aliases  # noqa: PLC0415
 
     register_aliases()  # kombu learns the scheme when the transport is selected
-    aliased = reliable_url(read)
-    own = flat.get("broker_read_url")
-    conf["broker_read_url"] = aliased
-    flat["broker_read_url"] = _Layered(
-        aliased,
-        own.kind if own else "derived",
-        own.source if own else "derived",
-        "consumers use celeryredis's reliable transport (celeryredis_transport='reliable') "
-        "through its URL scheme",
+    aliased = reliable_url(url)
+    own = flat.get(name)
+    conf[name] = aliased
+    flat[name] = _Layered(
+        aliased, own.kind if own else "derived", own.source if own else "derived", why
     )
-    _lease_options(flat, conf)
+    return True
 
 
 def _apply_durable_publish(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
@@ -656,22 +668,14 @@ def _apply_durable_publish(flat: dict[str, _Layered], conf: dict[str, Any]) -> N
     )
     if replicas <= 0:
         return
-    write = conf.get("broker_write_url") or conf.get("broker_url")
-    if not isinstance(write, str):
-        return
-    from celeryredis.transport import register_aliases  # noqa: PLC0415
-
-    register_aliases()
-    aliased = reliable_url(write)
-    own = flat.get("broker_write_url")
-    conf["broker_write_url"] = aliased
-    flat["broker_write_url"] = _Layered(
-        aliased,
-        own.kind if own else "derived",
-        own.source if own else "derived",
+    if not _reliable_alias(
+        flat,
+        conf,
+        "broker_write_url",
         "producers publish through celeryredis's reliable channel, which sends WAIT after "
         "each publish (celeryredis_durable_publish)",
-    )
+    ):
+        return
     options = conf.setdefault("broker_transport_options", {})
     for name, option in _DURABLE_OPTIONS.items():
         layered = flat.get(name)
