@@ -7,6 +7,7 @@ no load on the cluster whose commands a scenario measures.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import textwrap
 import time
@@ -180,13 +181,14 @@ def migrate_slot(
             src.execute_command("MIGRATE", "127.0.0.1", target, "", 0, 5000, *auth, "KEYS", *keys)
             moved += len(keys)
             time.sleep(pause)
-        for port in [target, source, *(p for p in cluster.ports if p not in (source, target))]:
-            if cluster.node(port).is_running():
-                client = node(port)
-                try:
-                    client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
-                finally:
-                    client.close()
+        # The new owner first, then the old one, then the other masters (replicas refuse
+        # SETSLOT; they learn the new owner from their masters).
+        for port in [target, source, *(p for p in cluster.masters if p not in (source, target))]:
+            client = node(port)
+            try:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+            finally:
+                client.close()
     finally:
         src.close()
         dst.close()
@@ -196,12 +198,16 @@ def migrate_slot(
 def reshard(cluster: LocalRedisCluster, source: int, target: int, slots: int) -> str:
     """``redis-cli --cluster reshard``: move ``slots`` slots from ``source`` to ``target``."""
     ids = node_ids(cluster)
+    env = dict(os.environ)
+    if cluster.password:
+        env["REDISCLI_AUTH"] = cluster.password  # not on the command line
     proc = subprocess.run(
         [
             find_redis_cli(), "--cluster", "reshard", f"127.0.0.1:{source}",
             "--cluster-from", ids[source], "--cluster-to", ids[target],
             "--cluster-slots", str(slots), "--cluster-yes",
         ],
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,

@@ -25,6 +25,7 @@ from tests.cluster._rig import (
     host_module,
     migrate_slot,
     queues_per_master,
+    reshard,
     runs,
     workers,
 )
@@ -135,14 +136,19 @@ def test_enqueue_many_of_10000_lands_exactly_on_a_cluster_queue(
     (queue,) = queues_per_master(cluster, 1, "bq")[:1]
     url, count = counter
     host = _host(monkeypatch, tmp_path, "scen_enqueue", cluster, url, IGNORE_RESULT="1")
+    started = time.monotonic()
     published = enqueue_many(host.work, (("10k", n) for n in range(10_000)), queue=queue)
+    took = time.monotonic() - started
     assert len(published) == 10_000
-    assert _queue_depths(cluster, [queue]) == [10_000]
-    with workers(host, ("drain", "prefork", 2), queues=[queue]):
+    assert _queue_depths(cluster, [queue]) == [10_000]  # on the queue's own key, {bq..}
+    # solo: a prefork worker on the cluster poll loop takes at most its prefetch window
+    # per polling interval (2 per 0.1 s with -c 2; docs/cluster.md, capacity).
+    with workers(host, ("drain", "solo", 1), queues=[queue]):
         wait_for(lambda: count.hlen("runs:10k") == 10_000, 180, "10,000 tasks to run")
     ran = runs(count, "10k")
     assert set(ran) == set(range(10_000))
     assert set(ran.values()) == {1}
+    print(f"enqueue_many: 10,000 tasks to {queue!r} on the cluster broker in {took:.2f} s")
 
 
 # --- 2. a master SIGKILLed mid-drain, publishers running ---------------------------------
@@ -232,11 +238,17 @@ def test_a_live_reshard_of_a_busy_queues_slot_loses_nothing_and_duplicates_nothi
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    queue = queues_per_master(cluster, 1, "rq")[0]
-    keys = queue_keys("", queue)
+    # A queue in the first third of the slots (the first master's, 0-5460): on either
+    # other master it is then the lowest slot, the one `redis-cli --cluster reshard`
+    # moves first.
     client = cluster.client()
-    slot = int(client.keyslot(keys["lists"][0]))
-    client.close()
+    try:
+        queue = next(f"rq{i}" for i in range(1000) if client.keyslot(f"{{rq{i}}}") < 5461)
+        keys = queue_keys("", queue)
+        slot = int(client.keyslot(keys["lists"][0]))
+    finally:
+        client.close()
+    first = cluster.master_for(keys["lists"][0])
     url, count = counter
     host = _host(monkeypatch, tmp_path, "scen_reshard", cluster, url, IGNORE_RESULT="1")
     total = 3000
@@ -271,6 +283,20 @@ def test_a_live_reshard_of_a_busy_queues_slot_loses_nothing_and_duplicates_nothi
                 )
                 assert cluster.master_for(keys["lists"][0]) == target
                 time.sleep(0.5)
+        # Then redis-cli's own reshard of one slot, from a master where it is the lowest.
+        source = cluster.master_for(keys["lists"][0])
+        if source == first:
+            source = next(p for p in cluster.masters if p != first)
+            migrate_slot(cluster, slot, first, source, pause=0.2)
+            moves.append(f"{first}->{source}")
+        target = next(p for p in cluster.masters if p not in (source, first))
+        began = time.monotonic()
+        reshard(cluster, source, target, 1)
+        moves.append(
+            f"redis-cli --cluster reshard --cluster-slots 1 {source}->{target} in "
+            f"{time.monotonic() - began:.2f} s"
+        )
+        assert cluster.master_for(keys["lists"][0]) == target
         thread.join(timeout=120)
         assert not thread.is_alive()
         wait_for(lambda: count.hlen("runs:rs") >= len(acknowledged), 120, "the drain to finish")
