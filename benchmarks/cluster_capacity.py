@@ -10,10 +10,13 @@ queues whose hash tags sit on three different masters, and for each case:
    queues and their unacked hashes are empty, and with results every result is
    stored), reading the same counters before the worker starts and after the drain:
    the consume side (the worker's start-up and its idle polls until the end are
-   included; see ``idle`` below for their rate).
+   counted; see ``idle`` for their rate). The drain's time runs from the worker's
+   ``ready.`` line to the last task.
 
 Per case it prints commands per task per master and in all, node CPU (all masters)
-per 1,000 tasks, and how long the drain took. Cases: a solo worker with
+per 1,000 tasks, and how long the drain took. The commands this script sends while it
+waits (``INFO``, ``LLEN``, ``HLEN``, ``EXISTS``, from one long-lived client) are not
+counted. Cases: a solo worker with
 ``task_ignore_result`` (broker only), a solo worker storing results on the same cluster,
 and a prefork worker (``-c 2``) storing results (its rate shows the poll loop's cap).
 
@@ -62,9 +65,17 @@ def _node(port: int) -> redis.Redis:
     return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
 
 
+#: What this script itself sends while it waits for the drain (one long-lived client):
+#: not counted.
+_OWN: frozenset[str] = frozenset({"info", "llen", "hlen", "exists"})
+#: Per command name, calls summed over the masters, at the last snapshot.
+_BY_COMMAND: dict[str, int] = {}
+
+
 def _snapshot(masters: list[int]) -> dict[int, tuple[int, float]]:
     """``{port: (commands served, CPU seconds)}``; the INFO calls themselves excluded."""
     out = {}
+    _BY_COMMAND.clear()
     for port in masters:
         client = _node(port)
         try:
@@ -72,7 +83,14 @@ def _snapshot(masters: list[int]) -> dict[int, tuple[int, float]]:
             cpu: dict[str, Any] = client.info("cpu")
         finally:
             client.close()
-        calls = sum(int(row["calls"]) for name, row in stats.items() if name != "cmdstat_info")
+        calls = sum(
+            int(row["calls"])
+            for name, row in stats.items()
+            if name.removeprefix("cmdstat_") not in _OWN
+        )
+        for name, row in stats.items():
+            command = name.removeprefix("cmdstat_")
+            _BY_COMMAND[command] = _BY_COMMAND.get(command, 0) + int(row["calls"])
         out[port] = (calls, float(cpu["used_cpu_sys"]) + float(cpu["used_cpu_user"]))
     return out
 
@@ -94,16 +112,12 @@ def _report(label: str, tasks: int, delta: dict[int, tuple[int, float]], seconds
     )
 
 
-def _drained(cluster: LocalRedisCluster, queues: list[str]) -> bool:
-    client = cluster.client()
-    try:
-        for queue in queues:
-            keys = queue_keys("", queue)
-            if any(client.llen(key) for key in keys["lists"]) or client.hlen(keys["unacked"]):
-                return False
-        return True
-    finally:
-        client.close()
+def _drained(client: Any, queues: list[str]) -> bool:
+    for queue in queues:
+        keys = queue_keys("", queue)
+        if any(client.llen(key) for key in keys["lists"]) or client.hlen(keys["unacked"]):
+            return False
+    return True
 
 
 def _case(
@@ -135,28 +149,35 @@ def _case(
         hostname=f"{label}@%h",
         log_path=directory / f"{label}.log",
     )
+    client = cluster.client()  # one client: its connections are made before counting
+    _drained(client, queues)
     try:
-        before, start = _snapshot(masters), time.monotonic()
+        before = _snapshot(masters)
+        commands_before = dict(_BY_COMMAND)
         worker.wait_ready(60)
+        start = time.monotonic()
         deadline = time.monotonic() + 600
-        while not _drained(cluster, queues):
+        while not _drained(client, queues):
             if time.monotonic() > deadline:
                 raise SystemExit(f"{label}: not drained in 600 s")
             time.sleep(0.05)
         if results:
-            client = cluster.client()
-            try:
-                keys = [host.app.backend.get_key_for_task(r.id) for r in sent]
-                chunks = [keys[i : i + 500] for i in range(0, len(keys), 500)]
-                while sum(client.exists(*chunk) for chunk in chunks) < len(keys):
-                    time.sleep(0.05)
-            finally:
-                client.close()
+            keys = [host.app.backend.get_key_for_task(r.id) for r in sent]
+            chunks = [keys[i : i + 500] for i in range(0, len(keys), 500)]
+            while sum(client.exists(*chunk) for chunk in chunks) < len(keys):
+                time.sleep(0.05)
         seconds = time.monotonic() - start
         delta = _delta(before, _snapshot(masters))
     finally:
         worker.stop()
+        client.close()
     _report("consume", tasks, delta, seconds)
+    per_task = {
+        name: round((calls - commands_before.get(name, 0)) / tasks, 2)
+        for name, calls in _BY_COMMAND.items()
+        if name not in _OWN and (calls - commands_before.get(name, 0)) / tasks >= 0.05
+    }
+    print(f"           per task, by command (calls inside scripts included): {per_task}")
 
 
 def _idle(cluster: LocalRedisCluster, directory: Path, queues: list[str]) -> None:
