@@ -476,26 +476,27 @@ def _command_calls(store: Any) -> dict[str, int]:
     return calls
 
 
-def _pick_queues(store: Any) -> list[str]:
-    from celeryredis.transport._cluster import queue_keys  # noqa: PLC0415
+def _queue_key(queue: str) -> str:
+    """A queue's list on the cluster broker: its name as the hash tag (docs/cluster.md)."""
+    return "{" + queue + "}"
 
+
+def _pick_queues(store: Any) -> list[str]:
     chosen: dict[str, str] = {}
     for name in _QUEUE_NAMES:
-        node = store.get_node_from_key(queue_keys("", name)["lists"][0])
+        node = store.get_node_from_key(_queue_key(name))
         chosen.setdefault(f"{node.host}:{node.port}", name)
     return list(chosen.values())
 
 
 def _cluster_app(hostapp: Any, queues: list[str], out: list[str]) -> None:
-    from celeryredis.transport._cluster import queue_keys  # noqa: PLC0415
-
     store = hostapp.store
     _say(f"   broker_url     {redact_text(hostapp.app.conf.broker_url)}")
     _say(f"   result backend {type(hostapp.app.backend).__name__}")
     with hostapp.app.connection_for_write() as conn:
         _say(f"   transport      {type(conn.transport).__module__}")
     for queue in queues:
-        key = queue_keys("", queue)["lists"][0]
+        key = _queue_key(queue)
         node = store.get_node_from_key(key)
         _say(
             f"   queue {queue!r:<14} key {key!r:<14} slot {store.keyslot(key):>5} "
