@@ -167,12 +167,9 @@ def test_a_master_killed_mid_drain_with_publishers_running_loses_no_acknowledged
     per_publisher, publishers = 2000, 2
     acknowledged: list[list[int]] = [[] for _ in range(publishers)]
     refused: list[str] = []
-    stop = threading.Event()
 
     def publish(index: int) -> None:
         for i in range(per_publisher):
-            if stop.is_set():
-                return
             n = index * per_publisher + i
             try:
                 host.work.apply_async(("fo", n), queue=queues[n % 3])
@@ -184,7 +181,9 @@ def test_a_master_killed_mid_drain_with_publishers_running_loses_no_acknowledged
 
     specs = (("solo", "solo", 1), ("prefork", "prefork", 2))
     with workers(host, *specs, queues=queues) as started:
-        threads = [threading.Thread(target=publish, args=(i,), daemon=True) for i in range(2)]
+        threads = [
+            threading.Thread(target=publish, args=(i,), daemon=True) for i in range(publishers)
+        ]
         for thread in threads:
             thread.start()
         wait_for(lambda: count.hlen("runs:fo") >= 1000, 120, "1,000 tasks to run")
