@@ -135,6 +135,18 @@ PRIVATE_API: Final[tuple[tuple[str, str, str], ...]] = (
 MIRRORED: Final[dict[str, dict[str, str]]] = {
     "celery.app.base.Celery.send_task": {"5.7.0": "b504731aa5f3b590"},
     "celery.app.task.Task.apply_async": {"5.7.0": "15d38f684796b349"},
+    # What bulk._Sender relies on to build once per batch what these compute per call:
+    # argsrepr/kwargsrepr (bulk._flat_repr gives saferepr's text for flat arguments),
+    # routes that depend on the task's name only, and shadow_name returning None.
+    "celery.app.amqp.AMQP.as_task_v2": {"5.7.0": "32e04ba75bbc1463"},
+    "celery.utils.saferepr.saferepr": {"5.7.0": "5abccefe7765c229"},
+    "celery.utils.saferepr._saferepr": {"5.7.0": "b6ec1ccef4493650"},
+    "celery.utils.saferepr.reprstream": {"5.7.0": "2960b7ece616dee1"},
+    "celery.utils.saferepr._format_chars": {"5.7.0": "8239644ed7e75d54"},
+    "celery.utils.text.truncate": {"5.7.0": "fa21945ecf9c472a"},
+    "celery.app.routes.Router.route": {"5.7.0": "3cf639f6f8dedbbc"},
+    "celery.app.routes.MapRoute.__call__": {"5.7.0": "067499b5e7a30f7f"},
+    "celery.app.task.Task.shadow_name": {"5.7.0": "76ef818a0da5b4ab"},
 }
 
 # Keys Celery itself puts into a decorated task's class dict (celery/app/base.py,

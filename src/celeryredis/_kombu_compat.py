@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_SEP",
     "KOMBU_VERSION",
     "PRIVATE_API",
+    "PUBLISH_BATCH_KWARG",
     "check",
     "client_key_prefix",
     "deliver",
@@ -54,6 +55,10 @@ REQUIREMENT: Final = "kombu[redis]>=5.7,<5.8"
 #: kombu 5.7's own floor for redis-py.
 REDIS_PY_FLOOR: Final = (6, 4)
 REDIS_PY_VERSION: Final = tuple(int(part) for part in re.findall(r"\d+", version("redis"))[:3])
+
+#: The keyword kombu 5.7's ``basic_publish`` hands a publish batch with (see
+#: ``_kombu_batch``); the cluster transport's ``_put`` reads it to collect, not send.
+PUBLISH_BATCH_KWARG: Final = "_publish_batch"
 
 #: (module, class, name, how it is looked up, who uses it and why). ``class`` lookups
 #: find a method or class attribute; ``instance`` ones an attribute the class's own
@@ -105,6 +110,14 @@ PRIVATE_API: Final[tuple[tuple[str, str, str, str, str], ...]] = (
     (_VIRTUAL, "Channel", "_tag_to_queue", "instance", "cluster transport: a cancelled queue"),
     (_VIRTUAL, "QoS", "_delivered", "instance", "cluster transport: held at close"),
     (_VIRTUAL, "QoS", "_flush", "class", "cluster transport: drop acked before restoring"),
+    # redis-py: the cluster transport select()s on its wake-up subscriptions' sockets.
+    (
+        "redis.connection",
+        "AbstractConnection",
+        "_sock",
+        "instance",
+        "cluster transport: select() on the wake-up sockets",
+    ),
 )
 
 

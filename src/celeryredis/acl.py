@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celeryredis.exceptions import ConfigurationError
-from celeryredis.urls import parse_redis_url
+from celeryredis.urls import parse_redis_url, redis_url_of_broker
 
 __all__ = ["AclRule", "acl_rule"]
 
@@ -94,7 +94,7 @@ def acl_rule(conf: Mapping[str, Any], user: str | None = None) -> AclRule:
             "(kombu's own keys have no common prefix otherwise)",
             setting="broker_transport_options",
         )
-    url = parse_redis_url(str(conf.get("broker_url")), setting="broker_url")
+    url = parse_redis_url(redis_url_of_broker(str(conf.get("broker_url"))), setting="broker_url")
     fanout = f"{prefix}/{url.db}."
     explanations: list[tuple[str, str]] = [
         (f"~{prefix}*", "queues, kombu bindings, unacked records, results, celeryredis keys"),

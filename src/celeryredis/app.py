@@ -102,9 +102,6 @@ _RESOLVED: Final = MERGED_DICT_SETTINGS | {
     "celeryredis_validate",
     "celeryredis_validate_checks",
     "result_backend_always_retry",
-    # Off for a Redis Cluster broker (_apply_cluster_transport):
-    "celeryredis_heartbeat_interval",
-    "celeryredis_dead_letter",
 }
 #: The host settings the resolved settings depend on (what the layer reads to resolve).
 _RESOLUTION_INPUTS: Final = _RESOLVED | {
@@ -119,6 +116,7 @@ _RESOLUTION_INPUTS: Final = _RESOLVED | {
     "celeryredis_lease_seconds",
     "celeryredis_lease_sweep_interval",
     "celeryredis_fetch_batch_max",
+    "celeryredis_cluster_partitions",
 }
 
 Kind = Literal["preset", "host", "argument", "env", "derived", "default"]
@@ -640,10 +638,6 @@ def _lease_options(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
         )
 
 
-#: Features that keep celeryredis's own keys on the broker's Redis, off on a cluster broker.
-_CLUSTER_NOT_YET: Final = {"celeryredis_heartbeat_interval": 0, "celeryredis_dead_letter": False}
-
-
 def _apply_cluster_transport(flat: dict[str, _Layered], conf: dict[str, Any], broker: str) -> None:
     """A ``rediscluster://`` broker: producers and consumers use the cluster transport.
 
@@ -667,26 +661,6 @@ def _apply_cluster_transport(flat: dict[str, _Layered], conf: dict[str, Any], br
             "pass the URL to make_app(broker_url=...)",
             setting="broker_url",
         )
-    for name, off in _CLUSTER_NOT_YET.items():
-        layered = flat.get(name)
-        value = layered.value if layered else default(name)
-        if value in (off, None) or value == 0:
-            continue
-        if layered is not None and layered.kind in ("argument", "host"):
-            raise ConfigurationError(
-                f"{name}={value!r} (from {layered.source}) needs celeryredis's own keys on the "
-                f"broker's Redis, which a Redis Cluster broker does not hold yet; set {name}="
-                f"{off!r} or use a single-node or Sentinel broker",
-                setting=name,
-            )
-        conf[name] = off
-        flat[name] = _Layered(
-            off,
-            "derived",
-            "derived",
-            f"{layered.source if layered else 'the default'} sets {value!r}, but on a Redis "
-            "Cluster broker celeryredis's own keys (heartbeats, dead letters) are not there yet",
-        )
     why = "a Redis Cluster broker uses celeryredis's cluster transport (celeryrediscluster://)"
     for setting in ("broker_url", "broker_read_url"):
         value = conf.get(setting) or broker
@@ -699,6 +673,34 @@ def _apply_cluster_transport(flat: dict[str, _Layered], conf: dict[str, Any], br
             aliased, own.kind if own else "derived", own.source if own else "derived", why
         )
     _lease_options(flat, conf)
+    _partition_options(flat, conf)
+
+
+def _partition_options(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
+    """``celeryredis_cluster_partitions`` becomes the cluster transport's ``partitions``.
+
+    Checked here, so a wrong value fails when the app is made, naming where it came from;
+    ``broker_transport_options["partitions"]`` set directly wins (and is checked by the
+    transport).
+    """
+    from celeryredis.transport import parse_partitions  # noqa: PLC0415
+
+    name = "celeryredis_cluster_partitions"
+    entry = flat.get(name)
+    value = entry.value if entry else default(name)
+    try:
+        checked = parse_partitions(value, name)
+    except (TypeError, ValueError) as exc:
+        source = entry.source if entry else "the default"
+        raise ConfigurationError(f"{exc} (from {source})", setting=name) from None
+    if not checked:
+        return
+    options = conf.setdefault("broker_transport_options", {})
+    options.setdefault("partitions", checked)
+    flat.setdefault(
+        "broker_transport_options.partitions",
+        _Layered(options["partitions"], "derived", "derived", f"from {name}"),
+    )
 
 
 def _scale_publish_retries(flat: dict[str, _Layered], broker_url: str) -> None:
@@ -754,6 +756,10 @@ class _Layer(Mapping[str, Any]):
         self.absorbed: dict[str, Any] = {}
         self._cache: tuple[tuple[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
         self._keys: dict[tuple[str, str], tuple[str, ...]] = {}
+        self._split: (
+            tuple[tuple[Mapping[str, Any], ...], list[Mapping[str, Any]], list[Mapping[str, Any]]]
+            | None
+        ) = None
         #: The namespace prefix of the configuration the layer is attached to.
         self.prefix: str | None = None
 
@@ -836,10 +842,21 @@ class _Layer(Mapping[str, Any]):
         conf = self._conf()
         if conf is None:
             return [], []
-        maps: list[Mapping[str, Any]] = list(getattr(conf, "maps", ()))[:-1]  # not the defaults
+        chain: list[Mapping[str, Any]] = getattr(conf, "maps", [])
+        # Celery only ever adds maps (add_defaults): the split is kept while the chain's
+        # maps are the same objects, checked by identity on every call (cheap).
+        cached = self._split
+        if (
+            cached is not None
+            and len(cached[0]) == len(chain)
+            and all(a is b for a, b in zip(cached[0], chain, strict=True))
+        ):
+            return cached[1], cached[2]
+        maps = list(chain)[:-1]  # not the defaults
         position = next((i for i, m in enumerate(maps) if m is self), len(maps))
         above = [m for m in maps[:position] if not getattr(m, "celeryredis_layer", False)]
         below = [m for m in maps[position + 1 :] if not getattr(m, "celeryredis_layer", False)]
+        self._split = (tuple(chain), above, below)
         return above, below
 
     def _host_maps(self) -> list[Mapping[str, Any]]:

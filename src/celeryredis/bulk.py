@@ -14,29 +14,38 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence, Sized
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 import redis
 from celery import Celery, Signature
+from celery.app.routes import MapRoute
+from celery.app.task import Task as CeleryTask
 from celery.result import AsyncResult
 from celery.utils.functional import maybe_list
+from celery.utils.nodenames import anon_nodename
+from celery.utils.saferepr import saferepr
 from kombu.exceptions import OperationalError
+from redis.backoff import NoBackoff
+from redis.crc import key_slot
+from redis.exceptions import ExecAbortError, RedisClusterException
+from redis.retry import Retry
 
 from celeryredis import _celery_compat, _kombu_compat
 from celeryredis._errors import classify, describe, fails_fast
 from celeryredis._kombu_batch import BatchProducer, Command
-from celeryredis.connection import get_redis
+from celeryredis.connection import REDIS_ERRORS, get_redis, is_cluster
 from celeryredis.exceptions import CeleryRedisError, DuplicateTaskError
 from celeryredis.keys import bulk_marker_key
 from celeryredis.locks import LockError, TokenLock
 from celeryredis.redaction import redact_text
 from celeryredis.tasks.unique import UniqueTask
 
-__all__ = ["BulkDuplicateError", "BulkPublishError", "Progress", "enqueue_many"]
+__all__ = ["BulkDuplicateError", "BulkPublishError", "Progress", "SlotReport", "enqueue_many"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +54,38 @@ logger = logging.getLogger(__name__)
 Progress = Callable[[int, "int | None"], None]
 
 _MARKER_TTL = 86_400  # seconds a chunk's marker is kept
+
+
+@dataclass(frozen=True)
+class SlotReport:
+    """One hash slot's part of a chunk on a Redis Cluster broker (see :class:`BulkPublishError`).
+
+    Attributes:
+        slot: The hash slot (0-16383).
+        keys: The queue keys its messages went to.
+        task_ids: Ids of the calls with a message in this slot.
+        messages: How many messages the slot's transaction held.
+        state: ``published`` (its transaction was applied), ``refused`` (Redis answered
+            and applied none of it), ``in_doubt`` (sent, reply lost: its marker says),
+            or ``not_sent`` (a slot before it failed).
+        marker_key: The key that exists if and only if this slot's part was applied.
+        error: What went wrong (``refused`` and ``in_doubt`` only).
+    """
+
+    slot: int
+    keys: tuple[str, ...]
+    task_ids: tuple[str, ...]
+    messages: int
+    state: str
+    marker_key: str
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict."""
+        data = asdict(self)
+        data["keys"] = list(self.keys)
+        data["task_ids"] = list(self.task_ids)
+        return data
 
 
 class BulkPublishError(CeleryRedisError):
@@ -65,6 +106,12 @@ class BulkPublishError(CeleryRedisError):
         in_doubt_ids: Ids of the chunk whose transaction's reply was lost.
         next_index: Index in ``calls`` of the first call not known to be published.
         marker_key: The key that exists if and only if the in-doubt chunk was applied.
+        slots: On a Redis Cluster broker, where each chunk is one transaction per hash
+            slot: what happened to each slot's part of the failing chunk
+            (:class:`~celeryredis.bulk.SlotReport`, in the order they were sent; empty
+            on one node). The chunk can then be published in part: ``published_ids``
+            holds its landed calls too, and ``next_index`` is its first call that did
+            not land.
     """
 
     def __init__(
@@ -76,9 +123,11 @@ class BulkPublishError(CeleryRedisError):
         in_doubt_ids: Sequence[str] = (),
         next_index: int = 0,
         marker_key: str | None = None,
+        slots: Sequence[SlotReport] = (),
     ) -> None:
         # Not super(): BulkDuplicateError also derives from DuplicateTaskError.
         CeleryRedisError.__init__(self, message)
+        self.slots = list(slots)
         self.published_ids = list(published_ids)
         self.unpublished_ids = list(unpublished_ids)
         self.in_doubt_ids = list(in_doubt_ids)
@@ -95,19 +144,29 @@ class BulkPublishError(CeleryRedisError):
 
         On True its ids move to :attr:`published_ids` and :attr:`next_index` past it;
         on False to :attr:`unpublished_ids`. None: nothing was in doubt, or Redis is
-        still unreachable (call again later; the marker lives a day).
+        still unreachable (call again later; the marker lives a day). On a Redis
+        Cluster broker the in-doubt part is one slot's: its :attr:`slots` entry becomes
+        ``published`` or ``refused``, and :attr:`next_index` stays (the chunk's calls
+        after it may not have landed; resume by :attr:`unpublished_ids`).
         """
         if not self.in_doubt_ids or self.marker_key is None:
             return None
         try:
             applied = bool(get_redis(app).exists(self.marker_key))
-        except (redis.RedisError, OSError):
+        except (*REDIS_ERRORS, OSError):
             return None
         if applied:
             self.published_ids.extend(self.in_doubt_ids)
-            self.next_index += len(self.in_doubt_ids)
+            if not self.slots:
+                self.next_index += len(self.in_doubt_ids)
         else:
             self.unpublished_ids = self.in_doubt_ids + self.unpublished_ids
+        self.slots = [
+            replace(slot, state="published" if applied else "refused")
+            if slot.state == "in_doubt"
+            else slot
+            for slot in self.slots
+        ]
         self.in_doubt_ids = []
         return applied
 
@@ -150,6 +209,7 @@ class _Call:
     kwargs: dict[str, Any]
     options: dict[str, Any]
     lock_key: str | None = None
+    shared: bool = False  # no options of its own: the batch's options as they are
     result: str | None = None  # the id the caller gets back (a holder's, for a duplicate)
     publish: bool = True
 
@@ -294,14 +354,15 @@ def _prepare(batch: _Batch, items: list[tuple[int, Any]]) -> list[_Call]:
     """Turn a chunk of the input into calls with ids (and unique locks' keys)."""
     task = batch.task
     chunk: list[_Call] = []
-    for index, call in items:
+    ids = _new_ids(len(items))
+    for (index, call), new_id in zip(items, ids, strict=True):
         try:
             args, kwargs, opts = _split(task, call, index)
         except TypeError as exc:
             raise _stopped(batch, f"enqueue_many({task.name}): {exc}", chunk) from exc
         options = {**batch.options, **opts}
-        task_id = options.pop("task_id", None) or str(uuid.uuid4())
-        chunk.append(_Call(index, task_id, args, kwargs, options, result=task_id))
+        task_id = options.pop("task_id", None) or new_id
+        chunk.append(_Call(index, task_id, args, kwargs, options, shared=not opts, result=task_id))
     if isinstance(task, UniqueTask) and task.unique_mode != "while_executing":
         _lock_chunk(batch, chunk)
     elif isinstance(task, UniqueTask):
@@ -310,11 +371,28 @@ def _prepare(batch: _Batch, items: list[tuple[int, Any]]) -> list[_Call]:
     return chunk
 
 
+def _new_ids(count: int) -> list[str]:
+    """``count`` random task ids, each what ``str(uuid.uuid4())`` gives.
+
+    Version-4 UUIDs from one ``os.urandom`` read: the version and variant bits set as
+    RFC 4122 says, the rest random, written in the 8-4-4-4-12 form.
+    """
+    raw = bytearray(os.urandom(16 * count))
+    ids = []
+    for start in range(0, 16 * count, 16):
+        raw[start + 6] = (raw[start + 6] & 0x0F) | 0x40  # version 4
+        raw[start + 8] = (raw[start + 8] & 0x3F) | 0x80  # RFC 4122 variant
+        h = raw[start : start + 16].hex()
+        ids.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return ids
+
+
 def _set_unique_header(task: UniqueTask, call: _Call) -> str:
     call.options["headers"], key = task.unique_headers(
         call.options.get("headers"), call.args, call.kwargs
     )
     call.lock_key = key
+    call.shared = False  # its own headers
     return key
 
 
@@ -390,6 +468,11 @@ def _publish_chunk(
     connection: Any,
 ) -> None:
     app, task = batch.app, batch.task
+    if is_cluster(channel.client):
+        _publish_chunk_by_slot(
+            batch, sender, producer, chunk, chunk_no, client=channel.client, connection=connection
+        )
+        return
     try:
         for call in chunk:
             if call.publish:
@@ -433,6 +516,175 @@ def _publish_chunk(
         ) from exc
     batch.published.extend(call.result for call in chunk)
     batch.next_index = chunk[-1].index + 1
+
+
+# -- a Redis Cluster broker: one transaction per hash slot ------------------------------------
+
+
+def _publish_chunk_by_slot(
+    batch: _Batch,
+    sender: _Sender,
+    producer: BatchProducer,
+    chunk: list[_Call],
+    chunk_no: int,
+    *,
+    client: Any,
+    connection: Any,
+) -> None:
+    """Publish a chunk on a cluster broker: one ``MULTI``/``EXEC`` per hash slot, in turn.
+
+    Each slot's transaction holds its messages and its own marker
+    (:func:`celeryredis.keys.bulk_marker_key` with the slot's hash tag). The first slot
+    that fails stops the chunk: the slots before it are published, the ones after it
+    are not sent, and :class:`BulkPublishError` reports each slot.
+    """
+    task = batch.task
+    groups: dict[int, list[Command]] = {}
+    calls_of: dict[int, list[_Call]] = {}
+    slots_of: dict[str, set[int]] = {}
+    rung: set[tuple[int, Any]] = set()
+    try:
+        for call in chunk:
+            if not call.publish:
+                continue
+            sender.send(call)
+            for name, args in producer.take_commands():
+                slot = _slot_of(name, args, call)
+                if name == "spublish":  # the transport's wake-up: once per channel and slot
+                    if (slot, args[0]) in rung:
+                        continue
+                    rung.add((slot, args[0]))
+                groups.setdefault(slot, []).append((name, args))
+                if slot not in slots_of.setdefault(call.task_id, set()):
+                    calls_of.setdefault(slot, []).append(call)
+                slots_of[call.task_id].add(slot)
+    except Exception as exc:
+        producer.take_commands()
+        _release_locks(batch, chunk)
+        raise _stopped(
+            batch,
+            f"enqueue_many({task.name}): building call #{call.index} failed: {_why(exc)}",
+            chunk,
+        ) from exc
+    reports: list[SlotReport] = []
+    failed: SlotReport | None = None
+    cause: BaseException | None = None
+    for slot, commands in groups.items():
+        pushes = [args for name, args in commands if name != "spublish"]
+        keys = tuple(dict.fromkeys(str(args[0]) for args in pushes))
+        ids = tuple(call.task_id for call in calls_of[slot])
+        marker = bulk_marker_key(batch.app.conf, batch.batch_id, chunk_no, slot_key=keys[0])
+        if failed is not None:
+            reports.append(SlotReport(slot, keys, ids, len(pushes), "not_sent", marker))
+            continue
+        state, cause = _run_slot(client, commands, marker, connection)
+        error = None if cause is None else redact_text(f"{type(cause).__name__}: {cause}")
+        reports.append(SlotReport(slot, keys, ids, len(pushes), state, marker, error))
+        if state != "published":
+            failed = reports[-1]
+    if failed is None:
+        batch.published.extend(call.result for call in chunk)
+        batch.next_index = chunk[-1].index + 1
+        return
+    raise _slot_failure(batch, chunk, reports, slots_of, failed) from cause
+
+
+def _slot_of(name: str, args: tuple[Any, ...], call: _Call) -> int:
+    """The hash slot of one command of ``call`` (a fanout's ``PUBLISH`` has none: refused)."""
+    if name == "publish":
+        raise ValueError(
+            f"call #{call.index} goes to a fanout exchange: on a Redis Cluster broker its "
+            "PUBLISH cannot join a transaction; publish it with apply_async"
+        )
+    return key_slot(str(args[0]).encode())
+
+
+def _run_slot(
+    client: Any, commands: list[Command], marker: str, connection: Any
+) -> tuple[str, BaseException | None]:
+    """Run one slot's transaction: its :class:`SlotReport` state, and the failure."""
+    sent = False
+    try:
+        # redis-py's cluster pipeline retries a transaction after a timeout or a lost
+        # connection, which could apply it twice: this one is sent once (the channel,
+        # and its client, belong to this enqueue_many call).
+        retry = client.retry
+        client.set_retry(Retry(NoBackoff(), 0))
+        try:
+            pipe = client.pipeline(transaction=True)
+        finally:
+            client.set_retry(retry)
+        _queue_commands(pipe, commands)
+        pipe.set(marker, 1, ex=_MARKER_TTL)
+        sent = True
+        pipe.execute()
+    except (redis.RedisError, RedisClusterException, OSError, *connection.connection_errors) as exc:
+        if _aborted(exc):
+            return "refused", exc
+        return ("in_doubt" if sent and _maybe_sent(exc) else "refused"), exc
+    return "published", None
+
+
+def _aborted(exc: BaseException) -> bool:
+    """Whether Redis discarded the transaction (``EXECABORT``): none of it was applied.
+
+    A command refused while queued (out of memory, ``NOPERM``...) aborts the ``EXEC``;
+    redis-py's cluster pipeline then raises that command's error with the
+    ``ExecAbortError`` as its context.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ExecAbortError):
+            return True
+        seen = seen.__context__
+    return False
+
+
+def _slot_failure(
+    batch: _Batch,
+    chunk: list[_Call],
+    reports: list[SlotReport],
+    slots_of: dict[str, set[int]],
+    failed: SlotReport,
+) -> BulkPublishError:
+    """The error of a chunk whose slot ``failed``; each call is placed by its slots' fate."""
+    task = batch.task
+    state = {report.slot: report.state for report in reports}
+    landed: list[_Call] = []
+    doubt: list[str] = []
+    rest: list[_Call] = []
+    for call in chunk:
+        fates = {state[slot] for slot in slots_of.get(call.task_id, ())}
+        if not call.publish or fates == {"published"}:
+            landed.append(call)
+        elif fates <= {"published", "in_doubt"}:
+            doubt.append(call.task_id)
+        else:
+            rest.append(call)
+    landed_ids = {id(call) for call in landed}
+    first_open = next((c.index for c in chunk if id(c) not in landed_ids), chunk[-1].index + 1)
+    published = [*batch.published, *(call.result for call in landed)]
+    lines = "; ".join(
+        f"slot {r.slot} ({', '.join(r.keys)}): {r.messages} message(s) {r.state}" for r in reports
+    )
+    message = (
+        f"enqueue_many({task.name}): on the Redis Cluster broker the chunk starting at call "
+        f"#{chunk[0].index} is one transaction per hash slot, and slot {failed.slot} "
+        f"{'may have failed after it was sent' if failed.state == 'in_doubt' else 'was refused'}"
+        f": {failed.error}; per slot: {lines}; {len(published)} call(s) are published"
+        + (f", {len(doubt)} in doubt (call .resolve(app) once Redis is back)" if doubt else "")
+        + f", {len(rest)} not"
+    )
+    _release_locks(batch, rest)  # not published: give their unique locks back
+    return BulkPublishError(
+        message,
+        published_ids=published,
+        unpublished_ids=[call.task_id for call in rest],
+        in_doubt_ids=doubt,
+        next_index=first_open,
+        marker_key=failed.marker_key if doubt else None,
+        slots=reports,
+    )
 
 
 def _why(exc: BaseException) -> str:
@@ -490,7 +742,8 @@ class _Sender:
     The option handling follows Celery 5.7's ``send_task``; the test that compares a
     message from each path field by field keeps it honest. What cannot change within
     one call of :func:`enqueue_many` (the task's own options, the app's settings, the
-    parent task) is read once.
+    parent task) is read once, and so is what only depends on a call's options (see
+    :class:`_Plan`): calls that bring no options of their own share one plan.
     """
 
     def __init__(self, app: Celery, task: Any, producer: BatchProducer) -> None:
@@ -502,9 +755,18 @@ class _Sender:
         self.check = getattr(task, "__header__", None) if task.typing else None
         self.sent_event = app.conf.task_send_sent_event
         self.thread_oid = _celery_compat.reply_to(app)
-        self.route = app.amqp.router.route
+        router: Any = app.amqp.router
+        self.route = router.route
+        # Routes from task_routes mappings (or none) depend on the task's name and the
+        # options only, so one routing serves every call with the same options; a
+        # router function may look at the arguments and is asked for every call.
+        self.routes_static = all(isinstance(r, MapRoute) for r in router.routes)
+        # Task.shadow_name not overridden: it returns None whatever the call.
+        self.shadow_static = getattr(task.shadow_name, "__func__", None) is CeleryTask.shadow_name
         self.create_message = app.amqp.create_task_message
         self.send_message = app.amqp.send_task_message
+        self.reprs = _Reprs(app)
+        self.origin = anon_nodename()
         self.root_id: str | None = None
         self.parent_id: str | None = None
         self.parent_priority: Any = None
@@ -516,14 +778,42 @@ class _Sender:
             if app.conf.task_inherit_parent_priority:
                 self.inherit_priority = True
                 self.parent_priority = (parent.request.delivery_info or {}).get("priority")
+        self.shared: _Plan | None = None  # the plan of calls without options of their own
 
     def send(self, call: _Call) -> None:
         task = self.task
         args, kwargs = call.args, call.kwargs
-        options = dict(call.options)
         if self.check is not None:
             self.check(*args, **kwargs)
-        shadow = options.pop("shadow", None) or task.shadow_name(args, kwargs, options)
+        if call.shared:
+            plan = self.shared
+            if plan is None:
+                plan = self.shared = self.plan(call.options)
+        else:
+            plan = self.plan(call.options)
+        shadow = plan.shadow
+        if shadow is None and not self.shadow_static:
+            shadow = task.shadow_name(args, kwargs, dict(call.options))
+        if plan.options is not None:
+            options, send_options = plan.options, plan.send_options
+        else:
+            if plan.routed is not None:
+                options = dict(plan.routed)
+            else:
+                options = self.route(dict(plan.unrouted), task.name, args, kwargs, task)
+            options, send_options = self.finish(options, plan.expires, plan.inherit)
+        reprs = {} if plan.own_reprs else self.reprs(args, kwargs)
+        message = self.create_message(
+            call.task_id, task.name, args, kwargs, *plan.fields, shadow, plan.chain,
+            **plan.keywords, **reprs, **options,
+        )  # fmt: skip
+        self.send_message(self.producer, task.name, message, **send_options)
+
+    def plan(self, call_options: Mapping[str, Any]) -> _Plan:
+        """What the message of a call with these options gets, apart from id and arguments."""
+        task = self.task
+        options = dict(call_options)
+        shadow = options.pop("shadow", None)
         options = {**self.exec_options, **options}
         options.setdefault("ignore_result", self.ignore_result)
         link = options.pop("link", None)
@@ -548,41 +838,153 @@ class _Sender:
         replaced_task_nesting = options.pop("replaced_task_nesting", 0)
         for unused in _NOT_MESSAGE_OPTIONS:
             options.pop(unused, None)
-        options = self.route(options, task.name, args, kwargs, task)
+        plan = _Plan(
+            fields=(
+                countdown,
+                eta,
+                group_id,
+                group_index,
+                expires,
+                retries,
+                chord,
+                maybe_list(link),
+                maybe_list(link_error),
+                reply_to or self.thread_oid,
+                time_limit,
+                soft_time_limit,
+                self.sent_event,
+                root_id,
+                parent_id,
+            ),
+            shadow=shadow,
+            chain=chain,
+            keywords={
+                "ignore_result": ignore_result,
+                "replaced_task_nesting": replaced_task_nesting,
+                # Celery's anon_nodename() per message: the same text for a whole batch.
+                **({} if "origin" in options else {"origin": self.origin}),
+            },
+            own_reprs="argsrepr" in options or "kwargsrepr" in options,
+            expires=expires,
+            inherit=inherit,
+            unrouted=options,
+        )
+        if self.routes_static:
+            plan.routed = self.route(dict(options), task.name, (), {}, task)
+            if expires is None:  # nothing depends on the time of the call either
+                plan.options, plan.send_options = self.finish(dict(plan.routed), expires, inherit)
+        return plan
+
+    def finish(
+        self, options: dict[str, Any], expires: Any, inherit: bool
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The routed options as ``create_task_message`` and ``send_task_message`` take them."""
         if expires is not None:
             options["expiration"] = _expiration_seconds(self.app, expires)
         if inherit:
             options.setdefault("priority", self.parent_priority)
-        message = self.create_message(
-            call.task_id,
-            task.name,
-            args,
-            kwargs,
-            countdown,
-            eta,
-            group_id,
-            group_index,
-            expires,
-            retries,
-            chord,
-            maybe_list(link),
-            maybe_list(link_error),
-            reply_to or self.thread_oid,
-            time_limit,
-            soft_time_limit,
-            self.sent_event,
-            root_id,
-            parent_id,
-            shadow,
-            chain,
-            ignore_result=ignore_result,
-            replaced_task_nesting=replaced_task_nesting,
-            **options,
-        )
-        for stamp in options.pop("stamped_headers", None) or ():
-            options.pop(stamp, None)
-        options["retry"] = False  # a chunk either commits or is reported, never half-retried
-        self.send_message(self.producer, task.name, message, **options)
+        send_options = dict(options)
+        for stamp in send_options.pop("stamped_headers", None) or ():
+            send_options.pop(stamp, None)
+        send_options["retry"] = False  # a chunk either commits or is reported, never half-retried
+        return options, send_options
+
+
+@dataclass
+class _Plan:
+    """The parts of a message that only depend on a call's options (see ``_Sender.plan``).
+
+    ``fields`` are ``create_task_message``'s positional arguments from ``countdown`` to
+    ``parent_id``; ``options`` / ``send_options`` are the final keyword options of
+    ``create_task_message`` / ``send_task_message`` when neither routing nor the time
+    of the call changes them (otherwise None, and each call finishes ``routed`` or
+    routes ``unrouted``).
+    """
+
+    fields: tuple[Any, ...]
+    shadow: str | None
+    chain: Any
+    keywords: dict[str, Any]
+    own_reprs: bool
+    expires: Any
+    inherit: bool
+    unrouted: dict[str, Any]
+    routed: dict[str, Any] | None = None
+    options: dict[str, Any] | None = None
+    send_options: dict[str, Any] = field(default_factory=dict)
+
+
+class _Reprs:
+    """``argsrepr`` / ``kwargsrepr`` exactly as Celery's ``create_task_message`` makes them.
+
+    Celery's ``saferepr`` walks a token stream and costs more than the rest of a
+    message's headers. For arguments that are flat tuples, lists or dicts of ``int``,
+    ``float``, ``bool``, ``None`` and ``str`` whose representation fits well within the
+    length limit, its output is simple enough to produce directly: numbers as ``str()``
+    gives them, strings in single quotes with only ``'`` escaped, no truncation (the
+    unit test compares the two on many values). Anything else goes to ``saferepr``.
+    """
+
+    def __init__(self, app: Celery) -> None:
+        self.args_max = app.amqp.argsrepr_maxsize
+        self.kwargs_max = app.amqp.kwargsrepr_maxsize
+        self.maxlevels = app.conf.task_repr_maxlevels
+
+    def __call__(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, str]:
+        argsrepr = _flat_repr(args, self.args_max)
+        if argsrepr is None:
+            argsrepr = saferepr(args, self.args_max, maxlevels=self.maxlevels)
+        kwargsrepr = _flat_repr(kwargs, self.kwargs_max)
+        if kwargsrepr is None:
+            kwargsrepr = saferepr(kwargs, self.kwargs_max, maxlevels=self.maxlevels)
+        return {"argsrepr": argsrepr, "kwargsrepr": kwargsrepr}
+
+
+_NUMBERS = frozenset((int, float, bool))
+
+
+def _scalar_repr(value: Any) -> str | None:
+    kind = type(value)
+    if kind in _NUMBERS:
+        return str(value)
+    if kind is str:
+        text: str = value
+        return "'" + text.replace("'", "\\'") + "'"
+    if value is None:
+        return "None"
+    return None
+
+
+def _flat_repr(value: Any, maxlen: int | None) -> str | None:
+    """``saferepr(value, maxlen)`` for a flat container of scalars, else None."""
+    kind = type(value)
+    parts: list[str] = []
+    if kind is dict:
+        for key, item in value.items():
+            key_repr, item_repr = _scalar_repr(key), _scalar_repr(item)
+            if key_repr is None or item_repr is None:
+                return None
+            parts.append(f"{key_repr}: {item_repr}")
+        text = "{" + ", ".join(parts) + "}"
+    elif kind is tuple or kind is list:
+        for item in value:
+            item_repr = _scalar_repr(item)
+            if item_repr is None:
+                return None
+            parts.append(item_repr)
+        if kind is list:
+            text = "[" + ", ".join(parts) + "]"
+        elif len(parts) == 1:
+            text = "(" + parts[0] + ",)"
+        else:
+            text = "(" + ", ".join(parts) + ")"
+    else:
+        return None
+    # Shorter than the limit: saferepr truncates nothing (a part as long as what is
+    # left of the limit would already be cut).
+    if maxlen is not None and len(text) >= maxlen:
+        return None
+    return text
 
 
 #: ``apply_async`` arguments that are about the call, not the message.

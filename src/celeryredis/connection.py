@@ -5,24 +5,40 @@ The client uses the broker URL and the socket options of
 ``broker_transport_options`` (timeouts, keepalive, health checks), and follows a
 Sentinel master when the broker URL is ``sentinel://``. redis-py connection pools
 are fork-safe, so the client may be created before a prefork pool forks.
+
+With a Redis Cluster broker (``rediscluster://``) the client is a
+``redis.cluster.RedisCluster`` on the same nodes: single-key commands, scripts and
+transactions on one hash slot, non-transactional pipelines and ``scan_iter`` (every
+primary) work on both kinds; :func:`is_cluster` tells them apart where a caller must
+group keys by slot.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from typing import Any
+from typing import Any, Final
 
 import redis
 from celery import Celery
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.sentinel import Sentinel
 
+from celeryredis.cluster import cluster_client
 from celeryredis.exceptions import ConfigurationError
-from celeryredis.urls import RedisURL, parse_redis_url
+from celeryredis.urls import RedisURL, parse_redis_url, redis_url_of_broker
 
-__all__ = ["get_redis", "new_redis"]
+__all__ = ["REDIS_ERRORS", "Client", "get_redis", "is_cluster", "new_redis"]
 
-_CLIENTS: weakref.WeakKeyDictionary[Celery, tuple[str, redis.Redis]] = weakref.WeakKeyDictionary()
+#: What :func:`get_redis` and :func:`new_redis` return: one Redis (or a Sentinel master)
+#: or, for a ``rediscluster://`` broker, a cluster client.
+Client = redis.Redis | RedisCluster
+#: What a :data:`Client` raises when Redis fails: a cluster client also raises
+#: ``RedisClusterException`` (no node reachable, slot map unknown), not a ``RedisError``.
+REDIS_ERRORS: Final = (redis.RedisError, RedisClusterException)
+
+_CLIENTS: weakref.WeakKeyDictionary[Celery, tuple[str, Client]] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 _SOCKET_OPTIONS = (
     "socket_timeout",
@@ -32,8 +48,16 @@ _SOCKET_OPTIONS = (
 )
 
 
-def _client_for(url: RedisURL, options: dict[str, Any]) -> redis.Redis:
+def is_cluster(client: Any) -> bool:
+    """Whether ``client`` is a Redis Cluster client (keys must then be grouped by slot)."""
+    return isinstance(client, RedisCluster)
+
+
+def _client_for(url: RedisURL, options: dict[str, Any]) -> Client:
     kwargs: dict[str, Any] = {k: options[k] for k in _SOCKET_OPTIONS if options.get(k) is not None}
+    if url.is_cluster:
+        cluster_kwargs = {k: v for k, v in kwargs.items() if k != "health_check_interval"}
+        return cluster_client(url, cluster_kwargs, setting="broker_url")
     if url.is_sentinel:
         master = options.get("master_name")
         if not master:
@@ -59,7 +83,7 @@ def _client_for(url: RedisURL, options: dict[str, Any]) -> redis.Redis:
     return redis.Redis.from_url(url.geturl(), **kwargs)
 
 
-def get_redis(app: Celery) -> redis.Redis:
+def get_redis(app: Celery) -> Client:
     """Return the app's redis-py client for celeryredis's own keys (cached per app).
 
     Raises:
@@ -70,14 +94,14 @@ def get_redis(app: Celery) -> redis.Redis:
         cached = _CLIENTS.get(app)
         if cached is not None and cached[0] == broker:
             return cached[1]
-        url = parse_redis_url(broker, setting="broker_url")
+        url = parse_redis_url(redis_url_of_broker(broker), setting="broker_url")
         options = dict(app.conf.broker_transport_options or {})
         client = _client_for(url, options)
         _CLIENTS[app] = (broker, client)
         return client
 
 
-def new_redis(app: Celery, *, url: str | None = None, timeout: float | None = None) -> redis.Redis:
+def new_redis(app: Celery, *, url: str | None = None, timeout: float | None = None) -> Client:
     """Return a new (uncached) redis-py client; the caller closes it.
 
     Args:
@@ -91,7 +115,7 @@ def new_redis(app: Celery, *, url: str | None = None, timeout: float | None = No
         ConfigurationError: The URL is not a Redis URL.
     """
     setting = "broker_url" if url is None else "result_backend"
-    parsed = parse_redis_url(url or app.conf.broker_url, setting=setting)
+    parsed = parse_redis_url(url or redis_url_of_broker(app.conf.broker_url), setting=setting)
     options = dict(app.conf.broker_transport_options or {})
     if timeout is not None:
         options["socket_timeout"] = timeout

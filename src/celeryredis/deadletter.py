@@ -39,7 +39,7 @@ import redis
 from celery import Celery
 
 from celeryredis._celery_compat import discard_buffered_result
-from celeryredis.connection import get_redis
+from celeryredis.connection import REDIS_ERRORS, Client, get_redis
 from celeryredis.exceptions import DeadLetterError, DeadLetterNotFound
 from celeryredis.keys import dead_letter_key
 from celeryredis.redaction import (
@@ -225,7 +225,7 @@ class DeadLetterQueue:
         >>> dlq.replay([entry.id])  # doctest: +SKIP
     """
 
-    def __init__(self, app: Celery, *, client: redis.Redis | None = None) -> None:
+    def __init__(self, app: Celery, *, client: Client | None = None) -> None:
         self.app = app
         self.key = dead_letter_key(app.conf)
         self._client = client
@@ -234,7 +234,7 @@ class DeadLetterQueue:
         self.max_age = float(setting(conf, "celeryredis_dead_letter_max_age"))
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> Client:
         """The redis-py client."""
         if self._client is None:
             self._client = get_redis(self.app)
@@ -353,7 +353,7 @@ class DeadLetterQueue:
             pipe.xadd(self.key, dict(fields), maxlen=self.max_len, approximate=False)
             pipe.xtrim(self.key, minid=f"{min_id}-0", approximate=False)
             entry_id, _ = pipe.execute()
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise DeadLetterError(
                 f"could not store dead letter for {what}: {redact_text(str(exc))}"
             ) from exc

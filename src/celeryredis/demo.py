@@ -17,8 +17,7 @@ result backend: unless ``REDIS_URL`` is a ``rediscluster://`` URL it starts a th
 3-master cluster on free loopback ports (:class:`celeryredis.testing.LocalRedisCluster`)
 and stops it at the end. It shows where each queue lives, a worker draining queues on
 three masters, each master's share of the commands, a chord, a group and remote
-control; the steps a cluster broker does not support yet (dead letters, unique locks,
-rate limits, ``enqueue_many``, ``check``) are left out.
+control (the single-node tour's other steps are in docs/cluster.md).
 """
 
 from __future__ import annotations
@@ -596,8 +595,8 @@ def _cluster_tour(url: str, workdir: Path, summary: _Summary) -> dict[str, Any]:
         _say("\nSummary:")
         _say(summary.table())
         _say(
-            "\nNot shown on a cluster broker (not supported there yet): dead letters, unique "
-            "locks, rate limits, enqueue_many and `celeryredis check` (docs/cluster.md)."
+            "\nDead letters, unique locks, rate limits, enqueue_many, partitioned queues and "
+            "`celeryredis check` on a cluster: docs/cluster.md."
         )
     hostapp.store.delete("{celeryredis-demo}:runs")
     hostapp.store.close()

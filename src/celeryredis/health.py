@@ -23,11 +23,12 @@ from typing import Any, Final, Literal
 
 import redis
 from celery import Celery
+from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
 from celeryredis._errors import classify, describe
 from celeryredis.cluster import cluster_client
-from celeryredis.connection import new_redis
+from celeryredis.connection import Client, new_redis
 from celeryredis.heartbeat import (
     TTL_INTERVALS,
     WorkerHeartbeat,
@@ -39,7 +40,7 @@ from celeryredis.heartbeat import (
 )
 from celeryredis.keys import SENT_AT_HEADER, dead_letter_key, workers_key
 from celeryredis.queues import QueueDepth, inspect_queues
-from celeryredis.urls import RedisURL, parse_redis_url, redact_text
+from celeryredis.urls import RedisURL, parse_redis_url, redact_text, redis_url_of_broker
 
 __all__ = [
     "SENT_AT_HEADER",
@@ -248,7 +249,7 @@ def _failure(exc: BaseException, setting: str) -> str:
     return f"{verb}: {describe(diagnosis, setting)}"
 
 
-def _ping(client: redis.Redis) -> float:
+def _ping(client: Client) -> float:
     started = time.monotonic()
     client.ping()
     return time.monotonic() - started
@@ -262,7 +263,7 @@ def _backend_part(app: Celery, timeout: float) -> HealthPart:
         parsed = parse_redis_url(str(url))
     except ValueError:
         return HealthPart("backend", "ok", "not a Redis result backend; not checked")
-    if parsed.geturl() == parse_redis_url(app.conf.broker_url).geturl():
+    if parsed.geturl() == parse_redis_url(redis_url_of_broker(app.conf.broker_url)).geturl():
         return HealthPart("backend", "ok", "the broker's Redis (see broker)")
     if parsed.is_cluster:
         return _cluster_backend_part(parsed, timeout)
@@ -292,7 +293,7 @@ def _cluster_backend_part(url: RedisURL, timeout: float) -> HealthPart:
     return HealthPart("backend", "ok", f"cluster reachable in {latency * 1000:.1f} ms", latency)
 
 
-def _server_parts(client: redis.Redis) -> list[HealthPart]:
+def _server_parts(client: Client) -> list[HealthPart]:
     try:
         info: Mapping[str, Any] = client.info("server") | client.info("memory")
     except redis.ResponseError as exc:  # INFO is in ACL category @dangerous
@@ -342,6 +343,69 @@ def _server_parts(client: redis.Redis) -> list[HealthPart]:
         share = f", {used / limit:.0%} of maxmemory" if limit else ", no maxmemory set"
         memory = HealthPart("memory", "ok", f"{used} bytes used{share}", None, memory_details)
     return [server, memory]
+
+
+def _master_part(node: Any) -> HealthPart:
+    """One master of a cluster broker: PING, role, version, memory, ``maxmemory-policy``."""
+    name = f"master {node.host}:{node.port}"
+    try:
+        latency = _ping(node.redis_connection)
+        info: Mapping[str, Any] = (
+            node.redis_connection.info("server")
+            | node.redis_connection.info("memory")
+            | node.redis_connection.info("replication")
+        )
+    except redis.ResponseError as exc:  # INFO is in ACL category @dangerous
+        return HealthPart(name, "warn", f"PING ok, INFO refused ({_error(exc)})")
+    except redis.RedisError as exc:
+        return HealthPart(name, "fail", f"unreachable: {_failure(exc, 'broker_url')}")
+    version = str(info.get("redis_version", "?"))
+    role = str(info.get("role", "?"))
+    policy = info.get("maxmemory_policy")
+    used = int(info.get("used_memory") or 0)
+    limit = int(info.get("maxmemory") or 0)
+    details = {
+        "host": node.host,
+        "port": node.port,
+        "role": role,
+        "redis_version": version,
+        "maxmemory_policy": policy,
+        "used_memory": used,
+        "maxmemory": limit,
+        "connected_slaves": int(info.get("connected_slaves") or 0),
+    }
+    share = f" ({used / limit:.0%} of maxmemory)" if limit else ""
+    reason = (
+        f"PING {latency * 1000:.1f} ms; role {role}; Redis {version}; {used} bytes used{share}; "
+        f"maxmemory-policy {policy}"
+    )
+    problems = []
+    if role != "master":
+        problems.append("not a master (the slot map is changing?)")
+    if policy is not None and policy != "noeviction":
+        problems.append("set maxmemory-policy to 'noeviction' (Redis may evict queued tasks)")
+    if limit and used >= 0.9 * limit:
+        problems.append("90% or more of maxmemory used")
+    status: Status = "warn" if problems else "ok"
+    return HealthPart(name, status, "; ".join([reason, *problems]), latency, details)
+
+
+def _cluster_parts(client: RedisCluster) -> list[HealthPart]:
+    """One part per master of a cluster broker (each asked on its own connection)."""
+    try:
+        masters = sorted(client.get_primaries(), key=lambda n: (n.host, n.port))  # type: ignore[no-untyped-call]
+    except (redis.RedisError, RedisClusterException) as exc:
+        return [HealthPart("masters", "fail", f"cluster slot map unknown: {_error(exc)}")]
+    parts = [_master_part(node) for node in masters]
+    ok = sum(1 for part in parts if part.status != "fail")
+    summary = HealthPart(
+        "masters",
+        "ok" if ok == len(parts) and parts else "fail",
+        f"{ok} of {len(parts)} master(s) answer",
+        None,
+        {"masters": [f"{n.host}:{n.port}" for n in masters]},
+    )
+    return [summary, *parts]
 
 
 def _workers_part(live: Sequence[WorkerHeartbeat], lost: Sequence[str]) -> HealthPart:
@@ -405,7 +469,10 @@ def check_health(
             parts.append(
                 HealthPart("broker", "ok", f"reachable in {latency * 1000:.1f} ms", latency)
             )
-            parts.extend(_server_parts(client))
+            if isinstance(client, RedisCluster):
+                parts.extend(_cluster_parts(client))
+            else:
+                parts.extend(_server_parts(client))
             live, lost = read_heartbeats(client, conf)
             parts.append(_workers_part(live, lost))
             depths = inspect_queues(app, queues, client=client, workers=live)
@@ -421,7 +488,7 @@ def check_health(
                     {"depth": dead},
                 )
             )
-        except redis.RedisError as exc:
+        except (redis.RedisError, RedisClusterException) as exc:
             if not parts:
                 parts.append(HealthPart("broker", "fail", _failure(exc, "broker_url")))
             else:

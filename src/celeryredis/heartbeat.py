@@ -19,8 +19,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-import redis
-
+from celeryredis.connection import Client
 from celeryredis.keys import heartbeat_key, workers_key
 
 __all__ = [
@@ -92,7 +91,7 @@ class WorkerHeartbeat:
 
 
 def write_heartbeat(
-    client: redis.Redis, conf: Mapping[str, Any], payload: Mapping[str, Any], interval: float
+    client: Client, conf: Mapping[str, Any], payload: Mapping[str, Any], interval: float
 ) -> None:
     """Write one heartbeat (one round trip): the key with its TTL, and the index entry.
 
@@ -116,7 +115,7 @@ def write_heartbeat(
     pipe.execute()
 
 
-def remove_heartbeat(client: redis.Redis, conf: Mapping[str, Any], hostname: str) -> None:
+def remove_heartbeat(client: Client, conf: Mapping[str, Any], hostname: str) -> None:
     """Delete a worker's heartbeat and index entry (at a clean shutdown)."""
     pipe = client.pipeline(transaction=False)
     pipe.delete(heartbeat_key(conf, hostname))
@@ -161,9 +160,7 @@ def _heartbeat_from(raw: Any, pttl: int) -> WorkerHeartbeat | None:
     )
 
 
-def read_heartbeat(
-    client: redis.Redis, conf: Mapping[str, Any], name: str
-) -> WorkerHeartbeat | None:
+def read_heartbeat(client: Client, conf: Mapping[str, Any], name: str) -> WorkerHeartbeat | None:
     """The heartbeat of worker ``name``, or None when its key has expired (one round trip)."""
     pipe = client.pipeline(transaction=False)
     pipe.get(heartbeat_key(conf, name))
@@ -173,7 +170,7 @@ def read_heartbeat(
 
 
 def read_heartbeats(
-    client: redis.Redis, conf: Mapping[str, Any]
+    client: Client, conf: Mapping[str, Any]
 ) -> tuple[list[WorkerHeartbeat], list[str]]:
     """Return the live workers and the names of those that stopped beating.
 

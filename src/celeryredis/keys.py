@@ -16,6 +16,9 @@ TTL or a bound:
   messages (capped at 1000); workers move them to the dead-letter queue.
 - ``{p}celeryredis:bulk:{batch}:{chunk}`` — written in the same transaction as one chunk
   of a bulk enqueue, so a chunk whose reply was lost can be checked later; a TTL of a day.
+  On a Redis Cluster broker a chunk is one transaction per hash slot, and each has its
+  marker in that slot: ``{p}celeryredis:bulk:{batch}:{chunk}:{<queue>}`` (the queue's
+  hash tag, see ``bulk_marker_key``).
 - ``{p}celeryredis:hb:{worker}`` — a worker's heartbeat (JSON: hostname, pid, queues,
   tasks done, age of its last completed poll of Redis), with a TTL of three heartbeat
   intervals (``celeryredis_heartbeat_interval``).
@@ -38,6 +41,7 @@ __all__ = [
     "SENT_AT_HEADER",
     "bulk_marker_key",
     "dead_letter_key",
+    "hash_tag",
     "heartbeat_key",
     "lock_key",
     "lock_pattern",
@@ -96,9 +100,33 @@ def rate_limit_key(conf: Mapping[str, Any], name: str) -> str:
     return f"{prefix(conf)}rl:{name}"
 
 
-def bulk_marker_key(conf: Mapping[str, Any], batch_id: str, chunk: int) -> str:
-    """The marker of one published chunk of a bulk enqueue."""
-    return f"{prefix(conf)}bulk:{batch_id}:{chunk}"
+def bulk_marker_key(
+    conf: Mapping[str, Any], batch_id: str, chunk: int, slot_key: str | None = None
+) -> str:
+    """The marker of one published chunk of a bulk enqueue.
+
+    With ``slot_key`` (a Redis Cluster broker: one transaction per slot), the marker of
+    the part of the chunk in ``slot_key``'s hash slot: it carries that key's hash tag
+    (or the whole key, if it has none), so it lands in the same slot.
+
+    Example:
+        >>> bulk_marker_key({}, "b1", 0, slot_key="p:{celery}:unacked")
+        'celeryredis:bulk:b1:0:{celery}'
+    """
+    head = f"{prefix(conf)}bulk:{batch_id}:{chunk}"
+    if slot_key is None:
+        return head
+    return f"{head}:{{{hash_tag(slot_key)}}}"
+
+
+def hash_tag(key: str) -> str:
+    """The part of ``key`` Redis Cluster hashes: its ``{tag}``'s content, else the whole key."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
 
 
 def heartbeat_key(conf: Mapping[str, Any], worker: str) -> str:

@@ -19,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import redis
+from redis.crc import key_slot
 
 from celeryredis._scripts import source
+from celeryredis.connection import REDIS_ERRORS, Client, is_cluster
 from celeryredis.exceptions import LockError
 
 __all__ = ["LockError", "LockRenewer", "LockState", "TokenLock", "acquire_many"]
@@ -45,10 +46,10 @@ class LockState:
 
 
 _SCRIPT_NAMES = ("lock_acquire", "lock_release", "lock_extend", "lock_acquire_many")
-_SCRIPTS: weakref.WeakKeyDictionary[redis.Redis, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+_SCRIPTS: weakref.WeakKeyDictionary[Client, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
-def _scripts(client: redis.Redis) -> tuple[Any, ...]:
+def _scripts(client: Client) -> tuple[Any, ...]:
     """The lock scripts registered on ``client`` (once per client), in ``_SCRIPT_NAMES`` order."""
     scripts = _SCRIPTS.get(client)
     if scripts is None:
@@ -62,7 +63,7 @@ def _ms(seconds: float) -> int:
 
 
 def acquire_many(
-    client: redis.Redis,
+    client: Client,
     owners: dict[str, str],
     ttl: float,
     *,
@@ -74,18 +75,47 @@ def acquire_many(
     ``all_or_nothing``, no lock is taken if any key is held by another owner, and the
     free keys map to None (free, not taken).
 
+    On a Redis Cluster the keys are grouped by hash slot and the script runs once per
+    slot (each call atomic on its slot). With ``all_or_nothing``, the slots run in turn
+    until one finds a key held by another owner; the locks the earlier slots took are
+    then released again (owner-only), the keys of the slots not run yet are read, and
+    the answer is the same as on one node: no lock stays taken, held keys say who
+    holds them, free keys map to None.
+
     Raises:
         LockError: Redis refused the call.
     """
     keys = list(owners)
     if not keys:
         return {}
+    if not is_cluster(client):
+        return _acquire_slot(client, owners, keys, ttl, all_or_nothing)
+    by_slot: dict[int, list[str]] = {}
+    for key in keys:
+        by_slot.setdefault(key_slot(key.encode()), []).append(key)
+    states: dict[str, LockState | None] = {}
+    groups = list(by_slot.values())
+    for done, group in enumerate(groups):
+        replies = _acquire_slot(client, owners, group, ttl, all_or_nothing)
+        states.update(replies)
+        if all_or_nothing and any(s is not None and not s.acquired for s in replies.values()):
+            _give_back(client, owners, [k for g in groups[:done] for k in g], states)
+            for later in groups[done + 1 :]:
+                states.update(_peek(client, owners, later))
+            break
+    return {key: states[key] for key in keys}
+
+
+def _acquire_slot(
+    client: Client, owners: dict[str, str], keys: list[str], ttl: float, strict: bool
+) -> dict[str, LockState | None]:
+    """One call of the acquire-many script on ``keys`` (all in one slot on a cluster)."""
     script = _scripts(client)[3]
     try:
         replies = script(
-            keys=keys, args=[_ms(ttl), "1" if all_or_nothing else "0", *owners.values()]
+            keys=keys, args=[_ms(ttl), "1" if strict else "0", *(owners[k] for k in keys)]
         )
-    except redis.RedisError as exc:
+    except REDIS_ERRORS as exc:
         raise LockError(f"could not acquire {len(keys)} locks: {exc}", lock_name=keys[0]) from exc
     states: dict[str, LockState | None] = {}
     for key, reply in zip(keys, replies, strict=True):
@@ -101,6 +131,45 @@ def acquire_many(
     return states
 
 
+def _give_back(
+    client: Client, owners: dict[str, str], keys: list[str], states: dict[str, LockState | None]
+) -> None:
+    """Release the locks of ``keys`` this call took (all-or-nothing refused on another slot)."""
+    release = _scripts(client)[1]
+    for key in keys:
+        state = states.get(key)
+        if state is not None and state.acquired:
+            try:
+                release(keys=[key], args=[owners[key]])
+            except REDIS_ERRORS as exc:
+                raise LockError(
+                    f"could not give back lock {key!r} after a refusal on another slot: {exc}",
+                    lock_name=key,
+                ) from exc
+        states[key] = None
+
+
+def _peek(client: Client, owners: dict[str, str], keys: list[str]) -> dict[str, LockState | None]:
+    """Who holds ``keys`` (not taken): a held key's state, None for a free one."""
+    try:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+            pipe.pttl(key)
+        replies = pipe.execute()
+    except REDIS_ERRORS as exc:
+        raise LockError(f"could not read {len(keys)} locks: {exc}", lock_name=keys[0]) from exc
+    states: dict[str, LockState | None] = {}
+    for index, key in enumerate(keys):
+        raw, pttl = replies[2 * index], int(replies[2 * index + 1])
+        holder = raw.decode() if isinstance(raw, bytes) else raw
+        if holder is None or holder == owners[key]:
+            states[key] = None
+        else:
+            states[key] = LockState(False, holder, pttl / 1000 if pttl >= 0 else None)
+    return states
+
+
 class TokenLock:
     """A lock on ``key`` owned by ``token``, with a mandatory TTL.
 
@@ -113,7 +182,7 @@ class TokenLock:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Client,
         key: str,
         token: str,
         ttl: float,
@@ -130,7 +199,7 @@ class TokenLock:
         """Take the lock (or renew it, if this token holds it); one round trip."""
         try:
             reply = self._acquire(keys=[self.key], args=[self.token, _ms(ttl or self.ttl)])
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise LockError(
                 f"could not acquire lock {self.key!r}: {exc}", lock_name=self.key
             ) from exc
@@ -144,7 +213,7 @@ class TokenLock:
         """Release the lock if this token holds it; True if it did."""
         try:
             return bool(self._release(keys=[self.key], args=[self.token]))
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise LockError(
                 f"could not release lock {self.key!r}: {exc}", lock_name=self.key
             ) from exc
@@ -157,7 +226,7 @@ class TokenLock:
         """
         try:
             return bool(self._extend(keys=[self.key], args=[self.token, _ms(ttl or self.ttl)]))
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise LockError(
                 f"could not extend lock {self.key!r}: {exc}", lock_name=self.key
             ) from exc

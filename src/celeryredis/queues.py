@@ -14,13 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-import redis
 from celery import Celery
 
 from celeryredis import _kombu_compat
-from celeryredis.connection import new_redis
+from celeryredis.connection import Client, is_cluster, new_redis
 from celeryredis.heartbeat import WorkerHeartbeat, read_heartbeats
 from celeryredis.keys import SENT_AT_HEADER
+from celeryredis.transport import cluster_queue_keys
 
 __all__ = ["QueueDepth", "inspect_queues"]
 
@@ -72,7 +72,7 @@ def _transport(conf: Mapping[str, Any]) -> tuple[str, str, tuple[int, ...], str]
     )
 
 
-def _bound_queues(client: redis.Redis, conf: Mapping[str, Any]) -> set[str]:
+def _bound_queues(client: Client, conf: Mapping[str, Any]) -> set[str]:
     """Queues kombu has bound in Redis (declared by a publisher or a worker)."""
     keyprefix, sep, _, _ = _transport(conf)
     head = f"{keyprefix}{_kombu_compat.BINDING_KEY_HEAD}"
@@ -88,7 +88,7 @@ def _bound_queues(client: redis.Redis, conf: Mapping[str, Any]) -> set[str]:
     return names
 
 
-def _queue_names(app: Celery, workers: Sequence[WorkerHeartbeat], client: redis.Redis) -> list[str]:
+def _queue_names(app: Celery, workers: Sequence[WorkerHeartbeat], client: Client) -> list[str]:
     names = {str(app.conf.task_default_queue or "celery")}
     names.update(_bound_queues(client, app.conf))
     with contextlib.suppress(Exception):  # a host's odd task_queues must not break a probe
@@ -96,6 +96,15 @@ def _queue_names(app: Celery, workers: Sequence[WorkerHeartbeat], client: redis.
     for worker in workers:
         names.update(worker.queues)
     return sorted(names)
+
+
+def _list_keys(
+    cluster: bool, keyprefix: str, name: str, steps: Sequence[int], sep: str
+) -> list[str]:
+    """The lists of queue ``name``, one per priority step (the cluster transport's on a cluster)."""
+    if cluster:
+        return list(cluster_queue_keys(keyprefix, name, steps)["lists"])
+    return [_kombu_compat.queue_key(keyprefix, name, step, sep) for step in steps]
 
 
 def _sent_at(raw: Any) -> float | None:
@@ -107,7 +116,7 @@ def _sent_at(raw: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _unacked_by_queue(client: redis.Redis, app: Celery, key: str) -> dict[str, int]:
+def _unacked_by_queue(client: Client, app: Celery, key: str) -> dict[str, int]:
     routes: dict[str, str] = {}
     with contextlib.suppress(Exception):
         for name, queue in app.amqp.queues.items():
@@ -123,11 +132,40 @@ def _unacked_by_queue(client: redis.Redis, app: Celery, key: str) -> dict[str, i
     return counts
 
 
+def _read_lists(
+    client: Client,
+    app: Celery,
+    names: Sequence[str],
+    window: tuple[int, int],
+    transport: tuple[str, str, tuple[int, ...], str],
+) -> tuple[list[Any], dict[str, int]]:
+    """``LLEN`` and the oldest messages of each priority list, and the unacked counts."""
+    keyprefix, sep, steps, unacked_key = transport
+    first, last = window
+    cluster = is_cluster(client)
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        lists = _list_keys(cluster, keyprefix, name, steps, sep)
+        for key in lists:
+            pipe.llen(key)
+            pipe.lrange(key, first, last)
+        if cluster:  # each queue has its own unacked hash on a cluster broker
+            pipe.hlen(cluster_queue_keys(keyprefix, name, steps)["unacked"])
+    replies = pipe.execute()
+    if cluster:
+        width = 2 * len(steps) + 1
+        unacked = {name: int(replies[i * width + width - 1]) for i, name in enumerate(names)}
+        replies = [r for i, r in enumerate(replies) if i % width != width - 1]
+    else:
+        unacked = _unacked_by_queue(client, app, keyprefix + unacked_key)
+    return replies, unacked
+
+
 def inspect_queues(
     app: Celery,
     queues: Sequence[str] | None = None,
     *,
-    client: redis.Redis | None = None,
+    client: Client | None = None,
     sample: int = 1000,
     workers: Sequence[WorkerHeartbeat] | None = None,
 ) -> list[QueueDepth]:
@@ -156,14 +194,9 @@ def inspect_queues(
         keyprefix, sep, steps, unacked_key = _transport(conf)
         # The consuming end is the right (BRPOP), so the oldest messages are the last.
         first, last = (-sample, -1) if sample > 0 else (1, 0)
-        pipe = client.pipeline(transaction=False)
-        for name in names:
-            for step in steps:
-                key = _kombu_compat.queue_key(keyprefix, name, step, sep)
-                pipe.llen(key)
-                pipe.lrange(key, first, last)
-        replies = pipe.execute()
-        unacked = _unacked_by_queue(client, app, keyprefix + unacked_key)
+        replies, unacked = _read_lists(
+            client, app, names, (first, last), (keyprefix, sep, steps, unacked_key)
+        )
         now = time.time()
         result = []
         for index, name in enumerate(names):

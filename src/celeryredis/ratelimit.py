@@ -13,11 +13,10 @@ import re
 from dataclasses import dataclass
 from types import TracebackType
 
-import redis
 from celery import Celery
 
 from celeryredis._scripts import source
-from celeryredis.connection import get_redis
+from celeryredis.connection import REDIS_ERRORS, Client, get_redis
 from celeryredis.exceptions import ConfigurationError, RateLimitError
 from celeryredis.keys import rate_limit_key
 
@@ -87,7 +86,7 @@ class RateLimiter:
                 schedule_later(decision.wait)
     """
 
-    def __init__(self, client: redis.Redis, key: str, rate: str | float, burst: int = 1) -> None:
+    def __init__(self, client: Client, key: str, rate: str | float, burst: int = 1) -> None:
         per_second = parse_rate(rate) if isinstance(rate, str) else float(rate)
         if not per_second > 0 or not math.isfinite(per_second):
             raise ConfigurationError(f"rate {rate!r} must be > 0", setting="rate")
@@ -120,7 +119,7 @@ class RateLimiter:
                     max_wait_ms,
                 ],
             )
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise RateLimitError(f"rate limiter {self.key!r}: {exc}") from exc
         wait = max(0.0, float(wait_ms) / 1000)
         slot = float(slot_ms) / 1000 if int(slot_ms) else None

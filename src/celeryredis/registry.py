@@ -130,6 +130,13 @@ SETTINGS: Final[Mapping[str, LibrarySetting]] = MappingProxyType(
                 "too).",
             ),
             LibrarySetting(
+                "celeryredis_cluster_partitions",
+                {},
+                "dict",
+                "Redis Cluster broker: {queue name: N} splits a hot queue into N partitions, "
+                "each its own hash slot (FIFO and priorities then hold per partition only).",
+            ),
+            LibrarySetting(
                 "celeryredis_eager_redis",
                 False,
                 "bool",

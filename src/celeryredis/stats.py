@@ -12,10 +12,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Final, Literal
 
-import redis
 from celery import Celery
 
-from celeryredis.connection import get_redis
+from celeryredis.connection import REDIS_ERRORS, Client, get_redis
 from celeryredis.keys import stats_key
 
 __all__ = ["EVENTS", "Event", "count", "read_counts"]
@@ -32,11 +31,11 @@ def count(app: Celery, event: Event, task_name: str | None) -> None:
     """Add one ``event`` for ``task_name`` (best effort)."""
     try:
         get_redis(app).hincrby(stats_key(app.conf), f"{event}:{task_name or '?'}", 1)
-    except (redis.RedisError, ValueError) as exc:
+    except (*REDIS_ERRORS, ValueError) as exc:
         logger.debug("celeryredis: %s not counted: %s", event, exc)
 
 
-def read_counts(client: redis.Redis, conf: Mapping[str, Any]) -> dict[tuple[str, str], int]:
+def read_counts(client: Client, conf: Mapping[str, Any]) -> dict[tuple[str, str], int]:
     """Every counter: ``{(event, task_name): count}``."""
     counts: dict[tuple[str, str], int] = {}
     for field, value in client.hgetall(stats_key(conf)).items():

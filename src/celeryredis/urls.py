@@ -40,6 +40,7 @@ __all__ = [
     "parse_redis_url",
     "redact_text",
     "redact_url",
+    "redis_url_of_broker",
     "refuse_cluster_broker",
 ]
 
@@ -447,6 +448,40 @@ def _parse_cluster(
         )
     query = _parse_query(url, raw_query, scheme, setting)
     return RedisURL(scheme, tuple(hosts), None, username, password, 0, MappingProxyType(query))
+
+
+#: The cluster transport's kombu schemes (``make_app()`` writes them into ``broker_url``).
+_KOMBU_CLUSTER_SCHEMES: Final = {
+    "celeryrediscluster": "rediscluster",
+    "celeryredisclusters": "redisclusters",
+}
+
+
+def redis_url_of_broker(url: str) -> str:
+    """The Redis URL behind a broker URL: the cluster transport's kombu form made whole again.
+
+    ``make_app()`` writes a ``rediscluster://`` broker as one ``celeryrediscluster://``
+    URL per node, ``;``-separated (kombu reads one host per URL); this gives back the
+    ``rediscluster://host:port,host:port`` URL celeryredis's own clients connect with.
+    Other URLs are returned unchanged.
+
+    Example:
+        >>> redis_url_of_broker("celeryrediscluster://h1:7000/0;celeryrediscluster://h2:7000/0")
+        'rediscluster://h1:7000,h2:7000/0'
+    """
+    scheme, sep, _ = url.partition("://")
+    if not sep or scheme not in _KOMBU_CLUSTER_SCHEMES:
+        return url
+    auth = at = path = ""
+    hosts = []
+    for chunk in url.split(";"):
+        rest = chunk.partition("://")[2]
+        rest, qmark, query = rest.partition("?")
+        auth, at, tail = rest.rpartition("@")
+        host, slash, tail_path = tail.partition("/")
+        hosts.append(host)
+        path = slash + tail_path + qmark + query
+    return f"{_KOMBU_CLUSTER_SCHEMES[scheme]}://{auth}{at}{','.join(hosts)}{path}"
 
 
 def refuse_cluster_broker(url: RedisURL, *, setting: str = "broker_url") -> RedisURL:

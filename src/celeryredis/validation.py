@@ -84,6 +84,11 @@ def broker_transport_options() -> frozenset[str]:
         "lease_seconds",
         "lease_sweep_interval",
         "fetch_batch_max",
+        # Read by the Redis Cluster transport (transport/_cluster.py); ``partitions`` is
+        # set from celeryredis_cluster_partitions.
+        "partitions",
+        "wake_up",
+        "idle_fetch_interval",
     }
 
 

@@ -25,10 +25,11 @@ import redis
 from celery import Celery, bootsteps
 from celery.worker import state as worker_state
 from celery.worker.consumer import Consumer as _CeleryConsumer
+from redis.exceptions import RedisClusterException
 
 from celeryredis import _kombu_compat
 from celeryredis._prefork import PreforkReapStep
-from celeryredis.connection import new_redis
+from celeryredis.connection import Client, new_redis
 from celeryredis.deadletter import DeadLetterError, DeadLetterQueue, dead_letter_message
 from celeryredis.exceptions import ConfigurationError
 from celeryredis.heartbeat import remove_heartbeat, write_heartbeat
@@ -172,7 +173,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
         self.interval = float(setting(parent.app.conf, "celeryredis_heartbeat_interval"))
         self.enabled = self.interval > 0
         self._tref: Any = None
-        self._client: redis.Redis | None = None
+        self._client: Client | None = None
         self._started_at = time.time()
         self._failing = False
         super().__init__(parent, **kwargs)
@@ -195,7 +196,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
         """Stop beating and delete the heartbeat (a clean shutdown is not a lost worker)."""
         self.stop(parent)
         if self._client is not None:
-            with contextlib.suppress(redis.RedisError):
+            with contextlib.suppress(redis.RedisError, RedisClusterException):
                 remove_heartbeat(self._client, parent.app.conf, parent.hostname)
             self._client.close()
             self._client = None
@@ -230,7 +231,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
             return
         try:
             write_heartbeat(self._client, parent.app.conf, self.payload(parent), self.interval)
-        except redis.RedisError as exc:
+        except (redis.RedisError, RedisClusterException) as exc:  # a cluster in flux too
             if not self._failing:
                 logger.warning("celeryredis heartbeat not written: %s", redact_text(str(exc)))
             self._failing = True

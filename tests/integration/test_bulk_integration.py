@@ -6,6 +6,7 @@ import base64
 import itertools
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -132,6 +133,90 @@ def test_messages_match_apply_async_field_by_field(
         assert via_bulk["headers"]["tenant"] == "acme"
     else:
         assert key_b == f"{global_keyprefix}celery"
+
+
+_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+_SENT_AT = re.compile(rb'"' + SENT_AT_HEADER.encode() + rb'": [0-9.e+-]+')
+_EXPIRATION = re.compile(rb'"expiration": "[0-9]+"')
+_TIMES = re.compile(rb'"(expires|eta)": "[0-9T:.+-]+"')
+
+#: Calls whose messages enqueue_many builds with its shortcuts (a plan shared by the
+#: batch, argsrepr without saferepr) and without them (nested arguments, own options).
+BYTE_CASES: dict[str, tuple[list[Any], dict[str, Any]]] = {
+    "ints": ([((1, 2), {}), ((3,), {"y": 4})], {}),
+    "strings floats none bools": (
+        [
+            (("it's", 'a "q"'), {}),
+            (("back\\slash\nnl",), {"y": "é"}),
+            ((1.5, None), {}),
+            ((True,), {"y": False}),
+        ],
+        {},
+    ),
+    "nested and bytes-like": ([(([1, [2, (3,)]], {"k": {"a": [1]}}), {})], {}),
+    "options": (
+        [((7,), {})],
+        {"queue": "bulk-special", "priority": 5, "headers": {"tenant": "acme"}, "countdown": 60},
+    ),
+    "expires": ([((7,), {}), ((8,), {})], {"expires": 3600}),
+    "router function": ([((9,), {}), ((10,), {})], {}),
+    "signature with own options": ([], {}),
+}
+
+
+def _normalised(raw: bytes) -> bytes:
+    raw = _UUID.sub(b"<id>", raw)
+    raw = _SENT_AT.sub(b"<sent-at>", raw)
+    raw = _EXPIRATION.sub(b"<expiration>", raw)
+    return _TIMES.sub(rb'"\1": "<time>"', raw)
+
+
+def _route_by_first_argument(
+    name: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any], **kw: Any
+) -> dict[str, Any] | None:
+    if name == "bulk.add" and args and args[0] == 10:
+        return {"queue": "tens"}
+    return None
+
+
+@pytest.mark.parametrize("case", list(BYTE_CASES))
+def test_message_bytes_match_apply_async(redis_url: str, case: str) -> None:
+    """Each message's bytes are apply_async's, up to its ids and times.
+
+    Covers both ways enqueue_many builds a message: from the plan a batch shares
+    (argsrepr written directly), and per call (nested arguments, per-call routing,
+    expiry, a signature's own options).
+    """
+    settings: dict[str, Any] = {}
+    if case == "router function":
+        settings["task_routes"] = (_route_by_first_argument,)
+    app = _app(redis_url, **settings)
+    task = app.tasks["bulk.add"]
+    client = redis.Redis.from_url(redis_url)
+    calls, options = BYTE_CASES[case]
+    if case == "signature with own options":
+        calls = [task.s(1, y=2).set(priority=2), task.s(3).set(queue="bulk-special")]
+    expected: list[bytes] = []
+    for call in calls:
+        client.flushdb()
+        if isinstance(call, tuple):
+            task.apply_async(call[0], call[1] or None, **options)
+        else:
+            call.apply_async(**options)
+        ((key, raw),) = [
+            (k, client.lrange(k, 0, -1)) for k in client.scan_iter() if client.type(k) == b"list"
+        ]
+        expected.append(key + b" " + _normalised(raw[0]))
+    client.flushdb()
+    enqueue_many(task, calls, **options)
+    got = [
+        k + b" " + _normalised(m)
+        for k in sorted(client.scan_iter())
+        if client.type(k) == b"list"
+        for m in reversed(client.lrange(k, 0, -1))
+    ]
+    assert sorted(got) == sorted(expected)
+    client.flushdb()
 
 
 def test_results_can_be_read_without_a_subscription_at_publish(redis_url: str) -> None:

@@ -6,8 +6,10 @@ import pytest
 from celery import Celery
 
 from celeryredis import ConfigurationError, configure, make_app
+from celeryredis.acl import acl_rule
 from celeryredis.transport import cluster_broker_url
 from celeryredis.transport._cluster import queue_keys
+from celeryredis.urls import redis_url_of_broker
 
 SECRET = "hunter2-Secret"  # one of tests/conftest.py's SECRETS
 
@@ -37,21 +39,28 @@ def test_make_app_points_producers_and_consumers_at_the_cluster_transport() -> N
         assert SECRET not in conn.as_uri()
 
 
-def test_features_that_keep_own_keys_are_off_with_a_reason() -> None:
+def test_heartbeats_and_dead_letters_stay_on_with_a_cluster_broker() -> None:
     app = make_app("t", broker_url="rediscluster://a:7000", preset="production")
-    assert app.conf.celeryredis_heartbeat_interval == 0
-    assert app.conf.celeryredis_dead_letter is False
+    assert app.conf.celeryredis_heartbeat_interval > 0
+    assert app.conf.celeryredis_dead_letter is True
+    explicit = make_app(
+        "t", broker_url=f"rediscluster://:{SECRET}@a:7000", celeryredis_heartbeat_interval=5
+    )
+    assert explicit.conf.celeryredis_heartbeat_interval == 5
 
 
-def test_an_explicit_heartbeat_on_a_cluster_broker_is_refused_by_name() -> None:
-    with pytest.raises(ConfigurationError, match="celeryredis_heartbeat_interval=5") as excinfo:
-        _ = make_app(
+def test_own_clients_read_the_cluster_transports_url_back() -> None:
+    app = make_app("t", broker_url=f"rediscluster://:{SECRET}@a:7000,b:7001")
+    assert redis_url_of_broker(app.conf.broker_url) == f"rediscluster://:{SECRET}@a:7000,b:7001/0"
+    assert redis_url_of_broker("redis://a:6379/0") == "redis://a:6379/0"
+    rule = acl_rule(
+        make_app(
             "t",
-            broker_url=f"rediscluster://:{SECRET}@a:7000",
-            celeryredis_heartbeat_interval=5,
-        ).conf.broker_url  # the settings are resolved on read
-    assert "single-node or Sentinel broker" in str(excinfo.value)
-    assert SECRET not in str(excinfo.value)
+            broker_url="rediscluster://a:7000,b:7001",
+            broker_transport_options={"global_keyprefix": "p:"},
+        ).conf
+    )
+    assert "~p:*" in rule.rules
 
 
 def test_one_node_from_the_environment_reaches_kombu_as_is(
@@ -90,7 +99,7 @@ def test_a_cluster_broker_in_the_host_config() -> None:
     configure(app)
     assert app.conf.broker_url == "rediscluster://a:7000"
     assert app.conf.broker_read_url == "celeryrediscluster://a:7000/0"
-    assert app.conf.celeryredis_heartbeat_interval == 0
+    assert app.conf.celeryredis_heartbeat_interval > 0
 
 
 def test_every_key_of_a_queue_shares_its_hash_tag() -> None:
@@ -123,3 +132,60 @@ def test_the_test_guard_rewrites_a_cluster_url_as_the_settings_layer_does(url: s
     from celeryredis.testing._guard import _kombu_form
 
     assert _kombu_form(url) == cluster_broker_url(url)
+
+
+# --- partitioned queues (celeryredis_cluster_partitions) ----------------------------------
+
+
+def test_partitions_become_the_cluster_transports_option() -> None:
+    from celeryredis.transport import parse_partitions
+
+    app = make_app(
+        "t", broker_url="rediscluster://a:7000", celeryredis_cluster_partitions={"hot": 3}
+    )
+    assert app.conf.broker_transport_options["partitions"] == {"hot": 3}
+    assert parse_partitions(None, "x") == {}
+    plain = make_app("t", broker_url="rediscluster://a:7000")
+    assert "partitions" not in plain.conf.broker_transport_options
+    keys = queue_keys("p:", "hot", partitions=3)
+    assert [p["unacked"] for p in keys["partitions"]] == [
+        "p:{hot}:unacked",
+        "p:{hot#1}:unacked",
+        "p:{hot#2}:unacked",
+    ]
+    assert keys["partitions"][2]["wake"] == "p:{hot#2}:wake"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("hot", r"celeryredis_cluster_partitions='hot' must be a dict of \{queue name: number"),
+        ({"hot": 0}, r"celeryredis_cluster_partitions\['hot'\]=0 must be from 1 .* to 64"),
+        ({"hot": 65}, r"celeryredis_cluster_partitions\['hot'\]=65 must be from 1"),
+        ({"hot": "3"}, r"\['hot'\]='3' must be a whole number of partitions"),
+        ({"hot": True}, r"\['hot'\]=True must be a whole number"),
+        ({"h{o}t": 2}, r"names the queue 'h\{o\}t', which contains '\{' or '\}'"),
+        ({3: 2}, r"has the key 3; the keys are queue names"),
+    ],
+)
+def test_a_wrong_partition_setting_is_refused_with_where_it_came_from(
+    value: object, message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message) as excinfo:
+        _ = make_app(
+            "t", broker_url="rediscluster://a:7000", celeryredis_cluster_partitions=value
+        ).conf.broker_url
+    assert "(from " in str(excinfo.value)
+    assert excinfo.value.setting == "celeryredis_cluster_partitions"
+
+
+def test_a_wrong_partitions_transport_option_is_refused_by_the_channel() -> None:
+    from kombu import Connection
+
+    with (
+        Connection(
+            "celeryrediscluster://127.0.0.1:1/0", transport_options={"partitions": [3]}
+        ) as conn,
+        pytest.raises(TypeError, match=r"broker_transport_options\['partitions'\]=\[3\] must be"),
+    ):
+        conn.default_channel  # noqa: B018

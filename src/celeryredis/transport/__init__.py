@@ -24,13 +24,20 @@ A scheme alias, unlike Celery's ``broker_transport``, survives
 
 from __future__ import annotations
 
-from typing import Final
+import importlib
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 __all__ = [
     "CLUSTER_SCHEMES",
+    "MAX_PARTITIONS",
+    "PARTITION_SEP",
     "RELIABLE_SCHEMES",
     "TRANSPORTS",
     "cluster_broker_url",
+    "cluster_queue_keys",
+    "parse_partitions",
+    "partition_names",
     "register_aliases",
     "reliable_url",
 ]
@@ -54,6 +61,63 @@ RELIABLE_SCHEMES: Final = {
 }
 
 
+#: Between a queue's name and its partition number in the partition's hash tag.
+PARTITION_SEP: Final = "#"
+#: The most partitions one queue may have.
+MAX_PARTITIONS: Final = 64
+
+
+def partition_names(queue: str, count: int) -> list[str]:
+    """The names whose hash tags hold ``queue``'s partitions: ``q``, ``q#1``, ``q#2``, ...
+
+    Example:
+        >>> partition_names("celery", 3)
+        ['celery', 'celery#1', 'celery#2']
+    """
+    return [queue] + [f"{queue}{PARTITION_SEP}{i}" for i in range(1, count)]
+
+
+def parse_partitions(value: Any, where: str) -> dict[str, int]:
+    """Check a ``{queue name: number of partitions}`` mapping; ``where`` names its source.
+
+    Example:
+        >>> parse_partitions({"celery": 3}, "celeryredis_cluster_partitions")
+        {'celery': 3}
+
+    Raises:
+        TypeError: It is not a mapping of names to whole numbers; the message says where.
+        ValueError: A name or a count is out of bounds; the message says which and where.
+    """
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise TypeError(
+            f"{where}={value!r} must be a dict of {{queue name: number of partitions}}, "
+            "for example {'celery': 3}"
+        )
+    out: dict[str, int] = {}
+    for queue, count in value.items():
+        if not isinstance(queue, str) or not queue:
+            raise TypeError(f"{where} has the key {queue!r}; the keys are queue names")
+        if "{" in queue or "}" in queue:
+            raise ValueError(
+                f"{where} names the queue {queue!r}, which contains '{{' or '}}': on a Redis "
+                "Cluster broker celeryredis wraps each queue name in a hash tag itself"
+            )
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(
+                f"{where}[{queue!r}]={count!r} must be a whole number of partitions from 1 "
+                f"to {MAX_PARTITIONS}"
+            )
+        if not 1 <= count <= MAX_PARTITIONS:
+            raise ValueError(
+                f"{where}[{queue!r}]={count} must be from 1 (one slot, no partitions) to "
+                f"{MAX_PARTITIONS}"
+            )
+        out[queue] = count
+    return out
+
+
 def register_aliases() -> None:
     """Register the reliable transport's URL schemes with kombu (idempotent)."""
     from kombu.transport import TRANSPORT_ALIASES  # noqa: PLC0415 - a dict, cheap
@@ -64,6 +128,28 @@ def register_aliases() -> None:
         # rediscluster:// too: a host's own broker_url (or $CELERY_BROKER_URL), which
         # Celery hands to kombu unchanged, works when it names one node.
         TRANSPORT_ALIASES.setdefault(scheme, _CLUSTER_TARGET)
+
+
+def cluster_queue_keys(
+    prefix: str, queue: str, steps: Sequence[int] | None = None
+) -> dict[str, Any]:
+    """The keys of ``queue`` on a cluster broker, as the cluster transport names them.
+
+    ``lists`` (one per priority step), ``unacked``, ``index`` and ``poison``, all with the
+    queue's hash tag (``queue_keys`` of the cluster transport, imported on first use so
+    that reading a single-node broker's queues does not load the cluster transport).
+
+    Example:
+        >>> cluster_queue_keys("p:", "celery")["unacked"]
+        'p:{celery}:unacked'
+    """
+    module = importlib.import_module(_CLUSTER_TARGET.partition(":")[0])
+    keys: dict[str, Any] = (
+        module.queue_keys(prefix, queue)
+        if steps is None
+        else module.queue_keys(prefix, queue, steps)
+    )
+    return keys
 
 
 def cluster_broker_url(url: str) -> str:

@@ -20,11 +20,25 @@ The Lua scripts are the reliable transport's (``transport_fetch``, ``transport_r
 module copies the reliable transport's lease logic in a per-queue form; it does not
 import or change :mod:`celeryredis.transport._reliable`.
 
-Consuming is a poll loop: each round runs the fetch script once per consumed queue (it
-applies that queue's queued acks in the same call); when every queue was empty the
-connection sleeps ``polling_interval`` seconds (0.1 by default). Broadcast (remote
-control) and fanout use classic ``PUBLISH``/``SUBSCRIBE``, which reaches a subscriber on
-any node; the subscription lives on one node and moves to another one when it is lost.
+A queue may be split into partitions (``broker_transport_options={"partitions":
+{"q": 3}}``, set from ``celeryredis_cluster_partitions``): partition 0 is the layout
+above, partition ``i`` uses the hash tag ``{q#i}``, each with its own lists, unacked hash,
+index and poison list. A producer sends each message to the next partition (round
+robin from a random start); a consumer fetches from every partition, starting at the
+next one each round. ``{q}:partitions`` records the highest count any process used, and
+consumers drain that many, so lowering the count strands nothing.
+
+Consuming: each round runs the fetch script on the partitions that may hold messages
+(it applies that partition's queued acks in the same call). A partition found empty is
+not fetched again until a push rings its wake-up shard channel ``{q#i}:wake`` (the push
+script publishes when a list goes from empty to one message; a restore and a requeue
+publish too), or ``idle_fetch_interval`` passes. Meanwhile the connection blocks in one
+``select()`` on one ``SSUBSCRIBE`` connection per master that owns consumed partitions
+(plus the fanout subscription), for at most the time to the next restore sweep. With
+``wake_up=False`` it is the old poll loop (sleep ``polling_interval`` when every queue
+was empty). Broadcast (remote control) and fanout use classic ``PUBLISH``/``SUBSCRIBE``,
+which reaches a subscriber on any node; the subscription lives on one node and moves to
+another one when it is lost.
 """
 
 from __future__ import annotations
@@ -32,10 +46,12 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import random
+import select
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from queue import Empty
 from typing import Any, Final
 
@@ -44,10 +60,16 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.cluster import ClusterNode, RedisCluster
 
-from celeryredis._kombu_compat import BINDING_KEY_HEAD, DEFAULT_PRIORITY_STEPS, DEFAULT_SEP
+from celeryredis._kombu_compat import (
+    BINDING_KEY_HEAD,
+    DEFAULT_PRIORITY_STEPS,
+    DEFAULT_SEP,
+    PUBLISH_BATCH_KWARG,
+)
 from celeryredis._scripts import source
 from celeryredis.cluster import CLUSTER_ERRORS
 from celeryredis.registry import default
+from celeryredis.transport import PARTITION_SEP, parse_partitions, partition_names
 from celeryredis.transport._lease import LeaseRenewer
 
 virtual: Any = importlib.import_module("kombu.transport.virtual")
@@ -56,10 +78,21 @@ __all__ = ["Channel", "QoS", "Transport", "queue_keys"]
 
 logger = logging.getLogger(__name__)
 
-_SCRIPTS: Final = ("transport_fetch", "transport_renew", "transport_claim", "transport_restore")
+_SCRIPTS: Final = (
+    "transport_fetch",
+    "transport_renew",
+    "transport_claim",
+    "transport_restore",
+    "cluster_push",
+    "cluster_partitions",
+)
 _CHUNK: Final = 1000
 _CLAIM_SECONDS: Final = 10.0
 _BINDING_SEP: Final = DEFAULT_SEP
+#: Seconds between reads of the queues' recorded partition counts by a consumer.
+_RECORD_REFRESH: Final = 10.0
+#: The longest one wait blocks (the loop re-checks its channels at least this often).
+_WAIT_CAP: Final = 1.0
 #: Errors after which the consumer refreshes the slot map and fetches again.
 _RETRY_ERRORS: Final = (redis.ConnectionError, redis.TimeoutError, *CLUSTER_ERRORS)
 
@@ -96,23 +129,35 @@ def _tag(queue: str) -> str:
 
 
 def queue_keys(
-    prefix: str, queue: str, steps: Sequence[int] = DEFAULT_PRIORITY_STEPS
+    prefix: str, queue: str, steps: Sequence[int] = DEFAULT_PRIORITY_STEPS, partitions: int = 1
 ) -> dict[str, Any]:
-    r"""The keys of ``queue`` on a cluster broker, all in one hash slot.
+    r"""The keys of ``queue`` on a cluster broker: partition 0's, and every partition's.
+
+    Each partition's keys share one hash slot. ``partitions`` lists one such dict per
+    partition (the first is partition 0, the top-level keys); ``record`` is the key of
+    the queue's recorded partition count, ``wake`` the partition's wake-up shard channel.
 
     Example:
         >>> queue_keys("", "celery")["lists"][:2]
-        ['{celery}', '{celery}\x06\x163']
+        ['{celery}', '{celery}3']
         >>> queue_keys("p:", "celery")["unacked"]
         'p:{celery}:unacked'
+        >>> [p["lists"][0] for p in queue_keys("", "celery", partitions=3)["partitions"]]
+        ['{celery}', '{celery#1}', '{celery#2}']
     """
-    head = prefix + _tag(queue)
-    return {
-        "lists": [f"{head}{DEFAULT_SEP}{step}" if step else head for step in steps],
-        "unacked": f"{head}:unacked",
-        "index": f"{head}:unacked_index",
-        "poison": f"{head}:poison",
-    }
+    parts = []
+    for name in partition_names(queue, partitions):
+        head = prefix + _tag(name)
+        parts.append(
+            {
+                "lists": [f"{head}{DEFAULT_SEP}{step}" if step else head for step in steps],
+                "unacked": f"{head}:unacked",
+                "index": f"{head}:unacked_index",
+                "poison": f"{head}:poison",
+                "wake": f"{head}:wake",
+            }
+        )
+    return {**parts[0], "record": f"{prefix}{_tag(queue)}:partitions", "partitions": parts}
 
 
 class QoS(virtual.QoS):  # type: ignore[misc]
@@ -174,6 +219,13 @@ class Channel(virtual.Channel):  # type: ignore[misc]
     socket_timeout: float | None = 5.0
     socket_connect_timeout: float | None = 5.0
     priority_steps: Sequence[int] = DEFAULT_PRIORITY_STEPS
+    #: ``{queue: N}``: queues split into N partitions (``celeryredis_cluster_partitions``).
+    partitions: Mapping[str, int] = {}
+    #: Block on the partitions' wake-up channels when idle (False: the old poll loop).
+    wake_up: bool = True
+    #: Seconds after which an idle partition is fetched even without a wake-up (a push
+    #: that bypassed this transport's push script is found within this time).
+    idle_fetch_interval: float = 5.0
 
     from_transport_options = (
         *virtual.Channel.from_transport_options,
@@ -185,6 +237,9 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         "socket_timeout",
         "socket_connect_timeout",
         "priority_steps",
+        "partitions",
+        "wake_up",
+        "idle_fetch_interval",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -203,7 +258,21 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         self._leases = LeaseRenewer(self, "celeryredis-cluster-lease")
         self._last_sweep = float("-inf")
         self._last_error = float("-inf")
+        self._recorded: dict[str, int] = {}  # queue -> partition count recorded in Redis
+        self._announced: set[str] = set()  # queues whose count this channel recorded
+        self._records_read = float("-inf")
+        self._next_part: dict[str, int] = {}  # queue -> the partition the next push goes to
+        self._first_part: dict[str, int] = {}  # queue -> the partition a fetch starts at
+        self._wake_pubsubs: dict[str, Any] = {}  # node name -> its SSUBSCRIBE connection
+        self._wake_node: dict[str, str] = {}  # partition -> node its channel is sent to
+        self._wake_part: dict[str, str] = {}  # wake-up channel -> partition
+        self._live: set[str] = set()  # partitions whose wake-up subscription is confirmed
+        self._idle: dict[str, float] = {}  # live partition found empty -> since when
+        self._fetch_failed = False  # a fetch was refused this round: wait before retrying
         super().__init__(*args, **kwargs)
+        self.partitions = parse_partitions(
+            self.partitions, "broker_transport_options['partitions']"
+        )
         if "{" in str(self.global_keyprefix) or "}" in str(self.global_keyprefix):
             raise ValueError(
                 f"broker_transport_options global_keyprefix {self.global_keyprefix!r} "
@@ -237,8 +306,36 @@ class Channel(virtual.Channel):  # type: ignore[misc]
                 self._scripts[name] = self._client.register_script(source(name))
         return self._client
 
-    def _keys(self, queue: str) -> dict[str, Any]:
-        return queue_keys(str(self.global_keyprefix), queue, self.priority_steps)
+    def _keys(self, part: str) -> dict[str, Any]:
+        """The keys of one partition (a queue's name or ``q#i``)."""
+        return queue_keys(str(self.global_keyprefix), part, self.priority_steps)
+
+    def _count(self, queue: str) -> int:
+        return max(self.partitions.get(queue, 1), self._recorded.get(queue, 1))
+
+    def _parts(self, queue: str) -> list[str]:
+        """The partitions of ``queue`` a consumer fetches from (as many as ever used)."""
+        return partition_names(queue, self._count(queue))
+
+    def _read_record(self, queue: str) -> list[str]:
+        """Read ``queue``'s recorded partition count now; return its partitions."""
+        head = str(self.global_keyprefix) + _tag(queue)
+        with _topology_errors():
+            value = self.client.get(f"{head}:partitions")
+        self._recorded[queue] = max(1, int(value)) if value else 1
+        return self._parts(queue)
+
+    def _announce(self, queue: str) -> None:
+        """Record ``queue``'s configured partition count in Redis (raise it, never lower)."""
+        count = self.partitions.get(queue, 1)
+        if count > 1 and queue not in self._announced:
+            head = str(self.global_keyprefix) + _tag(queue)
+            with _topology_errors():
+                recorded = self._scripts["cluster_partitions"](
+                    keys=[f"{head}:partitions"], args=[count], client=self.client
+                )
+            self._recorded[queue] = int(recorded)
+            self._announced.add(queue)
 
     def _refresh(self, exc: BaseException) -> None:
         """A node went away or moved: log (at most every 5 s) and reload the slot map."""
@@ -254,11 +351,35 @@ class Channel(virtual.Channel):  # type: ignore[misc]
     # --- producing --------------------------------------------------------------------
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
-        """LPUSH the message to the queue's list for its priority step."""
+        """Push the message to the list for its priority step of the queue's next partition.
+
+        One script call: ``LPUSH``, and a wake-up ``SPUBLISH`` when the list was empty.
+        """
+        count = self.partitions.get(queue, 1)
+        part = queue
+        if count > 1:
+            self._announce(queue)
+            index = self._next_part.get(queue)
+            if index is None:
+                index = random.randrange(count)  # noqa: S311 - spread, not secrecy
+            self._next_part[queue] = (index + 1) % count
+            part = partition_names(queue, count)[index]
         step = self._step(self._get_message_priority(message, reverse=False))
-        key = self._keys(queue)["lists"][self._steps().index(step)]
+        keys = self._keys(part)
+        key = keys["lists"][self._steps().index(step)]
+        batch = kwargs.get(PUBLISH_BATCH_KWARG)
+        if batch is not None:
+            # enqueue_many runs the commands itself, one transaction per slot; it keeps
+            # one wake-up SPUBLISH per channel and slot (same hash tag as the list).
+            batch.add("lpush", key, dumps(message))
+            batch.add("spublish", keys["wake"], "1")
+            return
         with _topology_errors():
-            self.client.lpush(key, dumps(message))
+            self._scripts["cluster_push"](
+                keys=[key],
+                args=[dumps(message), keys["wake"]],
+                client=self.client,
+            )
 
     def _steps(self) -> list[int]:
         return list(self.priority_steps)
@@ -274,6 +395,10 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         self, exchange: str, message: dict[str, Any], routing_key: str, **kw: Any
     ) -> None:
         """PUBLISH: classic pub/sub reaches subscribers on every node of the cluster."""
+        batch = kw.get(PUBLISH_BATCH_KWARG)
+        if batch is not None:  # enqueue_many: no PUBLISH in a cluster transaction; it refuses
+            batch.add("publish", self._fanout_channel(exchange), dumps(message))
+            return
         with _topology_errors():
             self.client.publish(self._fanout_channel(exchange), dumps(message))
 
@@ -306,27 +431,47 @@ class Channel(virtual.Channel):  # type: ignore[misc]
             self._binding_key(exchange),
             _BINDING_SEP.join([routing_key or "", pattern or "", queue or ""]),
         )
-        self.client.delete(*self._keys(queue)["lists"])
+        for part in self._read_record(queue):
+            self.client.delete(*self._keys(part)["lists"])
+        self.client.delete(queue_keys(str(self.global_keyprefix), queue)["record"])
+        self._recorded.pop(queue, None)
+        self._announced.discard(queue)
 
     def _has_queue(self, queue: str, **kwargs: Any) -> bool:
-        return bool(self.client.exists(*self._keys(queue)["lists"]))
+        return any(
+            self.client.exists(*self._keys(part)["lists"]) for part in self._read_record(queue)
+        )
 
     def _new_queue(self, queue: str, **kwargs: Any) -> None:
         _tag(queue)  # refuse a name with braces at declaration
+        head, sep, number = queue.rpartition(PARTITION_SEP)
+        if sep and number.isdigit() and self.partitions.get(head, 1) > 1:
+            raise ValueError(
+                f"queue name {queue!r} is the name of partition {number} of the partitioned "
+                f"queue {head!r} (broker_transport_options['partitions']); rename the queue"
+            )
 
     def _size(self, queue: str) -> int:
-        pipe = self.client.pipeline(transaction=True)  # one slot: atomic
-        for key in self._keys(queue)["lists"]:
-            pipe.llen(key)
-        return sum(int(n) for n in pipe.execute())
+        """The messages waiting in every partition (one atomic count per partition)."""
+        total = 0
+        for part in self._read_record(queue):
+            pipe = self.client.pipeline(transaction=True)  # one slot: atomic
+            for key in self._keys(part)["lists"]:
+                pipe.llen(key)
+            total += sum(int(n) for n in pipe.execute())
+        return total
 
     def _purge(self, queue: str) -> int:
-        keys = self._keys(queue)["lists"]
-        pipe = self.client.pipeline(transaction=True)
-        for key in keys:
-            pipe.llen(key)
-        pipe.delete(*keys)
-        return sum(int(n) for n in pipe.execute()[: len(keys)])
+        """Empty every partition's lists (one transaction per partition)."""
+        total = 0
+        for part in self._read_record(queue):
+            keys = self._keys(part)["lists"]
+            pipe = self.client.pipeline(transaction=True)
+            for key in keys:
+                pipe.llen(key)
+            pipe.delete(*keys)
+            total += sum(int(n) for n in pipe.execute()[: len(keys)])
+        return total
 
     # --- consuming --------------------------------------------------------------------
 
@@ -334,11 +479,18 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         """Consume ``queue``: a fanout queue through a subscription, others by fetching."""
         if queue in self._fanout:
             self._subscribe(self._fanout[queue])
-        elif no_ack:
-            self._no_ack_queues.add(queue)
         else:
-            self._no_ack_queues.discard(queue)
-            self._leases.start()
+            if no_ack:
+                self._no_ack_queues.add(queue)
+            else:
+                self._no_ack_queues.discard(queue)
+                self._leases.start()
+            try:
+                with _topology_errors():
+                    self._announce(queue)
+                    self._read_record(queue)
+            except _RETRY_ERRORS as exc:
+                self._refresh(exc)  # the counts are read again at the next sweep
         return super().basic_consume(queue, no_ack, *args, **kwargs)
 
     def basic_cancel(self, consumer_tag: str) -> Any:
@@ -371,24 +523,54 @@ class Channel(virtual.Channel):  # type: ignore[misc]
                 self._no_ack_queues.discard(queue)
 
     def drain_events(self, timeout: float | None = None, callback: Any = None) -> Any:
-        """One round of the poll loop; the restore sweep runs first when it is due."""
+        """One round: the restore sweep when it is due, the wake-ups read, one delivery.
+
+        Reading the wake-up connections here (without blocking, no command sent) keeps a
+        busy consumer from starving an idle partition that was rung meanwhile.
+        """
         if self._consumers and self._active_queues:
             try:
                 with _topology_errors():
                     self.sweep()
             except _RETRY_ERRORS as exc:
                 self._refresh(exc)
+            if self._idle:
+                self.after_wait()
         return super().drain_events(timeout=timeout, callback=callback)
 
     def _get(self, queue: str, timeout: float | None = None) -> Any:
+        """The next message of ``queue``: buffered, or fetched from one of its partitions.
+
+        The partitions are tried from the next one each call (rotating), and the first
+        that yields messages fills the buffer. An idle partition (found empty, its
+        wake-up subscription live, no wake-up since) is skipped until
+        ``idle_fetch_interval`` passes.
+        """
         if queue in self._fanout:
             return self._get_fanout(queue)
         buffer = self._buffers.get(queue)
-        if not buffer:
-            buffer = self._buffers[queue] = deque(self._fetch(queue))
-        if not buffer:
-            raise Empty()
-        return buffer.popleft()
+        if buffer:
+            return buffer.popleft()
+        parts = self._parts(queue)
+        first = self._first_part.get(queue, 0) % len(parts)
+        self._first_part[queue] = first + 1
+        now = time.monotonic()
+        for offset in range(len(parts)):
+            part = parts[(first + offset) % len(parts)]
+            since = self._idle.get(part)
+            if since is not None and now - since < float(self.idle_fetch_interval):
+                continue
+            got = self._fetch(part, queue)
+            if got:
+                self._idle.pop(part, None)
+                buffer = self._buffers[queue] = deque(got)
+                return buffer.popleft()
+            if got is not None and part in self._live and self.wake_up:
+                self._idle[part] = now  # empty: wait for its wake-up
+            else:
+                self._idle.pop(part, None)
+                self._fetch_failed = self._fetch_failed or got is None
+        raise Empty()
 
     def _batch_size(self) -> int:
         if self._single:
@@ -397,12 +579,16 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         limit = int(self.fetch_batch_max)
         return limit if estimate is None else max(1, min(int(estimate), limit))
 
-    def _fetch(self, queue: str) -> list[Any]:
-        """Run the fetch script on ``queue``'s slot: apply its acks, pop and record."""
+    def _fetch(self, part: str, queue: str) -> list[Any] | None:
+        """Run the fetch script on one partition's slot: apply its acks, pop and record.
+
+        Returns the messages, or None when the cluster refused the call (the slot map is
+        reloaded and the acks are queued again).
+        """
         no_ack = self._no_ack(queue)
-        keys = self._keys(queue)
+        keys = self._keys(part)
         with self._lock:
-            acks = list(self._pending.pop(queue, ()))
+            acks = list(self._pending.pop(part, ()))
         argv: list[Any] = [
             self._batch_size(),
             repr(self._lease_offset()),
@@ -420,11 +606,11 @@ class Channel(virtual.Channel):  # type: ignore[misc]
                     client=self.client,
                 )
         except _RETRY_ERRORS as exc:
-            self._requeue_acks(queue, acks)
+            self._requeue_acks(part, acks)
             self._refresh(exc)
-            return []
+            return None
         except BaseException:
-            self._requeue_acks(queue, acks)
+            self._requeue_acks(part, acks)
             raise
         out = []
         for i in range(1, len(reply), 2):
@@ -438,8 +624,8 @@ class Channel(virtual.Channel):  # type: ignore[misc]
                 continue
             if not no_ack:
                 with self._lock:
-                    self._origin[tag] = queue
-                    self._held[tag] = queue  # renewed while buffered, too
+                    self._origin[tag] = part
+                    self._held[tag] = part  # renewed while buffered, too
             out.append(payload)
         return out
 
@@ -546,6 +732,8 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         pipe.zrem(keys["index"], tag)
         pipe.hdel(keys["unacked"], tag)
         pipe.execute()
+        if message is not None:
+            self._ring(keys["wake"])
 
     def renew(self) -> int:
         """Send queued acks and renew every held lease, per queue; return leases renewed."""
@@ -598,9 +786,14 @@ class Channel(virtual.Channel):  # type: ignore[misc]
             return 0
         self._last_sweep = now
         restored = 0
-        for queue in list(dict.fromkeys(self._active_queues)):
-            if queue not in self._fanout:
-                restored += self._sweep_queue(queue, limit)
+        queues = [q for q in dict.fromkeys(self._active_queues) if q not in self._fanout]
+        if now - self._records_read >= _RECORD_REFRESH:
+            self._records_read = now
+            for queue in queues:
+                self._read_record(queue)
+        for queue in queues:
+            for part in self._parts(queue):
+                restored += self._sweep_queue(part, limit)
         if restored:
             logger.info("celeryredis: requeued %d message(s) whose lease expired", restored)
         return restored
@@ -637,7 +830,126 @@ class Channel(virtual.Channel):  # type: ignore[misc]
                 client=self.client,
             )
             restored += int(result == 1)
+        if restored:
+            self._ring(keys["wake"])
         return restored
+
+    # --- wake-ups: one SSUBSCRIBE connection per master, one select() for all ----------
+
+    def _ring(self, channel: str) -> None:
+        """Wake consumers blocked on a partition (after a restore or a requeue)."""
+        try:
+            with _topology_errors():
+                self.client.spublish(channel, "1")
+        except redis.RedisError:
+            logger.debug("celeryredis: wake-up publish failed", exc_info=True)
+
+    def _consumed(self) -> list[str]:
+        if not self._consumers:
+            return []
+        return [q for q in dict.fromkeys(self._active_queues) if q not in self._fanout]
+
+    def wait_sources(self, polling_interval: float) -> tuple[list[Any], float | None]:
+        """What the transport waits on when a round found no message, and for how long.
+
+        Returns the sockets to ``select()`` on (the fanout subscription's, and one
+        ``SSUBSCRIBE`` connection per master owning a consumed partition) and the most
+        seconds to block (None: no limit from this channel). A partition without a
+        confirmed wake-up subscription, or a full prefetch window, means polling again
+        after ``polling_interval``; a wake-up already read means at once.
+        """
+        sockets: list[Any] = []
+        if self._pubsub is not None:
+            self._read_pubsub()
+            if any(self._fanout_buffers.get(q) for q in self._active_queues if q in self._fanout):
+                return sockets, 0.0
+            sock = _socket_of(self._pubsub)
+            if sock is not None:
+                sockets.append(sock)
+        queues = self._consumed()
+        if not queues:
+            return sockets, None
+        failed, self._fetch_failed = self._fetch_failed, False
+        if failed or not self.wake_up or not self.qos.can_consume():
+            return sockets, polling_interval
+        parts = [part for queue in queues for part in self._parts(queue)]
+        try:
+            with _topology_errors():
+                self._subscribe_wake(parts)
+                self._read_wake()
+        except redis.RedisError as exc:
+            self._drop_wake(exc)
+            return sockets, polling_interval
+        if any(p not in self._idle for p in parts):
+            woken = any(p in self._live for p in parts if p not in self._idle)
+            return sockets, 0.0 if woken else polling_interval
+        sockets.extend(s for s in map(_socket_of, self._wake_pubsubs.values()) if s is not None)
+        now = time.monotonic()
+        due = [self._last_sweep + float(self.lease_sweep_interval) - now]
+        due.append(min(self._idle[p] for p in parts) + float(self.idle_fetch_interval) - now)
+        return sockets, max(0.0, min(due))
+
+    def after_wait(self) -> None:
+        """Read the wake-ups that arrived while the transport waited."""
+        if not self._wake_pubsubs:
+            return
+        try:
+            with _topology_errors():
+                self._read_wake()
+        except redis.RedisError as exc:
+            self._drop_wake(exc)
+
+    def _subscribe_wake(self, parts: Iterable[str]) -> None:
+        """SSUBSCRIBE each partition's wake-up channel on the master owning its slot."""
+        for part in parts:
+            if part in self._wake_node:
+                continue
+            channel = self._keys(part)["wake"]
+            node = self.client.get_node_from_key(channel)
+            pubsub = self._wake_pubsubs.get(node.name)
+            if pubsub is None:
+                pubsub = node.redis_connection.pubsub()
+                self._wake_pubsubs[node.name] = pubsub
+            self._wake_part[channel] = part
+            self._wake_node[part] = node.name
+            pubsub.ssubscribe(channel)
+
+    def _read_wake(self) -> None:
+        """Read every wake-up connection without blocking; mark the partitions rung."""
+        for pubsub in list(self._wake_pubsubs.values()):
+            while True:
+                message = pubsub.get_message(timeout=0)
+                if message is None:
+                    break
+                part = self._wake_part.get(bytes_to_str(message["channel"]))
+                if part is None:
+                    continue
+                kind = message.get("type")
+                if kind == "ssubscribe":
+                    self._live.add(part)  # not idle yet: the next round fetches it
+                elif kind == "smessage":
+                    self._idle.pop(part, None)
+                elif kind == "sunsubscribe":
+                    # The server dropped it (its slot moved): subscribe again, fetch.
+                    self._live.discard(part)
+                    self._idle.pop(part, None)
+                    self._wake_node.pop(part, None)
+                    self._refresh(redis.ConnectionError(f"the slot of {part!r} moved"))
+
+    def _drop_wake(self, exc: BaseException | None) -> None:
+        """Close the wake-up connections; every partition is fetched until resubscribed."""
+        if exc is not None:
+            self._refresh(exc)
+        for pubsub in self._wake_pubsubs.values():
+            try:
+                pubsub.close()
+            except Exception:
+                logger.debug("celeryredis: closing a wake-up connection failed", exc_info=True)
+        self._wake_pubsubs.clear()
+        self._wake_node.clear()
+        self._wake_part.clear()
+        self._live.clear()
+        self._idle.clear()
 
     # --- closing ----------------------------------------------------------------------
 
@@ -651,6 +963,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
             self.flush_acks()
         super().close()  # the QoS requeues what this consumer still holds
         self._leases.join()
+        self._drop_wake(None)
         if self._pubsub is not None:
             try:
                 self._pubsub.close()
@@ -671,6 +984,12 @@ class Channel(virtual.Channel):  # type: ignore[misc]
                     self.settle(tag, payload)
                 except Exception:
                     logger.warning("celeryredis: could not requeue %s at close", tag, exc_info=True)
+
+
+def _socket_of(pubsub: Any) -> Any:
+    """The socket of a subscription's connection (None before it connects)."""
+    connection = pubsub.connection
+    return None if connection is None else connection._sock
 
 
 def _hosts(conninfo: Any) -> list[tuple[str, int]]:
@@ -714,3 +1033,45 @@ class Transport(virtual.Transport):  # type: ignore[misc]
     def driver_version(self) -> str:
         """redis-py's version."""
         return str(redis.__version__)
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+        """Deliver one message; between empty rounds, block on the channels' wake-ups.
+
+        kombu's loop sleeps ``polling_interval`` after an empty round; this one waits in
+        one ``select()`` on what the channels name (:meth:`Channel.wait_sources`) for as
+        long as they allow, capped by ``timeout`` and one second.
+        """
+        start = time.monotonic()
+        while True:
+            try:
+                self.cycle.get(self._deliver, timeout=timeout)
+            except Empty:
+                pass
+            else:
+                return
+            elapsed = time.monotonic() - start
+            if timeout is not None and elapsed >= timeout:
+                raise TimeoutError()
+            self._wait(None if timeout is None else timeout - elapsed)
+
+    def _wait(self, remaining: float | None) -> None:
+        interval = float(self.polling_interval or 0.0)
+        sockets: list[Any] = []
+        limits = [_WAIT_CAP if remaining is None else min(_WAIT_CAP, remaining)]
+        channels = [c for c in self.channels if isinstance(c, Channel) and not c.closed]
+        for channel in channels:
+            found, limit = channel.wait_sources(interval)
+            sockets.extend(found)
+            if limit is not None:
+                limits.append(limit)
+        seconds = max(0.0, min(limits))
+        if seconds > 0:
+            if sockets:
+                try:
+                    select.select(sockets, [], [], seconds)
+                except (OSError, ValueError):  # a socket closed under us: poll instead
+                    time.sleep(min(seconds, interval or seconds))
+            else:
+                time.sleep(seconds)
+        for channel in channels:
+            channel.after_wait()

@@ -1,0 +1,413 @@
+"""Redis Cluster broker: a queue split into partitions, and the blocking wait when idle.
+
+A real 3+3 cluster (the session ``redis_cluster``) and real workers. The partitioned
+queue ``parted`` has 3 partitions (``{parted}``, ``{parted#1}``, ``{parted#2}``), which
+land on 2 of the fixture's 3 masters. Every task run is counted in a Redis hash
+(``HINCRBY``), so "ran exactly once" is read from Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celeryredis.testing import LocalRedisCluster, WorkerProcess
+from celeryredis.transport._cluster import queue_keys
+from tests._util import import_host_module, wait_for
+
+pytestmark = pytest.mark.integration
+
+PARTED = "parted"
+
+APP = """
+import os
+
+import redis.cluster
+from celeryredis import make_app
+
+URL = os.environ["CLUSTER_URL"]
+app = make_app(
+    "partapp",
+    broker_url=URL,
+    result_backend=URL,
+    preset="testing",
+    celeryredis_cluster_partitions={"parted": 3},
+    # Long leases and sweeps and no idle re-fetch: an idle worker has no reason to
+    # send a script call, so the test can tell a fetch from the silence.
+    celeryredis_lease_seconds=120.0,
+    celeryredis_lease_sweep_interval=100.0,
+    broker_transport_options={"idle_fetch_interval": 600.0},
+)
+_client = None
+
+
+def runs():
+    global _client
+    if _client is None:
+        nodes = [
+            redis.cluster.ClusterNode("127.0.0.1", int(port))
+            for port in os.environ["CLUSTER_PORTS"].split(",")
+        ]
+        _client = redis.cluster.RedisCluster(startup_nodes=nodes)
+    return _client
+
+
+@app.task(shared=False)
+def work(key, n):
+    runs().hincrby("{runs}:" + key, str(n), 1)
+    return n * 2
+"""
+
+
+@pytest.fixture(scope="module")
+def host(
+    redis_cluster: LocalRedisCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """The host module (``app``, ``work``, ``DIR``, ``ENV``)."""
+    directory = tmp_path_factory.mktemp("clusterpart")
+    (directory / "partapp.py").write_text(textwrap.dedent(APP))
+    env = {
+        "CLUSTER_URL": redis_cluster.url,
+        "CLUSTER_PORTS": ",".join(str(p) for p in redis_cluster.ports),
+    }
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        module = import_host_module(monkeypatch, directory, "partapp", env)
+        module.DIR = directory
+        module.ENV = env
+        yield module
+
+
+def _worker(host: Any, name: str, queues: list[str]) -> WorkerProcess:
+    worker = WorkerProcess(
+        "partapp",
+        cwd=host.DIR,
+        env=host.ENV,
+        pool="solo",
+        hostname=f"{name}@%h",
+        queues=queues,
+        log_path=Path(host.DIR) / f"{name}.log",
+    )
+    try:
+        worker.wait_ready(timeout=60)
+    except BaseException:
+        worker.stop()
+        raise
+    return worker
+
+
+def _lengths(cluster: LocalRedisCluster, queue: str, partitions: int) -> list[int]:
+    client = cluster.client()
+    try:
+        return [
+            sum(int(client.llen(key)) for key in part["lists"])
+            for part in queue_keys("", queue, partitions=partitions)["partitions"]
+        ]
+    finally:
+        client.close()
+
+
+def _script_calls(cluster: LocalRedisCluster) -> dict[int, int]:
+    """``EVALSHA`` + ``EVAL`` calls so far on each master (every fetch is one)."""
+    import redis
+
+    out = {}
+    for port in cluster.masters:
+        client = redis.Redis(host="127.0.0.1", port=port)
+        try:
+            stats = client.info("commandstats")
+        finally:
+            client.close()
+        out[port] = sum(
+            int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_eval")
+        )
+    return out
+
+
+def test_three_partitions_have_their_own_slots_on_two_masters(
+    redis_cluster: LocalRedisCluster,
+) -> None:
+    keys = queue_keys("", PARTED, partitions=3)
+    heads = [part["lists"][0] for part in keys["partitions"]]
+    assert heads == ["{parted}", "{parted#1}", "{parted#2}"]
+    assert keys["lists"][0] == "{parted}"  # partition 0 is the unpartitioned layout
+    assert keys["record"] == "{parted}:partitions"
+    masters = [redis_cluster.master_for(head) for head in heads]
+    assert len(set(masters)) >= 2, masters
+
+
+def test_a_partitioned_queue_spreads_tasks_counts_purges_and_runs_each_once(
+    host: Any, redis_cluster: LocalRedisCluster
+) -> None:
+    # No worker yet: the messages stay where the producer put them.
+    results = [host.work.apply_async(("spread", n), queue=PARTED) for n in range(300)]
+    lengths = _lengths(redis_cluster, PARTED, 3)
+    assert sum(lengths) == 300
+    assert all(n > 0 for n in lengths), lengths  # round robin: every partition has some
+    with host.app.connection_for_write() as conn:
+        channel = conn.default_channel
+        assert channel.queue_declare(PARTED, passive=True).message_count == 300  # all three
+
+    worker = _worker(host, "parted", [PARTED])
+    try:
+        assert [r.get(timeout=60) for r in results] == [2 * n for n in range(300)]
+        client = redis_cluster.client()
+        try:
+            counts = client.hgetall("{runs}:spread")
+
+            def acked() -> bool:
+                parts = queue_keys("", PARTED, partitions=3)["partitions"]
+                return all(client.hlen(part["unacked"]) == 0 for part in parts)
+
+            wait_for(acked, 10, "no unacked entry left in any partition")
+        finally:
+            client.close()
+        assert len(counts) == 300
+        assert set(counts.values()) == {b"1"}, "a task ran more than once"
+        assert _lengths(redis_cluster, PARTED, 3) == [0, 0, 0]
+        assert "Traceback" not in worker.log_text()
+    finally:
+        worker.stop()
+
+    # Purge covers every partition.
+    for n in range(30):
+        host.work.apply_async(("purged", n), queue=PARTED)
+    assert all(n > 0 for n in _lengths(redis_cluster, PARTED, 3))
+    with host.app.connection_for_write() as conn:
+        assert conn.default_channel.queue_purge(PARTED) == 30
+    assert _lengths(redis_cluster, PARTED, 3) == [0, 0, 0]
+
+
+def test_an_idle_worker_sends_no_fetch_and_still_gets_the_next_message_at_once(
+    host: Any, redis_cluster: LocalRedisCluster
+) -> None:
+    worker = _worker(host, "idle", [PARTED, "plain"])
+    try:
+        # Settled: no script call for a full second (its start-up fetches and sweep done).
+        def settled() -> bool:
+            before = _script_calls(redis_cluster)
+            time.sleep(1.0)
+            return _script_calls(redis_cluster) == before
+
+        wait_for(settled, 30, "the idle worker to stop sending script calls")
+        before = _script_calls(redis_cluster)
+        time.sleep(2.0)  # an observation window, not a wait for a condition
+        assert _script_calls(redis_cluster) == before, "the idle worker fetched"
+        # idle_fetch_interval is 600 s and the sweep every 100 s: only a wake-up can
+        # make it fetch now, so the results prove the wake-up reached it.
+        assert host.work.apply_async(("woken", 1), queue="plain").get(timeout=20) == 2
+        assert host.work.apply_async(("woken", 2), queue=PARTED).get(timeout=20) == 4
+        assert host.work.apply_async(("woken", 3), queue=PARTED).get(timeout=20) == 6
+        assert host.work.apply_async(("woken", 4), queue=PARTED).get(timeout=20) == 8
+        # enqueue_many's per-slot transactions ring the wake-up channels too.
+        from celeryredis import enqueue_many
+
+        wait_for(settled, 30, "the idle worker to settle again")
+        results = enqueue_many(host.work, [(("bulk", i), {}) for i in range(6)], queue=PARTED)
+        assert [r.get(timeout=20) for r in results] == [0, 2, 4, 6, 8, 10]
+        assert "Traceback" not in worker.log_text()
+    finally:
+        worker.stop()
+
+
+# --- through kombu alone ----------------------------------------------------------------
+
+
+@pytest.fixture
+def kombu_url(redis_cluster: LocalRedisCluster) -> str:
+    from celeryredis.transport import cluster_broker_url
+
+    return cluster_broker_url(redis_cluster.url)
+
+
+def test_a_consumer_with_fewer_partitions_drains_every_partition_ever_used(
+    kombu_url: str, redis_cluster: LocalRedisCluster
+) -> None:
+    from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+    name = "shrunk"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    with Connection(kombu_url, transport_options={"partitions": {name: 3}}) as old:
+        bound = queue(old.default_channel)
+        bound.declare()
+        bound.purge()
+        producer = Producer(old.default_channel)
+        for i in range(9):
+            producer.publish({"i": i}, exchange=queue.exchange, routing_key=name)
+    assert _lengths(redis_cluster, name, 3) == [3, 3, 3]
+
+    got: list[int] = []
+    # The count went down to 1 (no option): the record still says 3.
+    with Connection(kombu_url, transport_options={"lease_seconds": 5.0}) as new:
+        channel = new.default_channel
+        assert channel.queue_declare(name, passive=True).message_count == 9
+
+        def on_message(body: Any, message: Any) -> None:
+            got.append(body["i"])
+            message.ack()
+
+        with Consumer(channel, [queue], callbacks=[on_message]):
+            deadline = time.monotonic() + 20
+            while len(got) < 9 and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    new.drain_events(timeout=1.0)
+        channel.renew()  # the last acks
+        channel.queue_delete(name)
+    assert sorted(got) == list(range(9))
+    assert _lengths(redis_cluster, name, 3) == [0, 0, 0]
+    client = redis_cluster.client()
+    try:
+        assert client.get(queue_keys("", name)["record"]) is None  # deleted with the queue
+    finally:
+        client.close()
+
+
+def test_a_blocked_kombu_consumer_is_woken_by_a_publish(
+    kombu_url: str, redis_cluster: LocalRedisCluster
+) -> None:
+    import threading
+
+    from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+    name = "wakeq"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    options = {"partitions": {name: 2}, "idle_fetch_interval": 600.0}
+    got: list[Any] = []
+    with Connection(kombu_url, transport_options=options) as conn:
+        channel = conn.default_channel
+        queue(channel).declare()
+        queue(channel).purge()
+
+        def on_message(body: Any, message: Any) -> None:
+            got.append(body)
+            message.ack()
+
+        with Consumer(channel, [queue], callbacks=[on_message]):
+            # Rounds until every partition is idle (subscribed, found empty).
+            def idle() -> bool:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.05)
+                parts = channel._parts(name)
+                return all(p in channel._idle for p in parts)
+
+            wait_for(idle, 10, "both partitions to be idle")
+            with Connection(kombu_url, transport_options=options) as other:
+
+                def publish() -> None:
+                    time.sleep(0.3)  # after the consumer blocked
+                    Producer(other.default_channel).publish(
+                        {"hello": 1}, exchange=queue.exchange, routing_key=name
+                    )
+
+                thread = threading.Thread(target=publish)
+                thread.start()
+                conn.drain_events(timeout=10)  # one message, or TimeoutError
+                thread.join()
+        channel.renew()
+    assert got == [{"hello": 1}]
+
+
+def test_a_consumer_whose_wake_up_connections_were_killed_still_gets_the_next_message(
+    kombu_url: str, redis_cluster: LocalRedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis
+    from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+    name = "killedwake"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    options = {"partitions": {name: 3}, "idle_fetch_interval": 600.0}
+    got: list[Any] = []
+    with Connection(kombu_url, transport_options=options) as conn:
+        channel = conn.default_channel
+        queue(channel).declare()
+        queue(channel).purge()
+
+        def on_message(body: Any, message: Any) -> None:
+            got.append(body)
+            message.ack()
+
+        with Consumer(channel, [queue], callbacks=[on_message]):
+
+            def idle() -> bool:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.05)
+                return all(p in channel._idle for p in channel._parts(name))
+
+            wait_for(idle, 10, "every partition to be idle")
+            killed = 0
+            for port in redis_cluster.masters:
+                client = redis.Redis(host="127.0.0.1", port=port)
+                try:
+                    killed += int(client.client_kill_filter(_type="pubsub"))
+                finally:
+                    client.close()
+            assert killed >= 2  # the wake-up connections (and no other test's)
+            for _ in range(3):  # rounds in which the consumer notices and recovers
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.3)
+            with Connection(kombu_url, transport_options=options) as other:
+                producer = Producer(other.default_channel)
+                for i in range(3):  # one per partition (round robin)
+                    producer.publish({"i": i}, exchange=queue.exchange, routing_key=name)
+            deadline = time.monotonic() + 10
+            while len(got) < 3 and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=1.0)
+        channel.renew()
+    assert sorted(body["i"] for body in got) == [0, 1, 2]
+    # It noticed the lost connections (not the 600 s safety net) and subscribed again.
+    assert "refreshing the slot map" in caplog.text
+
+
+def test_a_partition_rung_while_another_is_busy_is_served_before_the_busy_one_drains(
+    kombu_url: str,
+) -> None:
+    from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+    name = "ringbusy"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    options = {"partitions": {name: 2}, "idle_fetch_interval": 600.0}
+    order: list[str] = []
+    with (
+        Connection(kombu_url, transport_options=options) as conn,
+        Connection(kombu_url, transport_options=options) as other,
+    ):
+        channel, producing = conn.default_channel, other.default_channel
+        queue(channel).declare()
+        queue(channel).purge()
+        producer = Producer(producing)
+
+        def publish(partition: int, body: str) -> None:
+            producing._next_part[name] = partition  # steer the round robin
+            producer.publish(body, exchange=queue.exchange, routing_key=name)
+
+        def on_message(body: Any, message: Any) -> None:
+            order.append(body)
+            message.ack()
+            if body == "busy-0":  # partition 0 is busy now; ring the idle partition 1
+                publish(1, "rung")
+
+        channel.basic_qos(0, 1, False)  # one message per fetch
+        with Consumer(channel, [queue], callbacks=[on_message]):
+
+            def idle() -> bool:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.05)
+                return all(p in channel._idle for p in channel._parts(name))
+
+            wait_for(idle, 10, "both partitions to be idle")
+            for i in range(6):
+                publish(0, f"busy-{i}")
+            deadline = time.monotonic() + 10
+            while len(order) < 7 and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=1.0)
+        channel.renew()
+    assert sorted(order) == sorted([*(f"busy-{i}" for i in range(6)), "rung"]), order
+    # Read at the next round, not when partition 0 runs dry.
+    assert order.index("rung") < order.index("busy-5"), order
