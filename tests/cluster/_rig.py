@@ -75,15 +75,26 @@ def host_module(
 
 
 def queues_per_master(cluster: LocalRedisCluster, per_master: int, prefix: str) -> list[str]:
-    """``per_master`` queue names on each master (their hash tags pick the master)."""
-    chosen: dict[int, list[str]] = {port: [] for port in cluster.masters}
-    for i in range(10_000):
-        name = f"{prefix}{i}"
-        owner = chosen.setdefault(cluster.master_for(queue_keys("", name)["lists"][0]), [])
-        if len(owner) < per_master:
-            owner.append(name)
-        if all(len(names) == per_master for names in chosen.values()):
-            break
+    """``per_master`` queue names on each master (their hash tags pick the master).
+
+    Masters are read from the slot map (who owns each name's slot), not from the node
+    flags, which can list a node as a master for a moment while the cluster forms.
+    """
+    chosen: dict[int, list[str]] = {}
+    client = cluster.client()
+    try:
+        for i in range(10_000):
+            name = f"{prefix}{i}"
+            node = client.get_node_from_key(queue_keys("", name)["lists"][0])
+            owner = chosen.setdefault(int(node.port), [])
+            if len(owner) < per_master:
+                owner.append(name)
+            full = [names for names in chosen.values() if len(names) == per_master]
+            if len(full) == cluster.master_count:
+                break
+    finally:
+        client.close()
+    assert len(chosen) == cluster.master_count, chosen
     assert all(len(names) == per_master for names in chosen.values()), chosen
     # Interleaved: queue i lives on master i % masters.
     return [names[i] for i in range(per_master) for names in chosen.values()]
