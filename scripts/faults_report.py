@@ -35,8 +35,8 @@ Configurations:
   scale (`task_time_limit=6`, `task_soft_time_limit=5`, no ETA horizon, retry backoff
   cap 1 s), so the derived visibility timeout is 8 s instead of about an hour, and a 3 s
   lease for the reliable transport the preset selects (`celeryredis_transport="reliable"`,
-  see `docs/transport.md`); every other setting is the preset's. (The Sentinel scenario
-  runs production on the stock transport: the preset gives way on `sentinel://`.)
+  see `docs/transport.md`); every other setting is the preset's. (The Sentinel scenarios
+  run production on the reliable transport too, `celeryredissentinel://`.)
 
 Columns: *lost* = tasks published successfully that never ran to their end within the
 scenario's window; *ran twice* = tasks that ran to their end more than once; *time* =
@@ -90,7 +90,22 @@ NOTES = """\
   sentinel host and sleeps only once per round, so `make_app()` multiplies the preset's
   publish retries by the number of hosts. A publish acknowledged by the old master just
   before the kill and not yet copied to the replica is lost (asynchronous replication;
-  seen once in about 6 runs).
+  seen once in about 6 runs on the stock transport).
+- **10. Sentinel, reliable transport, master SIGKILLed mid-drain.** The same rig; 2,000
+  tasks are queued, then a prefork worker (2 processes) drains them while the publisher
+  sends a task every 0.1 s; the master is SIGKILLed once a quarter of the backlog ran and
+  stays down, so the promoted replica has no replica of its own: with durable publish on,
+  every publish after the failover raises `NotDurableError` ("raised"; never
+  acknowledged). (A version of this scenario restarted the killed master empty, without
+  persistence: once, the sentinels failed over a second time to that empty node and the
+  data was gone — Redis's documented hazard of a persistence-less master that restarts.) The lease is the default 30 s (it must outlast the ~6 s reconnect, or a
+  task that finishes across it is requeued before its ack reaches the new master).
+  "Durable publish on" is `celeryredis_durable_publish=1`: every returned publish was on
+  the replica. With production's `worker_cancel_long_running_tasks_on_connection_loss`
+  Celery cancels the acks-late tasks it has not acked when the connection drops —
+  finished ones too — and they run again: those are the "ran twice" of the first two
+  rows (the note counts Celery's cancellations). With that setting off, the reliable
+  transport sends those acks on the new connection.
 - **6. TLS.** A worker and a publisher over `rediss://` with CA verification run a task;
   a publisher given the wrong CA raises `PublishError` (`CERTIFICATE_VERIFY_FAILED`)
   after the retry policy (the time column), instead of Celery's 19 s `RuntimeError`;

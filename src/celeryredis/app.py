@@ -51,6 +51,7 @@ from celeryredis.tasks import Task
 from celeryredis.transport import (
     CLUSTER_SCHEMES,
     RELIABLE_SCHEMES,
+    SENTINEL_SCHEMES,
     cluster_broker_url,
     reliable_url,
 )
@@ -92,13 +93,17 @@ _REDIS_SCHEMES: Final = (
 )
 _NEGATIVE_OK: Final = frozenset({"result_cache_max"})
 #: The URL schemes of celeryredis's own kombu transports (written by this module).
-_TRANSPORT_SCHEMES: Final = frozenset({*RELIABLE_SCHEMES.values(), *CLUSTER_SCHEMES.values()})
+_TRANSPORT_SCHEMES: Final = frozenset(
+    {*RELIABLE_SCHEMES.values(), *CLUSTER_SCHEMES.values(), *SENTINEL_SCHEMES.values()}
+)
 #: Settings the layer resolves on every read (they depend on other settings).
 _RESOLVED: Final = MERGED_DICT_SETTINGS | {
     "broker_url",
     "result_backend",
     "broker_read_url",
+    "broker_write_url",
     "celeryredis_transport",
+    "celeryredis_durable_publish",
     "celeryredis_validate",
     "celeryredis_validate_checks",
     "result_backend_always_retry",
@@ -117,6 +122,7 @@ _RESOLUTION_INPUTS: Final = _RESOLVED | {
     "celeryredis_lease_sweep_interval",
     "celeryredis_fetch_batch_max",
     "celeryredis_cluster_partitions",
+    "celeryredis_durable_publish_timeout",
 }
 
 Kind = Literal["preset", "host", "argument", "env", "derived", "default"]
@@ -567,15 +573,20 @@ _TRANSPORT_OPTIONS: Final = {
     "celeryredis_lease_sweep_interval": "lease_sweep_interval",
     "celeryredis_fetch_batch_max": "fetch_batch_max",
 }
+_DURABLE_OPTIONS: Final = {
+    "celeryredis_durable_publish": "durable_publish",
+    "celeryredis_durable_publish_timeout": "durable_publish_timeout",
+}
 
 
 def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
     """Select the consuming transport: the reliable one through its URL scheme alias.
 
     Consumers connect through ``broker_read_url``; with ``celeryredis_transport=
-    "reliable"`` it becomes the broker URL with the ``celeryredis://`` scheme (a kombu
-    alias, which survives failover, unlike ``broker_transport``), and the lease settings
-    become transport options. Producers keep ``broker_url``: publishing is the same.
+    "reliable"`` it becomes the broker URL with the ``celeryredis://`` scheme
+    (``celeryredissentinel://`` for ``sentinel://``: a kombu alias, which survives
+    failover, unlike ``broker_transport``), and the lease settings become transport
+    options. Producers keep ``broker_url`` unless durable publish is on (below).
     """
     layered = flat.get("celeryredis_transport")
     if layered is None:
@@ -590,25 +601,12 @@ def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
     if isinstance(broker, str) and broker.split(":", 1)[0] in cluster_schemes:
         _apply_cluster_transport(flat, conf, broker)
         return
+    _apply_durable_publish(flat, conf)
     if layered.value != "reliable":
         return
     read = conf.get("broker_read_url") or conf.get("broker_url")
-    if read is None:
+    if not isinstance(read, str):
         return
-    sentinel = not isinstance(read, str) or read.split(":", 1)[0] == "sentinel"
-    if sentinel and layered.kind == "preset":
-        # A preset's choice gives way: Sentinel users of `production` keep a working app.
-        conf["celeryredis_transport"] = "stock"
-        flat["celeryredis_transport"] = _Layered(
-            "stock",
-            "derived",
-            "derived",
-            f"{layered.source} chooses 'reliable', which does not support sentinel:// "
-            "broker URLs yet: kombu's stock transport",
-        )
-        return
-    if sentinel:
-        return  # validation refuses an explicit 'reliable' with sentinel://
     from celeryredis.transport import register_aliases  # noqa: PLC0415
 
     register_aliases()  # kombu learns the scheme when the transport is selected
@@ -623,6 +621,65 @@ def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
         "through its URL scheme",
     )
     _lease_options(flat, conf)
+
+
+def _apply_durable_publish(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
+    """``celeryredis_durable_publish`` > 0: producers publish through the reliable channel.
+
+    Its publish sends ``WAIT`` after the ``LPUSH`` on the same connection, so
+    ``broker_write_url`` becomes the broker URL in the reliable scheme and the two
+    settings become transport options. Always leaves a ``celeryredis_durable_publish``
+    row saying which mode is in force (for :func:`explain`).
+    """
+    entry = flat.get("celeryredis_durable_publish")
+    value = entry.value if entry else default("celeryredis_durable_publish")
+    replicas = value if isinstance(value, int) and not isinstance(value, bool) else 0
+    timeout_entry = flat.get("celeryredis_durable_publish_timeout")
+    timeout = (
+        timeout_entry.value if timeout_entry else default("celeryredis_durable_publish_timeout")
+    )
+    if replicas > 0:
+        mode = (
+            f"on: each publish waits (WAIT) up to {timeout!r} s for {replicas} replica(s) "
+            "and raises NotDurableError if fewer acknowledged"
+        )
+    else:
+        mode = (
+            "off: a publish returns once the master has it (asynchronous replication: "
+            "an acknowledged publish can be lost if the master dies before replicating)"
+        )
+    flat["celeryredis_durable_publish"] = _Layered(
+        value,
+        entry.kind if entry else "default",
+        entry.source if entry else "default",
+        f"durable publish {mode}",
+    )
+    if replicas <= 0:
+        return
+    write = conf.get("broker_write_url") or conf.get("broker_url")
+    if not isinstance(write, str):
+        return
+    from celeryredis.transport import register_aliases  # noqa: PLC0415
+
+    register_aliases()
+    aliased = reliable_url(write)
+    own = flat.get("broker_write_url")
+    conf["broker_write_url"] = aliased
+    flat["broker_write_url"] = _Layered(
+        aliased,
+        own.kind if own else "derived",
+        own.source if own else "derived",
+        "producers publish through celeryredis's reliable channel, which sends WAIT after "
+        "each publish (celeryredis_durable_publish)",
+    )
+    options = conf.setdefault("broker_transport_options", {})
+    for name, option in _DURABLE_OPTIONS.items():
+        layered = flat.get(name)
+        options.setdefault(option, layered.value if layered else default(name))
+        flat.setdefault(
+            f"broker_transport_options.{option}",
+            _Layered(options[option], "derived", "derived", f"from {name}"),
+        )
 
 
 def _lease_options(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:

@@ -335,6 +335,14 @@ def _queue_row(queue: QueueDepth) -> tuple[str, ...]:
     )
 
 
+def _partition_rows(queue: QueueDepth) -> list[tuple[str, ...]]:
+    """One line per partition of a partitioned cluster queue, under the queue's line."""
+    return [
+        (f"  partition {p.index}", str(p.depth), "-", str(p.unacked), "-", "-", "-")
+        for p in queue.partitions
+    ]
+
+
 _QUEUE_HEADER = ("queue", "waiting", "by priority", "unacked", "oldest", "unknown age", "consumers")
 
 
@@ -426,7 +434,10 @@ def queues_command(
     if as_json:
         _echo_json([q.to_dict() for q in rows])
         return
-    click.echo(_table([_QUEUE_HEADER, *(_queue_row(q) for q in rows)]))
+    lines: list[tuple[str, ...]] = [_QUEUE_HEADER]
+    for queue in rows:
+        lines += [_queue_row(queue), *_partition_rows(queue)]
+    click.echo(_table(lines))
 
 
 @redis_command.command("exporter")

@@ -8,6 +8,7 @@ project can catch everything of ours with one ``except`` clause::
     ├── DuplicateTaskError
     │   └── celeryredis.bulk.BulkDuplicateError (also a BulkPublishError)
     ├── PublishError (also a ConnectionError)
+    ├── NotDurableError (deliberately not a ConnectionError)
     ├── RedisRefusedError
     ├── ResultNotStoredError
     ├── LockError
@@ -37,6 +38,7 @@ __all__ = [
     "DeadLetterNotFound",
     "DuplicateTaskError",
     "LockError",
+    "NotDurableError",
     "PublishError",
     "RateLimitError",
     "RedisRefusedError",
@@ -129,6 +131,31 @@ class PublishError(CeleryRedisError, ConnectionError):
         self.elapsed = elapsed
         self.permanent = permanent
         self.kind = kind
+
+
+class NotDurableError(CeleryRedisError):
+    """A durable publish reached the master but not enough replicas in time.
+
+    Raised by the reliable transport's publish when ``celeryredis_durable_publish`` is
+    N > 0 and Redis's ``WAIT N timeout`` after the ``LPUSH`` counted fewer than N
+    replicas within ``celeryredis_durable_publish_timeout``. The message **is** on the
+    master and may run; what is not known is that it survives the master's loss.
+
+    Not a ``ConnectionError`` on purpose: kombu retries a publish on connection errors,
+    and every retry would push one more copy of the message.
+
+    Args:
+        message: What happened and what to do.
+        acked: Replicas that acknowledged the write.
+        needed: Replicas asked for.
+        timeout: Seconds the ``WAIT`` lasted at most.
+    """
+
+    def __init__(self, message: str, *, acked: int, needed: int, timeout: float) -> None:
+        super().__init__(message)
+        self.acked = acked
+        self.needed = needed
+        self.timeout = timeout
 
 
 class RedisRefusedError(CeleryRedisError):

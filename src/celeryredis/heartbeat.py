@@ -19,12 +19,14 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
+from celeryredis import _kombu_compat
 from celeryredis.connection import Client
 from celeryredis.keys import heartbeat_key, workers_key
 
 __all__ = [
     "TTL_INTERVALS",
     "WorkerHeartbeat",
+    "poll_started_at",
     "read_heartbeat",
     "read_heartbeats",
     "remove_heartbeat",
@@ -37,6 +39,20 @@ TTL_INTERVALS: Final = 3
 #: Workers in the index that stopped beating are reported as lost for this long.
 _LOST_WINDOW: Final = 3600.0
 _INDEX_TTL: Final = 86400
+
+
+def poll_started_at(channel: Any) -> float | None:
+    """When the consumer's channel began its current (or last) poll of Redis, if known.
+
+    ``time.monotonic()`` of this process. The cluster broker's channel records it itself
+    (``last_poll_at``: each fetch round and each wait on its queues); kombu's Redis
+    channel, which the reliable transport extends, records when it sent its current
+    ``BRPOP`` (private, read through :mod:`celeryredis._kombu_compat`).
+    """
+    own = getattr(channel, "last_poll_at", None)
+    if isinstance(own, int | float) and not isinstance(own, bool):
+        return float(own)
+    return _kombu_compat.poll_sent_at(channel)
 
 
 def stall_after(interval: float) -> float:

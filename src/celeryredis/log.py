@@ -25,7 +25,7 @@ import logging
 import sys
 import threading
 import traceback
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
 
 from celeryredis.exceptions import ConfigurationError
@@ -37,6 +37,8 @@ __all__ = [
     "bind_task_secrets",
     "configure_logging",
     "current_task_context",
+    "enter_task_context",
+    "exit_task_context",
     "install_record_factory",
     "install_redaction",
     "redact_exc_info",
@@ -64,26 +66,57 @@ def current_task_context() -> tuple[str, str] | None:
 @contextlib.contextmanager
 def task_context(task_id: str, task_name: str) -> Iterator[None]:
     """Bind ``task_id`` and ``task_name`` to every log record created inside the block."""
-    install_record_factory()
-    token = _CONTEXT.set((task_id, task_name))
+    token = enter_task_context(task_id, task_name)
     try:
         yield
     finally:
         _CONTEXT.reset(token)
 
 
-def bind_task_secrets(secrets: Iterable[str]) -> None:
+def enter_task_context(task_id: str, task_name: str) -> contextvars.Token[Any]:
+    """:func:`task_context` without the context manager (a hot path): reset the token.
+
+    The caller must pass the returned token to ``_CONTEXT.reset`` (through
+    :func:`exit_task_context`) in a ``finally`` block.
+    """
+    if logging.getLogRecordFactory() is not _installed_factory:
+        install_record_factory()
+    return _CONTEXT.set((task_id, task_name))
+
+
+def exit_task_context(token: contextvars.Token[Any]) -> None:
+    """End the context :func:`enter_task_context` entered."""
+    _CONTEXT.reset(token)
+
+
+def bind_task_secrets(secrets: Iterable[str] | Callable[[], Iterable[str]]) -> None:
     """Hide ``secrets`` (a task's sensitive argument values) in this thread's records.
 
     :class:`celeryredis.Task` calls it when an attempt starts; the values stay bound
     until the next attempt in the thread, so Celery's own failure and retry records,
     written after the body returned, are covered too.
+
+    ``secrets`` may be a callable returning them: it is called (once) only when a record
+    of this thread is redacted, so an attempt that logs nothing does not compute them.
     """
-    _THREAD_SECRETS.values = tuple(secrets)
+    if callable(secrets):
+        _THREAD_SECRETS.values = None
+        _THREAD_SECRETS.pending = secrets
+    else:
+        _THREAD_SECRETS.values = tuple(secrets)
+        _THREAD_SECRETS.pending = None
 
 
 def _bound_secrets() -> tuple[str, ...]:
-    values: tuple[str, ...] = getattr(_THREAD_SECRETS, "values", ())
+    values: tuple[str, ...] | None = getattr(_THREAD_SECRETS, "values", ())
+    if values is None:
+        pending = _THREAD_SECRETS.pending
+        _THREAD_SECRETS.pending = None
+        try:
+            values = tuple(pending()) if pending is not None else ()
+        except Exception:  # a broken argument must not break logging: URL passwords only
+            values = ()
+        _THREAD_SECRETS.values = values
     return values
 
 
@@ -112,17 +145,21 @@ _RECORD_ATTRIBUTES = frozenset(
 )  # fmt: skip
 
 
-def _redact_extra(value: Any, depth: int = 0) -> Any:
+# Extra values with nothing to redact (checked first: most lifecycle fields are these).
+_PLAIN_TYPES = (int, float, type(None))
+
+
+def _redact_extra(value: Any, secrets: tuple[str, ...], depth: int = 0) -> Any:
     if depth > 4:
         return value
     if isinstance(value, str):
-        return redact_text(value, _bound_secrets())
+        return redact_text(value, secrets)
     if isinstance(value, BaseException):
-        return redact_text(f"{type(value).__name__}: {value}", _bound_secrets())
+        return redact_text(f"{type(value).__name__}: {value}", secrets)
     if isinstance(value, Mapping):
-        return {k: _redact_extra(v, depth + 1) for k, v in value.items()}
+        return {k: _redact_extra(v, secrets, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_redact_extra(v, depth + 1) for v in value)
+        return type(value)(_redact_extra(v, secrets, depth + 1) for v in value)
     return value
 
 
@@ -153,8 +190,8 @@ class RedactingFilter(logging.Filter):
         elif record.exc_text:
             record.exc_text = redact_text(record.exc_text, secrets)
         for key, value in list(record.__dict__.items()):
-            if key not in _RECORD_ATTRIBUTES:
-                record.__dict__[key] = _redact_extra(value)
+            if key not in _RECORD_ATTRIBUTES and not isinstance(value, _PLAIN_TYPES):
+                record.__dict__[key] = _redact_extra(value, secrets)
         return True
 
 

@@ -20,12 +20,32 @@ from celeryredis import _kombu_compat
 from celeryredis.connection import Client, is_cluster, new_redis
 from celeryredis.heartbeat import WorkerHeartbeat, read_heartbeats
 from celeryredis.keys import SENT_AT_HEADER
-from celeryredis.transport import cluster_queue_keys
+from celeryredis.transport import (
+    cluster_queue_keys,
+    configured_partitions,
+    recorded_partitions,
+)
 
-__all__ = ["QueueDepth", "inspect_queues"]
+__all__ = ["PartitionDepth", "QueueDepth", "inspect_queues"]
 
 _DEFAULT_SEP: Final = _kombu_compat.DEFAULT_SEP
 _DEFAULT_STEPS: Final = _kombu_compat.DEFAULT_PRIORITY_STEPS
+
+
+@dataclass(frozen=True)
+class PartitionDepth:
+    """One partition of a queue split into partitions on a Redis Cluster broker.
+
+    Attributes:
+        index: The partition's number (0 is the queue's own hash tag ``{q}``, ``i`` is
+            ``{q#i}``).
+        depth: Messages waiting in it, over every priority sub-queue.
+        unacked: Messages fetched from it and not yet acked.
+    """
+
+    index: int
+    depth: int
+    unacked: int
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,9 @@ class QueueDepth:
         unknown_age: Scanned messages without the header (published by something else).
         scanned: How many of the oldest waiting messages were scanned for their age.
         consumers: Live workers (by heartbeat) that consume this queue.
+        partitions: Per partition, for a queue split into partitions on a Redis Cluster
+            broker (as many as the app configures or any process recorded, whichever
+            is more); ``depth`` and ``unacked`` are their totals. Empty otherwise.
     """
 
     name: str
@@ -52,12 +75,14 @@ class QueueDepth:
     unknown_age: int
     scanned: int
     consumers: tuple[str, ...] = ()
+    partitions: tuple[PartitionDepth, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (priority keys as strings)."""
         data = asdict(self)
         data["by_priority"] = {str(k): v for k, v in self.by_priority.items()}
         data["consumers"] = list(self.consumers)
+        data["partitions"] = [asdict(part) for part in self.partitions]
         return data
 
 
@@ -98,13 +123,32 @@ def _queue_names(app: Celery, workers: Sequence[WorkerHeartbeat], client: Client
     return sorted(names)
 
 
-def _list_keys(
-    cluster: bool, keyprefix: str, name: str, steps: Sequence[int], sep: str
-) -> list[str]:
-    """The lists of queue ``name``, one per priority step (the cluster transport's on a cluster)."""
-    if cluster:
-        return list(cluster_queue_keys(keyprefix, name, steps)["lists"])
-    return [_kombu_compat.queue_key(keyprefix, name, step, sep) for step in steps]
+def _layouts(
+    client: Client, conf: Mapping[str, Any], names: Sequence[str], steps: Sequence[int]
+) -> list[list[tuple[list[str], str | None]]]:
+    """Per queue, its partitions' ``(lists, unacked hash)``: one on a single node.
+
+    On a cluster broker a queue has ``max(configured, recorded)`` partitions (the count
+    in ``broker_transport_options["partitions"]`` and the highest count any process
+    recorded in the queue's ``record`` key), each with its own lists and unacked hash.
+    On a single node the unacked hash is the global one (None here).
+    """
+    keyprefix, sep, _, _ = _transport(conf)
+    if not is_cluster(client):
+        return [
+            [([_kombu_compat.queue_key(keyprefix, n, s, sep) for s in steps], None)] for n in names
+        ]
+    configured = configured_partitions(conf)
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.get(cluster_queue_keys(keyprefix, name, steps)["record"])
+    recorded = pipe.execute()
+    layouts: list[list[tuple[list[str], str | None]]] = []
+    for name, record in zip(names, recorded, strict=True):
+        count = max(configured.get(name, 1), recorded_partitions(record))
+        parts = cluster_queue_keys(keyprefix, name, steps, partitions=count)["partitions"]
+        layouts.append([([str(k) for k in part["lists"]], str(part["unacked"])) for part in parts])
+    return layouts
 
 
 def _sent_at(raw: Any) -> float | None:
@@ -135,30 +179,29 @@ def _unacked_by_queue(client: Client, app: Celery, key: str) -> dict[str, int]:
 def _read_lists(
     client: Client,
     app: Celery,
-    names: Sequence[str],
+    layouts: Sequence[Sequence[tuple[list[str], str | None]]],
     window: tuple[int, int],
-    transport: tuple[str, str, tuple[int, ...], str],
+    unacked_key: str,
 ) -> tuple[list[Any], dict[str, int]]:
-    """``LLEN`` and the oldest messages of each priority list, and the unacked counts."""
-    keyprefix, sep, steps, unacked_key = transport
+    """``LLEN`` and the oldest messages of each list (and each unacked hash's ``HLEN``).
+
+    The replies come in the order of ``layouts``: per partition, ``LLEN``/``LRANGE`` of
+    each list, then ``HLEN`` of its unacked hash when it has its own. The second value is
+    the single-node unacked count per queue (read from the global unacked hash).
+    """
     first, last = window
-    cluster = is_cluster(client)
     pipe = client.pipeline(transaction=False)
-    for name in names:
-        lists = _list_keys(cluster, keyprefix, name, steps, sep)
-        for key in lists:
-            pipe.llen(key)
-            pipe.lrange(key, first, last)
-        if cluster:  # each queue has its own unacked hash on a cluster broker
-            pipe.hlen(cluster_queue_keys(keyprefix, name, steps)["unacked"])
+    own_hashes = False
+    for layout in layouts:
+        for lists, unacked in layout:
+            for key in lists:
+                pipe.llen(key)
+                pipe.lrange(key, first, last)
+            if unacked is not None:
+                pipe.hlen(unacked)
+                own_hashes = True
     replies = pipe.execute()
-    if cluster:
-        width = 2 * len(steps) + 1
-        unacked = {name: int(replies[i * width + width - 1]) for i, name in enumerate(names)}
-        replies = [r for i, r in enumerate(replies) if i % width != width - 1]
-    else:
-        unacked = _unacked_by_queue(client, app, keyprefix + unacked_key)
-    return replies, unacked
+    return replies, ({} if own_hashes else _unacked_by_queue(client, app, unacked_key))
 
 
 def inspect_queues(
@@ -191,38 +234,49 @@ def inspect_queues(
         if workers is None:
             workers = read_heartbeats(client, conf)[0]
         names = list(queues) if queues else _queue_names(app, workers, client)
-        keyprefix, sep, steps, unacked_key = _transport(conf)
+        keyprefix, _, steps, unacked_key = _transport(conf)
+        layouts = _layouts(client, conf, names, steps)
         # The consuming end is the right (BRPOP), so the oldest messages are the last.
-        first, last = (-sample, -1) if sample > 0 else (1, 0)
-        replies, unacked = _read_lists(
-            client, app, names, (first, last), (keyprefix, sep, steps, unacked_key)
-        )
+        window = (-sample, -1) if sample > 0 else (1, 0)
+        replies, global_unacked = _read_lists(client, app, layouts, window, keyprefix + unacked_key)
         now = time.time()
         result = []
-        for index, name in enumerate(names):
-            by_priority: dict[int, int] = {}
+        cursor = iter(replies)
+        for name, layout in zip(names, layouts, strict=True):
+            by_priority = dict.fromkeys(steps, 0)
             oldest: float | None = None
             unknown = scanned = 0
-            for offset, step in enumerate(steps):
-                base = 2 * (index * len(steps) + offset)
-                by_priority[step] = int(replies[base])
-                for raw in replies[base + 1]:
-                    scanned += 1
-                    sent = _sent_at(raw)
-                    if sent is None:
-                        unknown += 1
-                    elif oldest is None or sent < oldest:
-                        oldest = sent
+            partitions = []
+            for index, (lists, own_unacked) in enumerate(layout):
+                depth = 0
+                for step, _key in zip(steps, lists, strict=True):
+                    length = int(next(cursor))
+                    by_priority[step] += length
+                    depth += length
+                    for raw in next(cursor):
+                        scanned += 1
+                        sent = _sent_at(raw)
+                        if sent is None:
+                            unknown += 1
+                        elif oldest is None or sent < oldest:
+                            oldest = sent
+                held = int(next(cursor)) if own_unacked is not None else 0
+                partitions.append(PartitionDepth(index=index, depth=depth, unacked=held))
+            if layout[0][1] is None:
+                unacked = global_unacked.get(name, 0)
+            else:
+                unacked = sum(p.unacked for p in partitions)
             result.append(
                 QueueDepth(
                     name=name,
                     depth=sum(by_priority.values()),
                     by_priority=by_priority,
-                    unacked=unacked.get(name, 0),
+                    unacked=unacked,
                     oldest_age_s=None if oldest is None else round(max(0.0, now - oldest), 3),
                     unknown_age=unknown,
                     scanned=scanned,
                     consumers=tuple(w.hostname for w in workers if name in w.queues),
+                    partitions=tuple(partitions) if len(partitions) > 1 else (),
                 )
             )
         return sorted(result, key=lambda q: q.name)

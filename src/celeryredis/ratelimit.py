@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import math
 import re
+import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from celery import Celery
 
@@ -98,34 +102,96 @@ class RateLimiter:
         self.burst = burst
         self.interval_ms = 1000.0 / per_second
         self._script = client.register_script(source("gcra"))
+        self._interval_arg = f"{self.interval_ms:.3f}"
+        self._tolerance_arg = f"{(self.burst - 1) * self.interval_ms:.3f}"
+        # Leased permits of this process: (usable from, usable until, slot); see acquire().
+        self._permits: deque[tuple[float, float, float]] = deque()
+        self._permits_lock = threading.Lock()
 
-    def acquire(self, *, reserve: bool = False, max_wait: float = math.inf) -> Decision:
-        """One decision, one round trip.
+    def acquire(
+        self,
+        *,
+        reserve: bool = False,
+        max_wait: float = math.inf,
+        lease: int = 1,
+        lease_window: float = 0.01,
+    ) -> Decision:
+        """One decision, at most one round trip.
 
         Args:
             reserve: When over the limit, take the next free slot (so callers that
                 are deferred do not all come back at the same instant); the caller
                 must then proceed at that time without asking again.
             max_wait: Reserve only a slot at most this many seconds away.
+            lease: Take up to this many permits in the round trip, when allowed, and
+                keep the others in this limiter for the next calls (which then need no
+                round trip). Only permits whose slots fall within ``lease_window`` of
+                the decision are taken, so a lease happens only above ``1 /
+                lease_window`` per second (or with a burst).
+            lease_window: Each leased permit is used within this many seconds after its
+                slot or dropped unused; one whose slot is still ahead when it is taken
+                is waited for (at most this long).
+
+        The bound, in the Redis server's clock: every permit (asked or leased) is a slot
+        of the limiter's schedule (GCRA: at most ``burst + rate * T`` slots in any T
+        seconds, over every process), and a leased permit is used in ``[slot, slot +
+        lease_window]``. So in any T seconds at most ``burst + rate * (T +
+        lease_window)`` permits are used, and also at most ``lease - 1`` per process
+        more than the slots in those T seconds. Unused permits are lost, never used late.
         """
+        if lease > 1:
+            leased = self._leased()
+            if leased is not None:
+                return leased
         max_wait_ms = int(min(max_wait, 10**9) * 1000)
+        args: list[Any] = [
+            self._interval_arg,
+            self._tolerance_arg,
+            "1" if reserve else "0",
+            max_wait_ms,
+        ]
+        if lease > 1:
+            args += [int(lease), f"{lease_window * 1000:.3f}"]
+        sent = time.monotonic()
         try:
-            allowed, wait_ms, slot_ms = self._script(
-                keys=[self.key],
-                args=[
-                    f"{self.interval_ms:.3f}",
-                    f"{(self.burst - 1) * self.interval_ms:.3f}",
-                    "1" if reserve else "0",
-                    max_wait_ms,
-                ],
-            )
+            reply = self._script(keys=[self.key], args=args)
         except REDIS_ERRORS as exc:
             raise RateLimitError(f"rate limiter {self.key!r}: {exc}") from exc
+        allowed, wait_ms, slot_ms = reply[:3]
         wait = max(0.0, float(wait_ms) / 1000)
         slot = float(slot_ms) / 1000 if int(slot_ms) else None
         if int(allowed) == 1:
+            if len(reply) > 3 and int(reply[3]) > 1:
+                self._keep(reply, sent, time.monotonic(), lease_window)
             return Decision(True, 0.0, slot=slot)
         return Decision(False, wait, reserved=int(allowed) == 2, slot=slot)
+
+    def _keep(self, reply: Any, sent: float, received: float, window: float) -> None:
+        """Keep permits 1..n-1 of a lease, with the local times they may be used in."""
+        count, first, now = int(reply[3]), float(reply[4]) / 1000, float(reply[5]) / 1000
+        interval = self.interval_ms / 1000
+        # The server read its clock (now) between sent and received: mapping a slot to
+        # local time with `received` never uses it early, with `sent` never late.
+        early, late = received - now, sent - now
+        with self._permits_lock:
+            for i in range(1, count):
+                at = max(now, first + i * interval)
+                self._permits.append((at + early, at + late + window, at))
+
+    def _leased(self) -> Decision | None:
+        """The next leased permit (waiting for its slot if ahead), or None."""
+        with self._permits_lock:
+            while self._permits:
+                start, end, slot = self._permits.popleft()
+                now = time.monotonic()
+                if now > end:  # too late for this slot: dropped, never used late
+                    continue
+                if start > now:
+                    time.sleep(start - now)  # at most the lease window
+                    if time.monotonic() > end:
+                        continue
+                return Decision(True, 0.0, slot=slot)
+        return None
 
     __call__ = acquire
 

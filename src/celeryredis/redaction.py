@@ -89,10 +89,17 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
         >>> redact_text("login failed for hunter22", secrets=["hunter22"])
         'login failed for ***'
     """
-    text = _USERINFO_RE.sub(lambda m: f"{m.group('head')}{REDACTED}{m.group('at')}", text)
-    for secret in sorted({s for s in secrets if len(s) >= MIN_SECRET_CHARS}, key=len, reverse=True):
-        text = text.replace(secret, REDACTED)
+    if "@" in text:  # every URL password is followed by one (a per-record cost: skip the regex)
+        text = _USERINFO_RE.sub(_mask_userinfo, text)
+    if secrets:
+        found = {s for s in secrets if len(s) >= MIN_SECRET_CHARS}
+        for secret in sorted(found, key=len, reverse=True):
+            text = text.replace(secret, REDACTED)
     return text
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    return f"{match.group('head')}{REDACTED}{match.group('at')}"
 
 
 def sensitive_words(
@@ -303,7 +310,11 @@ def summarize_call(
         >>> summarize_call((1,), {"password": "hunter2", "user": "ann"})
         "(1, password='***', user='ann')"
     """
-    call = redact_call(args, kwargs, words=words, func=func)
+    return summarize_redacted(redact_call(args, kwargs, words=words, func=func), max_chars)
+
+
+def summarize_redacted(call: RedactedCall, max_chars: int = 500) -> str:
+    """:func:`summarize_call` of a call already redacted by :func:`redact_call`."""
     parts = [_repr.repr(a) for a in call.args]
     parts += [f"{k}={_repr.repr(v)}" for k, v in call.kwargs.items()]
     text = redact_text("(" + ", ".join(parts) + ")", call.secrets)

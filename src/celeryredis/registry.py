@@ -137,6 +137,21 @@ SETTINGS: Final[Mapping[str, LibrarySetting]] = MappingProxyType(
                 "each its own hash slot (FIFO and priorities then hold per partition only).",
             ),
             LibrarySetting(
+                "celeryredis_durable_publish",
+                0,
+                "int",
+                "Replicas each publish waits for (Redis WAIT on the publishing connection); "
+                "fewer within celeryredis_durable_publish_timeout raise NotDurableError. 0: "
+                "no wait, an acknowledged publish can be lost if the master dies before "
+                "replicating it.",
+            ),
+            LibrarySetting(
+                "celeryredis_durable_publish_timeout",
+                1.0,
+                "float",
+                "Seconds a durable publish waits for its replicas at most.",
+            ),
+            LibrarySetting(
                 "celeryredis_eager_redis",
                 False,
                 "bool",

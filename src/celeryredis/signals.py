@@ -2,7 +2,9 @@
 
 - ``task_received`` (worker main process): keep each request's routing data, so the
   ``failed`` record of a hard time limit — whose ``on_failure`` Celery runs in the
-  main process with an empty ``self.request`` — still has queue, worker and ids.
+  main process with an empty ``self.request`` — still has queue, worker and ids. Not
+  under the solo and threads pools, whose tasks run (and fail) in the main process with
+  their request: nothing would read it.
 - ``task_revoked``: log the ``revoked`` lifecycle event.
 - ``task_failure`` with ``WorkerLostError`` (a pool process died and the task is not
   retried): log ``failed`` and dead-letter it; Celery calls no ``on_failure`` there.
@@ -15,13 +17,15 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-import uuid
 from typing import Any
 
 from billiard.exceptions import WorkerLostError
 from celery import Celery, signals
+from celery.concurrency.solo import TaskPool as SoloPool
+from celery.concurrency.thread import TaskPool as ThreadPool
 
 from celeryredis.deadletter import dead_letter_message
 from celeryredis.keys import SENT_AT_HEADER
@@ -56,10 +60,19 @@ def _routing(request: Any, task: Any = None) -> dict[str, Any]:
     }
 
 
+# One per received message, for dedupe in this process (a counter: no uuid4 per task).
+_RECEIPTS = itertools.count(1)
+# Pools whose tasks run in the worker's main process, where their hooks have the request.
+_IN_PROCESS_POOLS = (SoloPool, ThreadPool)
+
+
 def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    # Celery sends the consumer as sender; its pool says where the task will run.
+    if isinstance(getattr(sender, "pool", None), _IN_PROCESS_POOLS):
+        return
     if request is not None and isinstance(getattr(request, "task", None), Task):
         routing = _routing(request)
-        routing["receipt"] = uuid.uuid4().hex  # one per received message, for dedupe
+        routing["receipt"] = next(_RECEIPTS)
         remember_routing(request.id, routing)
 
 

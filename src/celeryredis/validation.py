@@ -89,6 +89,9 @@ def broker_transport_options() -> frozenset[str]:
         "partitions",
         "wake_up",
         "idle_fetch_interval",
+        # ... and by its publish, from celeryredis_durable_publish / _timeout.
+        "durable_publish",
+        "durable_publish_timeout",
     }
 
 
@@ -568,14 +571,40 @@ def _check_transport(conf: Mapping[str, Any]) -> Iterable[Finding]:
             "(64 is the default).",
             ("celeryredis_fetch_batch_max",),
         )
-    url = _url(conf, "broker_url")
-    if name == "reliable" and url is not None and url.is_sentinel:
+    yield from _check_durable_publish(conf)
+
+
+def _check_durable_publish(conf: Mapping[str, Any]) -> Iterable[Finding]:
+    replicas = setting(conf, "celeryredis_durable_publish")
+    timeout = _num(setting(conf, "celeryredis_durable_publish_timeout"))
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 0 <= replicas <= 100:
         yield Finding(
             "transport",
             "error",
-            "celeryredis_transport='reliable' does not support sentinel:// broker URLs yet; "
-            "set celeryredis_transport='stock' for a Sentinel-managed Redis.",
-            ("celeryredis_transport", "broker_url"),
+            f"celeryredis_durable_publish={replicas!r} must be a whole number of replicas "
+            "from 0 (off, the default) to 100; 1 makes each publish wait until one replica "
+            "has it.",
+            ("celeryredis_durable_publish",),
+        )
+        return
+    if timeout is None or not 0.001 <= timeout <= 60:
+        yield Finding(
+            "transport",
+            "error",
+            f"celeryredis_durable_publish_timeout="
+            f"{conf.get('celeryredis_durable_publish_timeout')!r} must be from 0.001 to 60 "
+            "seconds (1 is the default): a publish waits that long for its replicas at most.",
+            ("celeryredis_durable_publish_timeout",),
+        )
+    scheme = str(conf.get("broker_url") or "").split(":", 1)[0]
+    if replicas and scheme.endswith(("rediscluster", "redisclusters")):
+        yield Finding(
+            "transport",
+            "error",
+            f"celeryredis_durable_publish={replicas} is not supported on a Redis Cluster "
+            "broker yet (the cluster transport does not send WAIT); set "
+            "celeryredis_durable_publish=0 or use a single-node or Sentinel broker.",
+            ("celeryredis_durable_publish", "broker_url"),
         )
 
 
@@ -693,8 +722,8 @@ CHECKS: Final[Mapping[str, Check]] = MappingProxyType(
             Check(
                 "transport",
                 "error",
-                "celeryredis_transport is 'reliable' or 'stock'; lease, sweep and batch "
-                "settings are in range; the reliable transport refuses sentinel:// URLs.",
+                "celeryredis_transport is 'reliable' or 'stock'; lease, sweep, batch and "
+                "durable-publish settings are in range (no durable publish on a cluster).",
                 "A bad lease lets live workers' messages be redelivered, or dead ones' wait.",
                 _check_transport,
             ),

@@ -32,12 +32,18 @@ from celeryredis._prefork import PreforkReapStep
 from celeryredis.connection import Client, new_redis
 from celeryredis.deadletter import DeadLetterError, DeadLetterQueue, dead_letter_message
 from celeryredis.exceptions import ConfigurationError
-from celeryredis.heartbeat import remove_heartbeat, write_heartbeat
+from celeryredis.heartbeat import poll_started_at, remove_heartbeat, write_heartbeat
 from celeryredis.keys import poison_key
 from celeryredis.presets import known_settings
 from celeryredis.redaction import redact_text
 from celeryredis.registry import setting, uses_reliable_transport
 from celeryredis.tasks import Task
+from celeryredis.transport import (
+    cluster_queue_keys,
+    configured_partitions,
+    is_cluster_broker,
+    recorded_partitions,
+)
 from celeryredis.validation import Finding, enforce, run_checks, settings_view
 
 __all__ = ["Consumer", "HeartbeatStep", "PoisonStep", "ValidationStep", "install"]
@@ -205,9 +211,10 @@ class HeartbeatStep(bootsteps.StartStopStep):
         """The beat: what a probe and ``celeryredis check`` read."""
         consumer = getattr(parent, "task_consumer", None)
         channel = getattr(consumer, "channel", None)
-        # kombu's Redis channel records when it sent its current BRPOP; the previous one
-        # completed just before (private, read through the shim; see the operations docs).
-        sent = _kombu_compat.poll_sent_at(channel)
+        # kombu's Redis channel records when it sent its current BRPOP (the previous one
+        # completed just before; private, read through the shim, see the operations
+        # docs); the cluster broker's channel records each fetch round and wait itself.
+        sent = poll_started_at(channel)
         qos = getattr(channel, "qos", None)
         can_consume = getattr(qos, "can_consume", None)
         active = len(worker_state.active_requests)
@@ -240,14 +247,17 @@ class HeartbeatStep(bootsteps.StartStopStep):
 
 
 class PoisonStep(bootsteps.StartStopStep):
-    """Move what the reliable transport set aside as poison into the dead-letter queue.
+    """Move what the transport set aside as poison into the dead-letter queue.
 
     The transport's fetch script cannot know the app: an item it pops that is not a kombu
-    message (no delivery tag) goes to ``{p}celeryredis:poison``. This consumer step
-    moves such items, every few seconds from the consumer's timer, into the dead-letter
-    queue with reason ``decode_error`` and the raw bytes, so nothing is lost and
+    message (no delivery tag) goes to a poison list: ``{p}celeryredis:poison`` for the
+    reliable transport; on a Redis Cluster broker each consumed queue's own
+    ``{p}{q}:poison`` (one per partition of a partitioned queue: as many as the app
+    configures or any process recorded). This consumer step moves such items, every few
+    seconds from the consumer's timer, into the dead-letter queue with reason
+    ``decode_error`` and the raw bytes, so nothing is lost and
     ``celery -A proj redis dlq list`` shows them. On when the app uses the reliable
-    transport and keeps dead letters.
+    transport or a cluster broker, and keeps dead letters.
     """
 
     label = "celeryredis poison"
@@ -260,7 +270,8 @@ class PoisonStep(bootsteps.StartStopStep):
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         conf = parent.app.conf
-        self.enabled = uses_reliable_transport(conf) and bool(
+        self.cluster = is_cluster_broker(conf)
+        self.enabled = (uses_reliable_transport(conf) or self.cluster) and bool(
             setting(conf, "celeryredis_dead_letter")
         )
         self._tref: Any = None
@@ -281,36 +292,80 @@ class PoisonStep(bootsteps.StartStopStep):
         """Move up to :attr:`batch` poison items; return how many moved."""
         app = parent.app
         queue = DeadLetterQueue(app)
-        key = poison_key(app.conf)
         moved = 0
         try:
             client = queue.client
-            while moved < self.batch:
-                popped: Any = client.rpop(key)
-                if popped is None:
+            sources: list[tuple[str, str | None]] = [(poison_key(app.conf), None)]
+            if self.cluster:
+                sources += self._cluster_lists(client, parent)
+            for key, name in sources:
+                moved += self._move(
+                    queue, client, key, name, worker=parent.hostname, most=self.batch - moved
+                )
+                if moved >= self.batch:
                     break
-                raw: bytes = popped if isinstance(popped, bytes) else str(popped).encode()
-                try:
-                    queue.add(
-                        reason="decode_error",
-                        task_name=None,
-                        task_id=None,
-                        exception_type="PoisonMessage",
-                        exception_message=(
-                            "the reliable transport popped an item that is not a kombu "
-                            "message (no delivery tag); its raw bytes are kept"
-                        ),
-                        worker=parent.hostname,
-                        raw_body=raw,
-                    )
-                except DeadLetterError:
-                    client.rpush(key, raw)  # keep it for the next run
-                    raise
-                moved += 1
-        except (redis.RedisError, DeadLetterError) as exc:
+        except (redis.RedisError, RedisClusterException, DeadLetterError) as exc:
             logger.warning("celeryredis: poison items not moved yet: %s", redact_text(str(exc)))
         if moved:
             logger.error("celeryredis: %d poison item(s) moved to the dead-letter queue", moved)
+        return moved
+
+    @staticmethod
+    def _cluster_lists(client: Client, parent: Any) -> list[tuple[str, str | None]]:
+        """The poison list of every partition of each queue the consumer consumes."""
+        conf = parent.app.conf
+        consumer = getattr(parent, "task_consumer", None)
+        names = sorted({str(q.name) for q in getattr(consumer, "queues", None) or ()})
+        if not names:
+            return []
+        options = conf.get("broker_transport_options") or {}
+        prefix = str(options.get("global_keyprefix") or "")
+        configured = configured_partitions(conf)
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            pipe.get(cluster_queue_keys(prefix, name)["record"])
+        out: list[tuple[str, str | None]] = []
+        for name, record in zip(names, pipe.execute(), strict=True):
+            count = max(configured.get(name, 1), recorded_partitions(record))
+            parts = cluster_queue_keys(prefix, name, partitions=count)["partitions"]
+            out += [(str(part["poison"]), name) for part in parts]
+        return out
+
+    @staticmethod
+    def _move(
+        dlq: DeadLetterQueue,
+        client: Client,
+        key: str,
+        name: str | None,
+        *,
+        worker: str,
+        most: int,
+    ) -> int:
+        moved = 0
+        who = "reliable transport" if name is None else f"cluster transport (queue {name!r})"
+        while moved < most:
+            popped: Any = client.rpop(key)
+            if popped is None:
+                break
+            raw: bytes = popped if isinstance(popped, bytes) else str(popped).encode()
+            try:
+                dlq.add(
+                    reason="decode_error",
+                    task_name=None,
+                    task_id=None,
+                    queue=name,
+                    exception_type="PoisonMessage",
+                    exception_message=(
+                        f"the {who} popped an item that is not a kombu message (no "
+                        "delivery tag); its raw bytes are kept"
+                    ),
+                    worker=worker,
+                    raw_body=raw,
+                )
+            except DeadLetterError:
+                client.rpush(key, raw)  # keep it for the next run
+                raise
+            moved += 1
         return moved
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import textwrap
 import time
@@ -11,13 +12,14 @@ from typing import Any
 import pytest
 import redis
 
-from celeryredis import ConfigurationError, rate_limiter
+from celeryredis import ConfigurationError, rate_limiter, ratelimit
 from celeryredis.ratelimit import parse_rate
 from tests._util import import_host_module, wait_for
 
 pytestmark = pytest.mark.integration
 
 TASKS = """
+import itertools
 import json
 import os
 import time
@@ -42,6 +44,7 @@ def limited(self, i):
 
 # Celery's own per-worker rate limit, with Celery's defaults, for the side-by-side test.
 PLAIN = """
+import itertools
 import json
 import os
 import time
@@ -185,3 +188,55 @@ def test_a_high_rate_is_not_capped_by_a_millisecond_clock(celeryredis_app: Any) 
     allowed = sum(slow().allowed for _ in range(300))
     elapsed_ms = (time.monotonic() - started) * 1000
     assert allowed <= elapsed_ms + 2
+
+
+def _evalsha_calls(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0))
+
+
+def test_a_lease_takes_many_permits_in_one_round_trip(celeryredis_app: Any, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    limiter = rate_limiter(celeryredis_app, "leased", "1000000/s")
+    assert limiter.acquire().allowed  # loads the script
+    client.config_resetstat()
+    decisions = [limiter.acquire(lease=16, lease_window=60.0) for _ in range(32)]
+    assert all(d.allowed for d in decisions)
+    assert _evalsha_calls(client) == 2  # 16 permits per round trip
+    slots = [d.slot for d in decisions]
+    assert all(s is not None for s in slots)
+    # Each permit is its own slot of the schedule, in order (a permit asked for, not
+    # leased, reports its slot in whole milliseconds).
+    assert all(b >= a - 0.001 for a, b in itertools.pairwise(slots))
+
+
+def test_leased_permits_are_dropped_after_their_window(
+    celeryredis_app: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    limiter = rate_limiter(celeryredis_app, "leased-late", "1000000/s")
+    assert limiter.acquire().allowed  # loads the script
+    client.config_resetstat()
+    assert limiter.acquire(lease=16, lease_window=0.5).allowed  # 15 permits kept
+    assert _evalsha_calls(client) == 1
+    # One second later (the limiter's clock): every kept permit is past its window.
+    clock = ratelimit.time.monotonic
+    later = type("Clock", (), {"monotonic": staticmethod(lambda: clock() + 1.0)})
+    later.sleep = staticmethod(time.sleep)  # type: ignore[attr-defined]
+    monkeypatch.setattr(ratelimit, "time", later)
+    assert limiter.acquire(lease=16, lease_window=0.5).allowed
+    assert _evalsha_calls(client) == 2  # asked Redis again: no permit was used late
+
+
+def test_leases_of_two_processes_stay_within_the_schedule(celeryredis_app: Any) -> None:
+    # Two limiters on one key stand for two worker processes; every permit one of them
+    # hands out is a slot of the shared schedule, used within the lease window.
+    rate, window = 2000.0, 0.01
+    first = rate_limiter(celeryredis_app, "shared-lease", "2000/s")
+    second = rate_limiter(celeryredis_app, "shared-lease", "2000/s")
+    allowed = 0
+    started = time.monotonic()
+    while time.monotonic() - started < 0.3:
+        for limiter in (first, second):
+            allowed += limiter.acquire(lease=16, lease_window=window).allowed
+    elapsed = time.monotonic() - started
+    assert allowed <= 1 + rate * (elapsed + window) + 1

@@ -218,6 +218,15 @@ def test_context_reaches_third_party_records_only_while_the_task_runs(
     result = module.chatty.delay("ann", password=SECRET)
     assert result.get(timeout=30) == "ann"
     wait_for(lambda: "succeeded" in _events(_lifecycle(worker, result.id)), 10, "succeeded")
+    # Celery's own "succeeded in" line is written by the main process, after ours.
+    wait_for(
+        lambda: any(
+            result.id in r.get("message", "") and "succeeded in" in r["message"]
+            for r in _records(worker)
+        ),
+        10,
+        "Celery's succeeded line",
+    )
     records = _records(worker)
     sdk = [r for r in records if r.get("name") == "thirdparty.sdk"]
     assert len(sdk) == 1

@@ -58,6 +58,7 @@ app = make_app(
     celeryredis_lease_seconds=float(os.environ.get("REL_LEASE", "30")),
     worker_prefetch_multiplier=int(os.environ.get("REL_PREFETCH", "1")),
     worker_disable_prefetch=os.environ.get("REL_NO_PREFETCH") == "1",
+    task_acks_late=os.environ.get("REL_ACKS_EARLY") != "1",
     task_ignore_result=True,
     broker_transport_options=options,
     worker_enable_remote_control=os.environ.get("REL_NO_CONTROL") != "1",
@@ -306,6 +307,24 @@ def test_sigkill_redelivers_within_lease_plus_sweep(env: Env) -> None:
     assert host.startswith("heir@")
     other.kill(signal.SIGKILL)  # it runs the 30 s task now; no need to wait for it
     assert started - killed_at <= lease + sweep + 2.0, started - killed_at
+
+
+def test_an_early_ack_reaches_redis_while_the_task_runs(env: Env) -> None:
+    """Acks early (the throughput preset) keep their meaning on the reliable transport.
+
+    The ack is queued, not written at once, but it reaches Redis while the task still
+    runs (with the next fetch, or the lease thread): a worker killed mid-task leaves no
+    unacked entry behind, so the task is not run again, as with stock kombu.
+    """
+    extra = {"REL_ACKS_EARLY": "1", "REL_LEASE": "3"}
+    worker = env.worker("reliable", "early", pool="prefork", env=extra)
+    worker.wait_ready()
+    env.send("stock", "sleeper", "early", 30)
+    wait_for(lambda: len(env.starts("early")) == 1, 20, "the task to start")
+    wait_for(lambda: env.unacked() == (0, 0), 5, "the early ack to reach Redis")
+    assert len(env.starts("early")) == 1  # still running: the ack went out mid-task
+    assert env.done("early") == 0
+    worker.kill(signal.SIGKILL)
 
 
 def test_retry_requeue_and_revoke_behave_as_stock(env: Env) -> None:

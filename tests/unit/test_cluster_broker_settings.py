@@ -189,3 +189,53 @@ def test_a_wrong_partitions_transport_option_is_refused_by_the_channel() -> None
         pytest.raises(TypeError, match=r"broker_transport_options\['partitions'\]=\[3\] must be"),
     ):
         conn.default_channel  # noqa: B018
+
+
+def test_the_tools_read_the_apps_partitions_and_tell_a_cluster_broker() -> None:
+    from celeryredis.transport import (
+        cluster_queue_keys,
+        configured_partitions,
+        is_cluster_broker,
+        recorded_partitions,
+    )
+    from celeryredis.worker import PoisonStep
+
+    app = make_app(
+        "t", broker_url="rediscluster://a:7000", celeryredis_cluster_partitions={"hot": 3}
+    )
+    assert configured_partitions(app.conf) == {"hot": 3}
+    assert configured_partitions({"broker_transport_options": {"partitions": [3]}}) == {}
+    assert is_cluster_broker(app.conf)
+    assert not is_cluster_broker(make_app("t", broker_url="redis://a:6380/0").conf)
+    assert not is_cluster_broker({"broker_url": None})
+    assert [recorded_partitions(v) for v in (b"4", "2", None, b"0", b"x")] == [4, 2, 1, 1, 1]
+    poison = [p["poison"] for p in cluster_queue_keys("p:", "hot", partitions=3)["partitions"]]
+    assert poison == ["p:{hot}:poison", "p:{hot#1}:poison", "p:{hot#2}:poison"]
+
+    class Parent:  # what PoisonStep reads of Celery's consumer when it is created
+        pass
+
+    parent = Parent()
+    parent.app = app  # type: ignore[attr-defined]
+    app.conf.celeryredis_transport = "stock"  # no say on a cluster broker
+    app.conf.celeryredis_dead_letter = True
+    assert PoisonStep(parent).enabled
+    app.conf.celeryredis_dead_letter = False
+    assert not PoisonStep(parent).enabled
+
+
+def test_the_heartbeat_reads_the_cluster_channels_own_poll_time() -> None:
+    from celeryredis.heartbeat import poll_started_at
+    from celeryredis.transport._cluster import Channel
+
+    assert Channel.last_poll_at is None  # before its first fetch round or wait
+
+    class Polled:
+        last_poll_at = 12.5
+
+    class KombuRedis:  # kombu's Redis channel: its BRPOP's send time
+        _brpop_sent_at = 7.25
+
+    assert poll_started_at(Polled()) == 12.5
+    assert poll_started_at(KombuRedis()) == 7.25
+    assert poll_started_at(object()) is None

@@ -118,6 +118,45 @@ def test_bound_task_secrets_are_hidden_in_any_record_of_the_thread() -> None:
     assert "login with *** failed" in stream.getvalue()
 
 
+def test_lazily_bound_secrets_are_computed_once_and_only_for_a_record() -> None:
+    stream = io.StringIO()
+    handler = configure_logging(stream=stream, logger="trust.lazy")
+    calls: list[int] = []
+
+    def secrets() -> list[str]:
+        calls.append(1)
+        return ["hunter2-Secret"]
+
+    try:
+        bind_task_secrets(secrets)
+        assert calls == []  # nothing logged yet: nothing computed
+        logging.getLogger("trust.lazy").error("login with %s failed", "hunter2-Secret")
+        logging.getLogger("trust.lazy").error("again with %s", "hunter2-Secret")
+    finally:
+        bind_task_secrets(())
+        logging.getLogger("trust.lazy").removeHandler(handler)
+    assert calls == [1]
+    assert "hunter2-Secret" not in stream.getvalue()
+    assert stream.getvalue().count("***") == 2
+
+
+def test_lazily_bound_secrets_that_fail_leave_url_passwords_redacted() -> None:
+    stream = io.StringIO()
+    handler = configure_logging(stream=stream, logger="trust.broken")
+
+    def broken() -> list[str]:
+        raise ValueError("odd arguments")
+
+    try:
+        bind_task_secrets(broken)
+        logging.getLogger("trust.broken").error("to redis://:pw-Secret1@127.0.0.1:9/0")
+    finally:
+        bind_task_secrets(())
+        logging.getLogger("trust.broken").removeHandler(handler)
+    assert "pw-Secret1" not in stream.getvalue()
+    assert "redis://:***@127.0.0.1:9/0" in stream.getvalue()
+
+
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [("30s", 30), ("10m", 600), ("2h", 7200), ("1d", 86400), ("1h30m", 5400), ("45", 45)],

@@ -45,7 +45,19 @@ def _imported(tree: ast.AST) -> set[str]:
 
 
 #: Modules that may import names from the transport package itself: {module: names}.
-TRANSPORT_NAMES = {"celeryredis.queues": {"celeryredis.transport.cluster_queue_keys"}}
+TRANSPORT_NAMES = {
+    "celeryredis.queues": {
+        "celeryredis.transport.cluster_queue_keys",
+        "celeryredis.transport.configured_partitions",
+        "celeryredis.transport.recorded_partitions",
+    },
+    "celeryredis.worker": {
+        "celeryredis.transport.cluster_queue_keys",
+        "celeryredis.transport.configured_partitions",
+        "celeryredis.transport.is_cluster_broker",
+        "celeryredis.transport.recorded_partitions",
+    },
+}
 
 
 def test_only_app_imports_the_transport() -> None:

@@ -13,7 +13,7 @@ from celeryredis.log import task_context
 from celeryredis.redaction import is_sensitive, redact_call, summarize_call
 from celeryredis.tasks import TRANSIENT_ERRORS
 
-URL = "redis://127.0.0.1:6379/0"
+URL = "redis://127.0.0.1:16379/0"
 
 
 @pytest.fixture
@@ -239,3 +239,34 @@ def test_celery_logging_setup_gets_the_redacting_filter() -> None:
         assert any(isinstance(f, RedactingFilter) for f in handler.filters)
     finally:
         logger.removeHandler(handler)
+
+
+def test_received_routing_is_kept_only_for_pools_that_run_tasks_elsewhere(app: Celery) -> None:
+    from types import SimpleNamespace
+
+    from celery.concurrency.prefork import TaskPool as PreforkPool
+    from celery.concurrency.solo import TaskPool as SoloPool
+
+    from celeryredis import signals
+    from celeryredis.tasks import base
+
+    @app.task(shared=False)
+    def job() -> None: ...
+
+    request = SimpleNamespace(
+        id="unit-received-1",
+        task=job,
+        name=job.name,
+        delivery_info={"routing_key": "q1"},
+        request_dict={},
+        hostname="w@h",
+    )
+    # Solo: the task fails (if it does) in this process, with its request: nothing kept.
+    signals._on_received(sender=SimpleNamespace(pool=SoloPool()), request=request)
+    assert request.id not in base._ROUTING
+    # Prefork: a hard time limit's on_failure runs here without the request.
+    signals._on_received(sender=SimpleNamespace(pool=PreforkPool()), request=request)
+    kept = base._ROUTING.pop(request.id)
+    assert kept["queue"] == "q1"
+    assert kept["worker"] == "w@h"
+    assert isinstance(kept["receipt"], int)

@@ -9,6 +9,7 @@ from kombu import Connection
 from kombu.transport import TRANSPORT_ALIASES
 
 from celeryredis import ConfigurationError, explain, make_app
+from celeryredis.exceptions import CeleryRedisError, NotDurableError
 from celeryredis.transport import reliable_url
 from celeryredis.validation import run_checks
 
@@ -23,6 +24,10 @@ def _ids(**kwargs: Any) -> set[str]:
 def test_alias_registered_on_import() -> None:
     assert TRANSPORT_ALIASES["celeryredis"] == "celeryredis.transport._reliable:Transport"
     assert TRANSPORT_ALIASES["celeryrediss"] == "celeryredis.transport._reliable:Transport"
+    assert (
+        TRANSPORT_ALIASES["celeryredissentinel"]
+        == "celeryredis.transport._reliable:SentinelTransport"
+    )
 
 
 @pytest.mark.parametrize(
@@ -32,7 +37,11 @@ def test_alias_registered_on_import() -> None:
         ("rediss://h:1/0?ssl_cert_reqs=required", "celeryrediss://h:1/0?ssl_cert_reqs=required"),
         ("redis+socket:///tmp/r.sock", "celeryredis+socket:///tmp/r.sock"),
         ("redis://a:1/0;redis://b:2/0", "celeryredis://a:1/0;celeryredis://b:2/0"),
-        ("sentinel://s:26379", "sentinel://s:26379"),
+        ("sentinel://s:26379", "celeryredissentinel://s:26379"),
+        (
+            "sentinel://:pw@a:26379/0;sentinel://b:26380/0",
+            "celeryredissentinel://:pw@a:26379/0;celeryredissentinel://b:26380/0",
+        ),
     ],
 )
 def test_reliable_url(url: str, expected: str) -> None:
@@ -86,15 +95,34 @@ def test_validation_of_transport_settings() -> None:
     assert "transport" not in _ids(celeryredis_transport="reliable")
 
 
-def test_reliable_refuses_sentinel() -> None:
-    with pytest.raises(ConfigurationError, match="sentinel") as excinfo:
-        make_app(
-            "t",
-            broker_url="sentinel://127.0.0.1:26379",
-            broker_transport_options={"master_name": "mymaster"},
-            celeryredis_transport="reliable",
-        )
-    assert "transport" in excinfo.value.check_ids
+SENTINEL = "sentinel://127.0.0.1:26379/0;sentinel://127.0.0.1:26380/0"
+
+
+def test_reliable_runs_on_sentinel() -> None:
+    app = make_app(
+        "t",
+        broker_url=SENTINEL,
+        result_backend=None,
+        broker_transport_options={"master_name": "mymaster"},
+        celeryredis_transport="reliable",
+    )
+    assert app.conf.broker_url == SENTINEL  # producers unchanged (durable publish off)
+    assert app.conf.broker_read_url == (
+        "celeryredissentinel://127.0.0.1:26379/0;celeryredissentinel://127.0.0.1:26380/0"
+    )
+    assert app.conf.broker_transport_options["master_name"] == "mymaster"
+    with app.connection_for_read() as conn:
+        assert type(conn.transport).__name__ == "SentinelTransport"
+        assert type(conn.transport).__module__ == "celeryredis.transport._reliable"
+        assert conn.transport.driver_type == "redis"
+        assert conn.transport.default_port == 26379
+        assert conn.alt == app.conf.broker_read_url.split(";")
+
+
+def test_sentinel_alias_survives_failover_switch() -> None:
+    conn = Connection("celeryredissentinel://127.0.0.1:1/0;celeryredissentinel://127.0.0.1:2/0")
+    conn.switch("celeryredissentinel://127.0.0.1:2/0")
+    assert conn.transport_cls == "celeryredissentinel"
 
 
 def test_leases_replace_the_visibility_timeout_formula() -> None:
@@ -103,22 +131,125 @@ def test_leases_replace_the_visibility_timeout_formula() -> None:
     assert "visibility-timeout" not in _ids(celeryredis_transport="reliable", **tiny)
 
 
-def test_production_uses_the_reliable_transport() -> None:
-    app = make_app("t", broker_url=URL)
+@pytest.mark.parametrize("preset", ["production", "development", "throughput"])
+def test_presets_that_use_the_reliable_transport(preset: str) -> None:
+    app = make_app("t", broker_url=URL, preset=preset)
     rows = {row.setting: row for row in explain(app)}
     assert rows["celeryredis_transport"].value == "reliable"
-    assert rows["celeryredis_transport"].source == "preset:production"
+    assert rows["celeryredis_transport"].source == f"preset:{preset}"
     assert app.conf.broker_read_url == "celeryredis://127.0.0.1:6379/0"
 
 
-def test_production_gives_way_to_stock_on_sentinel() -> None:
+def test_testing_preset_keeps_the_stock_transport() -> None:
+    app = make_app("t", broker_url=URL, preset="testing")
+    assert app.conf.celeryredis_transport == "stock"
+    assert app.conf.broker_read_url in (None, URL)
+
+
+def test_production_keeps_the_reliable_transport_on_sentinel() -> None:
     app = make_app(
         "t",
-        broker_url="sentinel://127.0.0.1:26379",
+        broker_url=SENTINEL,
         result_backend=None,
         broker_transport_options={"master_name": "mymaster"},
     )
     rows = {row.setting: row for row in explain(app)}
-    assert rows["celeryredis_transport"].value == "stock"
-    assert "sentinel" in rows["celeryredis_transport"].reason
-    assert app.conf.broker_read_url.startswith("sentinel://")
+    assert rows["celeryredis_transport"].value == "reliable"
+    assert rows["celeryredis_transport"].source == "preset:production"
+    assert app.conf.broker_read_url.startswith("celeryredissentinel://")
+
+
+# --- durable publish ------------------------------------------------------------------
+
+
+def test_durable_publish_is_off_by_default_and_explain_says_so() -> None:
+    app = make_app("t", broker_url="redis://127.0.0.1:7379/0", result_backend=None)
+    rows = {row.setting: row for row in explain(app)}
+    assert rows["celeryredis_durable_publish"].value == 0
+    assert rows["celeryredis_durable_publish"].source == "default"
+    assert "durable publish off" in rows["celeryredis_durable_publish"].reason
+    assert "can be lost" in rows["celeryredis_durable_publish"].reason
+    assert app.conf.broker_write_url in (None, app.conf.broker_url)
+    assert "durable_publish" not in app.conf.broker_transport_options
+
+
+@pytest.mark.parametrize("transport", ["reliable", "stock"])
+def test_durable_publish_routes_producers_through_the_reliable_channel(transport: str) -> None:
+    app = make_app(
+        "t",
+        broker_url="redis://:s3cr3t-Pa55@127.0.0.1:7379/0",
+        result_backend=None,
+        celeryredis_transport=transport,
+        celeryredis_durable_publish=1,
+        celeryredis_durable_publish_timeout=0.5,
+    )
+    assert app.conf.broker_url.startswith("redis://")
+    assert app.conf.broker_write_url == "celeryredis://:s3cr3t-Pa55@127.0.0.1:7379/0"
+    options = app.conf.broker_transport_options
+    assert (options["durable_publish"], options["durable_publish_timeout"]) == (1, 0.5)
+    rows = {row.setting: row for row in explain(app)}
+    durable = rows["celeryredis_durable_publish"]
+    assert (durable.value, durable.source) == (1, "argument")
+    assert "durable publish on" in durable.reason
+    assert "1 replica(s)" in durable.reason
+    assert "0.5 s" in durable.reason
+    assert "WAIT" in rows["broker_write_url"].reason
+    assert "s3cr3t-Pa55" not in repr(rows["broker_write_url"].value)
+    with app.connection_for_write() as conn:
+        assert type(conn.transport).__module__ == "celeryredis.transport._reliable"
+
+
+def test_durable_publish_on_sentinel_uses_the_sentinel_scheme() -> None:
+    app = make_app(
+        "t",
+        broker_url=SENTINEL,
+        result_backend=None,
+        broker_transport_options={"master_name": "mymaster"},
+        celeryredis_durable_publish=1,
+    )
+    assert app.conf.broker_write_url == app.conf.broker_read_url
+    assert app.conf.broker_write_url.startswith("celeryredissentinel://")
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        ({"celeryredis_durable_publish": 101}, "celeryredis_durable_publish=101"),
+        ({"celeryredis_durable_publish": 1.5}, "celeryredis_durable_publish=1.5"),
+        (
+            {"celeryredis_durable_publish": 1, "celeryredis_durable_publish_timeout": 0},
+            "celeryredis_durable_publish_timeout=0",
+        ),
+        (
+            {"celeryredis_durable_publish": 1, "celeryredis_durable_publish_timeout": 120},
+            "celeryredis_durable_publish_timeout=120",
+        ),
+    ],
+)
+def test_durable_publish_validation(settings: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ConfigurationError) as excinfo:
+        make_app("t", broker_url="redis://127.0.0.1:7379/0", result_backend=None, **settings)
+    assert fragment in str(excinfo.value)
+
+
+def test_durable_publish_refused_on_a_cluster_broker() -> None:
+    with pytest.raises(ConfigurationError, match="Redis Cluster") as excinfo:
+        make_app(
+            "t",
+            broker_url="rediscluster://127.0.0.1:7000/0",
+            result_backend=None,
+            celeryredis_durable_publish=1,
+        )
+    assert "transport" in excinfo.value.check_ids
+    assert "celeryredis_durable_publish=0" in str(excinfo.value)
+
+
+def test_not_durable_error_is_not_a_connection_error() -> None:
+    # kombu retries a publish on its transport's connection errors (OSError, KeyError,
+    # redis ConnectionError ...): each retry would push another copy of the message.
+    from kombu.transport.redis import Transport
+
+    error = NotDurableError("x", acked=0, needed=1, timeout=1.0)
+    assert isinstance(error, CeleryRedisError)
+    assert not isinstance(error, Transport.connection_errors)
+    assert (error.acked, error.needed, error.timeout) == (0, 1, 1.0)

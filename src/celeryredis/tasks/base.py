@@ -43,6 +43,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -62,9 +63,21 @@ from celeryredis._errors import (
     permanent_errback,
     refused_by,
 )
+from celeryredis.connection import Client, get_redis
 from celeryredis.exceptions import PublishError, ResultNotStoredError
-from celeryredis.log import bind_task_secrets, redact_exc_info, task_context
-from celeryredis.redaction import redact_call, redact_text, sensitive_words, summarize_call
+from celeryredis.log import (
+    bind_task_secrets,
+    enter_task_context,
+    exit_task_context,
+    redact_exc_info,
+)
+from celeryredis.redaction import (
+    redact_call,
+    redact_text,
+    sensitive_words,
+    summarize_call,
+    summarize_redacted,
+)
 from celeryredis.registry import setting
 from celeryredis.stats import Event, count
 from celeryredis.tasks._backend_retry import backend_retries_held
@@ -226,6 +239,34 @@ class Task(celery.Task[Any, Any]):
             eager = bool(getattr(self.request, "is_eager", False))
         return not eager or bool(setting(conf, "celeryredis_eager_redis"))
 
+    def _worker_cache(self) -> dict[str, Any] | None:
+        """Values a worker run needs every time (client, keys, limiters), kept per process.
+
+        None in an eager run (``apply()``, ``task_always_eager``) and outside a task: those
+        read the app's configuration afresh. A worker's configuration does not change
+        while it runs, and reading ``app.conf`` through the settings layer on every task
+        costs more than the rest of a task base's own work.
+        """
+        request = self.request
+        if request.id is None or getattr(request, "is_eager", False):
+            return None
+        pid = os.getpid()
+        cached: tuple[int, dict[str, Any]] | None = self.__dict__.get("_celeryredis_cache")
+        if cached is None or cached[0] != pid:  # a forked pool process starts afresh
+            cached = (pid, {})
+            self.__dict__["_celeryredis_cache"] = cached
+        return cached[1]
+
+    def _redis(self) -> Client:
+        """The app's Redis client (:func:`celeryredis.connection.get_redis`), cached per worker."""
+        cache = self._worker_cache()
+        if cache is None:
+            return get_redis(self.app)
+        client: Client | None = cache.get("redis")
+        if client is None:
+            client = cache["redis"] = get_redis(self.app)
+        return client
+
     def _count(self, event: Event) -> None:
         """Count ``event`` for this task (:mod:`celeryredis.stats`), unless this run is eager."""
         if self._redis_allowed():
@@ -254,7 +295,13 @@ class Task(celery.Task[Any, Any]):
     # -- publishing ------------------------------------------------------------------------
 
     def _sensitive_words(self) -> tuple[str, ...]:
-        return sensitive_words(self.app.conf, self.sensitive_names)
+        cache = self._worker_cache()
+        if cache is None:
+            return sensitive_words(self.app.conf, self.sensitive_names)
+        words: tuple[str, ...] | None = cache.get("sensitive_words")
+        if words is None:
+            words = cache["sensitive_words"] = sensitive_words(self.app.conf, self.sensitive_names)
+        return words
 
     def _secrets(self, args: Any, kwargs: Any) -> tuple[str, ...]:
         """The values of this call's sensitive arguments, to hide in exception texts."""
@@ -340,25 +387,27 @@ class Task(celery.Task[Any, Any]):
         if task_id is None:  # called directly as a function: no lifecycle, no context
             return super().__call__(*args, **kwargs)
         request = self.request
-        with task_context(task_id, self.name):
-            try:
-                return super().__call__(*args, **kwargs)
-            except Reject as exc:
-                requeue = bool(getattr(exc, "requeue", False))
-                self._log(
-                    "rejected",
-                    logging.WARNING,
-                    exc=exc,
-                    secrets=self._secrets(args, kwargs),
-                    requeue=requeue,
-                )
-                if not requeue:  # Celery calls no failure hook for Reject
-                    self._dead_letter("rejected", exc, task_id, args, kwargs)
-                raise
-            except TypeError:
-                if not self._arguments_fit(args, kwargs):
-                    request.celeryredis_reason = "bad_arguments"  # type: ignore[attr-defined]
-                raise
+        token = enter_task_context(task_id, self.name)  # not a with-block: a per-task cost
+        try:
+            return super().__call__(*args, **kwargs)
+        except Reject as exc:
+            requeue = bool(getattr(exc, "requeue", False))
+            self._log(
+                "rejected",
+                logging.WARNING,
+                exc=exc,
+                secrets=self._secrets(args, kwargs),
+                requeue=requeue,
+            )
+            if not requeue:  # Celery calls no failure hook for Reject
+                self._dead_letter("rejected", exc, task_id, args, kwargs)
+            raise
+        except TypeError:
+            if not self._arguments_fit(args, kwargs):
+                request.celeryredis_reason = "bad_arguments"  # type: ignore[attr-defined]
+            raise
+        finally:
+            exit_task_context(token)
 
     def _arguments_fit(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
         try:
@@ -372,16 +421,25 @@ class Task(celery.Task[Any, Any]):
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Log ``started`` and start the attempt's clock."""
         self.request.celeryredis_started = time.monotonic()  # type: ignore[attr-defined]
-        bind_task_secrets(self._secrets(args, kwargs))
         if not lifecycle_logger.isEnabledFor(logging.INFO):
-            return  # _log() would drop it: skip the argument summary (a per-task cost)
-        summary = summarize_call(
-            args,
-            kwargs,
-            words=self._sensitive_words(),
-            func=self.run,
-            max_chars=self.args_summary_max,
-        )
+            # Computed only if a record of this thread is redacted: most attempts log
+            # nothing at this level. No argument summary either (_log() would drop it).
+            bind_task_secrets(functools.partial(self._secrets, args, kwargs))
+            return
+        try:
+            call = redact_call(args, kwargs, words=self._sensitive_words(), func=self.run)
+        except Exception:  # odd argument shapes: as _secrets() and summarize_call() do
+            bind_task_secrets(())
+            summary = summarize_call(
+                args,
+                kwargs,
+                words=self._sensitive_words(),
+                func=self.run,
+                max_chars=self.args_summary_max,
+            )
+        else:  # one redaction serves the secrets and the summary
+            bind_task_secrets(call.secrets)
+            summary = summarize_redacted(call, self.args_summary_max)
         self._log("started", logging.INFO, args_summary=summary)
 
     def on_success(

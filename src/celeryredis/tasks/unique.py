@@ -149,6 +149,10 @@ class UniqueTask(Task):
     def _lock(self, key: str, token: str, ttl: float) -> TokenLock:
         return TokenLock(get_redis(self.app), key, token, ttl)
 
+    def _running_lock(self, key: str, token: str) -> TokenLock:
+        """The lock of a received task, with the running TTL (client cached per worker)."""
+        return TokenLock(self._redis(), key, token, float(self.unique_running_ttl))
+
     # -- the uniqueness claim (apply_async and enqueue_many) --------------------------------
 
     def unique_headers(
@@ -244,7 +248,7 @@ class UniqueTask(Task):
         key = self._request_key(request) or self.unique_lock_key(args, kwargs)
         if not self._redis_allowed():  # eager: no lock (the key is still checked above)
             return super().__call__(*args, **kwargs)
-        lock = self._lock(key, task_id, float(self.unique_running_ttl))
+        lock = self._running_lock(key, task_id)
         if self.unique_mode == "until_executing":
             lock.release()
         elif self.unique_mode == "until_executed":
@@ -270,7 +274,7 @@ class UniqueTask(Task):
         """Release this task's lock (finished, failed for good, or revoked)."""
         if key is None or self.unique_mode == "until_executing" or not self._redis_allowed():
             return
-        lock = self._lock(key, task_id, float(self.unique_running_ttl))
+        lock = self._running_lock(key, task_id)
         _RENEWER.discard(lock)
         lock.release()
 
@@ -292,7 +296,7 @@ class UniqueTask(Task):
         """Keep the lock across the retry (the republish renewed it), stop renewing it."""
         key = self._request_key()
         if key is not None and self._redis_allowed():
-            _RENEWER.discard(self._lock(key, task_id, float(self.unique_running_ttl)))
+            _RENEWER.discard(self._running_lock(key, task_id))
         super().on_retry(exc, task_id, args, kwargs, einfo)
 
     def on_failure(

@@ -9,7 +9,9 @@ the next fetch, and any worker requeues expired leases every second. See
 ``docs/transport.md``.
 
 :func:`register_aliases` registers two kombu URL schemes, ``celeryredis://`` and
-``celeryrediss://`` (TLS), and ``celeryredis+socket://`` for Unix sockets; the settings
+``celeryrediss://`` (TLS), and ``celeryredis+socket://`` for Unix sockets, plus
+``celeryredissentinel://`` for a Sentinel-managed Redis (kombu's ``sentinel://``
+pooling, one ``;``-separated URL per sentinel); the settings
 layer of :func:`celeryredis.make_app` / :func:`celeryredis.configure` calls it when the
 app's configuration loads (importing the package changes nothing in kombu). The classes
 live in :mod:`celeryredis.transport._reliable` and are
@@ -33,11 +35,15 @@ __all__ = [
     "MAX_PARTITIONS",
     "PARTITION_SEP",
     "RELIABLE_SCHEMES",
+    "SENTINEL_SCHEMES",
     "TRANSPORTS",
     "cluster_broker_url",
     "cluster_queue_keys",
+    "configured_partitions",
+    "is_cluster_broker",
     "parse_partitions",
     "partition_names",
+    "recorded_partitions",
     "register_aliases",
     "reliable_url",
 ]
@@ -47,6 +53,7 @@ TRANSPORTS: Final = ("reliable", "stock")
 
 _TARGET: Final = "celeryredis.transport._reliable:Transport"
 _CLUSTER_TARGET: Final = "celeryredis.transport._cluster:Transport"
+_SENTINEL_TARGET: Final = "celeryredis.transport._reliable:SentinelTransport"
 
 #: Cluster URL scheme -> the cluster transport's kombu scheme.
 CLUSTER_SCHEMES: Final = {
@@ -59,6 +66,10 @@ RELIABLE_SCHEMES: Final = {
     "redis": "celeryredis",
     "rediss": "celeryrediss",
 }
+
+#: Sentinel scheme -> the reliable Sentinel transport's scheme (kombu's ``sentinel://``
+#: pooling through ``master_for``, with the reliable channel's fetch and leases).
+SENTINEL_SCHEMES: Final = {"sentinel": "celeryredissentinel"}
 
 
 #: Between a queue's name and its partition number in the partition's hash tag.
@@ -124,6 +135,8 @@ def register_aliases() -> None:
 
     for scheme in RELIABLE_SCHEMES.values():
         TRANSPORT_ALIASES.setdefault(scheme, _TARGET)
+    for scheme in SENTINEL_SCHEMES.values():
+        TRANSPORT_ALIASES.setdefault(scheme, _SENTINEL_TARGET)
     for scheme in (*CLUSTER_SCHEMES, *CLUSTER_SCHEMES.values()):
         # rediscluster:// too: a host's own broker_url (or $CELERY_BROKER_URL), which
         # Celery hands to kombu unchanged, works when it names one node.
@@ -131,25 +144,78 @@ def register_aliases() -> None:
 
 
 def cluster_queue_keys(
-    prefix: str, queue: str, steps: Sequence[int] | None = None
+    prefix: str, queue: str, steps: Sequence[int] | None = None, partitions: int = 1
 ) -> dict[str, Any]:
     """The keys of ``queue`` on a cluster broker, as the cluster transport names them.
 
     ``lists`` (one per priority step), ``unacked``, ``index`` and ``poison``, all with the
-    queue's hash tag (``queue_keys`` of the cluster transport, imported on first use so
-    that reading a single-node broker's queues does not load the cluster transport).
+    queue's hash tag; ``record`` (the key holding the highest partition count any process
+    used) and ``partitions`` (one such dict per partition, the first being the top-level
+    keys). This is ``queue_keys`` of the cluster transport, imported on first use so that
+    reading a single-node broker's queues does not load the cluster transport.
 
     Example:
         >>> cluster_queue_keys("p:", "celery")["unacked"]
         'p:{celery}:unacked'
+        >>> [p["poison"] for p in cluster_queue_keys("", "q", partitions=2)["partitions"]]
+        ['{q}:poison', '{q#1}:poison']
     """
     module = importlib.import_module(_CLUSTER_TARGET.partition(":")[0])
     keys: dict[str, Any] = (
-        module.queue_keys(prefix, queue)
+        module.queue_keys(prefix, queue, partitions=partitions)
         if steps is None
-        else module.queue_keys(prefix, queue, steps)
+        else module.queue_keys(prefix, queue, steps, partitions=partitions)
     )
     return keys
+
+
+def configured_partitions(conf: Mapping[str, Any]) -> dict[str, int]:
+    """The ``{queue: N}`` partition counts an app's configuration gives the cluster transport.
+
+    Read from ``broker_transport_options["partitions"]`` (which ``make_app`` / ``configure``
+    set from ``celeryredis_cluster_partitions``); a value that does not parse counts as none
+    here (the transport refuses it when it opens).
+
+    Example:
+        >>> configured_partitions({"broker_transport_options": {"partitions": {"q": 3}}})
+        {'q': 3}
+    """
+    options = conf.get("broker_transport_options") or {}
+    try:
+        return parse_partitions(options.get("partitions"), "broker_transport_options['partitions']")
+    except (TypeError, ValueError):
+        return {}
+
+
+def recorded_partitions(value: Any) -> int:
+    """A queue's recorded partition count as read from its ``record`` key (1 if unset).
+
+    Example:
+        >>> recorded_partitions(b"4"), recorded_partitions(None), recorded_partitions(b"x")
+        (4, 1, 1)
+    """
+    if value is None:
+        return 1
+    try:
+        return max(1, int(value.decode() if isinstance(value, bytes) else value))
+    except (TypeError, ValueError):
+        return 1
+
+
+def is_cluster_broker(conf: Mapping[str, Any]) -> bool:
+    """Whether the app's ``broker_url`` opens a Redis Cluster broker (its first URL's scheme).
+
+    Example:
+        >>> is_cluster_broker({"broker_url": "celeryrediscluster://10.0.0.1:7000/0"})
+        True
+        >>> is_cluster_broker({"broker_url": "redis://10.0.0.1:6379/0"})
+        False
+    """
+    url = conf.get("broker_url")
+    if not isinstance(url, str):
+        return False
+    scheme = url.split(";", 1)[0].partition("://")[0].strip()
+    return scheme in CLUSTER_SCHEMES or scheme in CLUSTER_SCHEMES.values()
 
 
 def cluster_broker_url(url: str) -> str:
@@ -177,12 +243,16 @@ def cluster_broker_url(url: str) -> str:
 def reliable_url(url: str) -> str:
     """Rewrite a broker URL (or a ``;``-separated failover list) to the reliable scheme.
 
-    ``redis://`` becomes ``celeryredis://``, ``rediss://`` ``celeryrediss://`` and
-    ``redis+socket://`` ``celeryredis+socket://``; other text is unchanged.
+    ``redis://`` becomes ``celeryredis://``, ``rediss://`` ``celeryrediss://``,
+    ``redis+socket://`` ``celeryredis+socket://`` and ``sentinel://``
+    ``celeryredissentinel://`` (each ``;``-separated sentinel keeps its own URL, which
+    is how kombu reads several sentinels); other text is unchanged.
 
     Example:
         >>> reliable_url("redis://localhost:6379/0;redis://other:6379/0")
         'celeryredis://localhost:6379/0;celeryredis://other:6379/0'
+        >>> reliable_url("sentinel://:pw@10.0.0.1:26379/0;sentinel://10.0.0.2:26379/0")
+        'celeryredissentinel://:pw@10.0.0.1:26379/0;celeryredissentinel://10.0.0.2:26379/0'
     """
     parts = []
     for chunk in url.split(";"):
@@ -190,6 +260,8 @@ def reliable_url(url: str) -> str:
         base, plus, tail = scheme.partition("+")
         if sep and base in RELIABLE_SCHEMES:
             parts.append(f"{RELIABLE_SCHEMES[base]}{plus}{tail}{sep}{rest}")
+        elif sep and scheme in SENTINEL_SCHEMES:
+            parts.append(f"{SENTINEL_SCHEMES[scheme]}{sep}{rest}")
         else:
             parts.append(chunk)
     return ";".join(parts)

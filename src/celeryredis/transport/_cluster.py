@@ -242,6 +242,10 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         "idle_fetch_interval",
     )
 
+    #: ``time.monotonic()`` when this channel last began a fetch round or a wait on its
+    #: queues (None before the first): the worker heartbeat's poll age reads it.
+    last_poll_at: float | None = None
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._lock = threading.Lock()
         self._pending: dict[str, set[str]] = {}  # queue -> acks to send
@@ -529,6 +533,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         busy consumer from starving an idle partition that was rung meanwhile.
         """
         if self._consumers and self._active_queues:
+            self.last_poll_at = time.monotonic()  # a fetch round begins
             try:
                 with _topology_errors():
                     self.sweep()
@@ -869,6 +874,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         queues = self._consumed()
         if not queues:
             return sockets, None
+        self.last_poll_at = time.monotonic()  # a wait on the consumed queues begins
         failed, self._fetch_failed = self._fetch_failed, False
         if failed or not self.wake_up or not self.qos.can_consume():
             return sockets, polling_interval
@@ -891,6 +897,8 @@ class Channel(virtual.Channel):  # type: ignore[misc]
 
     def after_wait(self) -> None:
         """Read the wake-ups that arrived while the transport waited."""
+        if self._consumed():
+            self.last_poll_at = time.monotonic()  # the wait ended
         if not self._wake_pubsubs:
             return
         try:

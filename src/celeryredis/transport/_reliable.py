@@ -26,18 +26,22 @@ from __future__ import annotations
 
 import importlib
 import logging
+import socket
 import threading
 import time
 from collections.abc import Sequence
 from queue import Empty
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import redis
+import redis.sentinel
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
 from celeryredis._kombu_compat import deliver, raw_payload, replace_restore_timer
 from celeryredis._scripts import source
+from celeryredis.exceptions import NotDurableError
 from celeryredis.keys import POISON_NAME
 from celeryredis.registry import default
 from celeryredis.transport._lease import LeaseRenewer
@@ -47,13 +51,16 @@ from celeryredis.transport._lease import LeaseRenewer
 kombu_redis: Any = importlib.import_module("kombu.transport.redis")
 virtual: Any = importlib.import_module("kombu.transport.virtual")
 
-__all__ = ["Channel", "QoS", "Transport"]
+__all__ = ["Channel", "QoS", "SentinelChannel", "SentinelTransport", "Transport"]
 
 logger = logging.getLogger(__name__)
 
 #: Where items that are not kombu messages go (under the global key prefix), capped at 1000.
 POISON_KEY: Final = POISON_NAME  # the prefix is added by the channel (self._key)
 _MIN_REDIS: Final = (6, 2)
+_SENTINEL_URL_SCHEMES: Final = ("sentinel", "celeryredissentinel")
+#: Seconds a new Sentinel channel keeps asking the sentinels for a reachable master.
+MASTER_WAIT: Final = 10.0
 _SCRIPTS: Final = ("transport_fetch", "transport_renew", "transport_claim", "transport_restore")
 _CHUNK: Final = 1000
 _CLAIM_SECONDS: Final = 10.0
@@ -93,13 +100,19 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         channel.hold(delivery_tag)
 
     def ack(self, delivery_tag: str) -> None:
-        """Queue the ack; it rides on the next fetch or the lease thread's next call."""
+        """Queue the ack; it rides on the next fetch or the lease thread's next call.
+
+        On a closed channel (a reconnect under way: the task outlived its connection) the
+        ack goes to the next channel of this process on the same Redis, which sends it.
+        """
         channel = self.channel
         if not channel.reliable:
             super().ack(delivery_tag)
             return
         channel.release(delivery_tag)
         channel.queue_ack(delivery_tag)
+        if channel.closed:
+            channel.orphan_pending_acks()
         virtual.QoS.ack(self, delivery_tag)
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
@@ -117,7 +130,11 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         """Requeue messages whose lease expired (any worker's), at most once a sweep interval."""
         channel = self.channel
         if channel.reliable:
-            channel.sweep(num)
+            try:
+                channel.sweep(num)
+            except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OSError):
+                # A failover or a restart: the poll connection reconnects; sweep next time.
+                logger.warning("celeryredis: lease sweep failed; retrying", exc_info=True)
         elif not channel.scripts_refused:
             super().restore_visible(start=start, num=num, interval=interval)
         else:
@@ -155,11 +172,18 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     #: Seconds between restore sweeps of expired leases.
     lease_sweep_interval: float = default("celeryredis_lease_sweep_interval")
 
+    #: Replicas each publish waits for (``WAIT``); 0: no wait (asynchronous replication).
+    durable_publish: int = default("celeryredis_durable_publish")
+    #: Seconds the ``WAIT`` of a durable publish lasts at most.
+    durable_publish_timeout: float = default("celeryredis_durable_publish_timeout")
+
     from_transport_options = (
         *kombu_redis.Channel.from_transport_options,
         "lease_seconds",
         "fetch_batch_max",
         "lease_sweep_interval",
+        "durable_publish",
+        "durable_publish_timeout",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -227,6 +251,49 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             "(BRPOP, visibility timeout) instead",
             why,
         )
+
+    # --- publishing ------------------------------------------------------------------
+
+    def _put(self, queue: str, message: Any, _publish_batch: Any = None, **kwargs: Any) -> None:
+        """Publish as kombu does; with ``durable_publish`` > 0, ``WAIT`` for the replicas.
+
+        The ``LPUSH`` and the ``WAIT`` go down one connection in one pipeline: ``WAIT``
+        counts the replicas that acknowledged this connection's writes.
+
+        Raises:
+            NotDurableError: Fewer replicas than ``durable_publish`` acknowledged the
+                write within ``durable_publish_timeout``.
+        """
+        replicas = int(self.durable_publish)
+        if replicas <= 0 or _publish_batch is not None:
+            # A publish batch (kombu 5.7's, or enqueue_many's collector) runs its commands
+            # elsewhere: not waited for.
+            super()._put(queue, message, _publish_batch=_publish_batch, **kwargs)
+            return
+        pri = self._get_message_priority(message, reverse=False)
+        key = self._q_for_pri(queue, pri)
+        expires = self._expires.get(queue) if self._expires else None
+        timeout = float(self.durable_publish_timeout)
+        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+            pipe.lpush(key, dumps(message))
+            if expires:
+                for step in self.priority_steps:
+                    pipe.pexpire(self._q_for_pri(queue, step), expires)
+            pipe.execute_command("WAIT", replicas, max(1, round(timeout * 1000)))
+            acked = int(pipe.execute()[-1])
+        if acked < replicas:
+            raise NotDurableError(
+                f"celeryredis durable publish: the message for queue {queue!r} is on the "
+                f"master, but only {acked} of the {replicas} replica(s) "
+                f"celeryredis_durable_publish asks for acknowledged it within "
+                f"{timeout:g} s (celeryredis_durable_publish_timeout); if the master fails "
+                "now it can be lost. Attach a replica (or fix replication), raise "
+                "celeryredis_durable_publish_timeout, or lower celeryredis_durable_publish. "
+                "Publishing again may run the task twice: it may still run from the master.",
+                acked=acked,
+                needed=replicas,
+                timeout=timeout,
+            )
 
     # --- consuming ---------------------------------------------------------------------
 
@@ -333,9 +400,18 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             except redis.ResponseError as exc:
                 self._requeue_acks(acks)
                 if isinstance(exc, redis.exceptions.NoScriptError) or "NOSCRIPT" in str(exc):
-                    # SCRIPT FLUSH or a restarted Redis: nothing ran, send the source next.
+                    # SCRIPT FLUSH, a restarted Redis or a promoted replica (scripts are not
+                    # replicated): nothing ran, send the source next.
                     self._use_eval = True
                     raise Empty() from None
+                if _read_only(exc):
+                    # A demoted master (failover): nothing ran; reconnect (a Sentinel pool
+                    # asks the sentinels for the new master) and fetch again.
+                    self.client.connection.disconnect()
+                    raise redis.ConnectionError(
+                        "celeryredis reliable transport: the broker's Redis is now a replica "
+                        "(READONLY); reconnecting to the new master"
+                    ) from exc
                 raise
             if mode == "wait":
                 self._wait_next = False  # something arrived, or the wait timed out
@@ -418,8 +494,16 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
     @property
     def _ack_home(self) -> tuple[Any, ...]:
-        kwargs = self.pool.connection_kwargs
+        home: tuple[Any, ...] | None = self.__dict__.get("_ack_home_cache")
+        if home is None:
+            home = self.__dict__["_ack_home_cache"] = self._find_ack_home()
+        return home
+
+    def _find_ack_home(self) -> tuple[Any, ...]:
+        pool = self.pool
+        kwargs = pool.connection_kwargs
         return (
+            getattr(pool, "service_name", None),  # a Sentinel pool: the master's name
             kwargs.get("host"),
             kwargs.get("port"),
             kwargs.get("path"),
@@ -437,7 +521,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if acks:
             self._requeue_acks(list(acks))
 
-    def _orphan_pending_acks(self) -> None:
+    def orphan_pending_acks(self) -> None:
+        """Hand the queued acks to the next channel of this process on the same Redis."""
         with self._lock:
             acks = set(self._pending_acks)
             self._pending_acks.clear()
@@ -496,7 +581,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         try:
             self.renew()
         except Exception:
-            self._orphan_pending_acks()
+            self.orphan_pending_acks()
             logger.warning(
                 "celeryredis: could not flush acks at close; they are sent after the "
                 "reconnect, or the messages are redelivered when their lease expires",
@@ -591,3 +676,114 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
             )
         )
         replace_restore_timer(self.cycle, loop, max(interval, 0.1))
+
+
+def _read_only(exc: BaseException) -> bool:
+    """True for Redis's ``READONLY`` reply (a replica, such as a master demoted by failover)."""
+    return isinstance(exc, redis.ReadOnlyError) or "READONLY" in str(exc)[:200]
+
+
+def _sentinel_hosts(client: Any, default_port: int) -> list[tuple[str, int]]:
+    """The sentinels named by a kombu connection's ``;``-separated URLs."""
+    hosts: list[tuple[str, int]] = []
+    for url in client.alt or [client.hostname or ""]:
+        scheme, _, tail = str(url).partition("://")
+        if scheme in _SENTINEL_URL_SCHEMES:
+            parsed = urlsplit(f"redis://{tail}")
+            hosts.append((parsed.hostname or "127.0.0.1", parsed.port or default_port))
+    if not hosts and client.hostname and "://" not in str(client.hostname):
+        hosts.append((client.hostname, client.port or default_port))  # one sentinel
+    return hosts
+
+
+def _await_master(transport: Any) -> None:
+    """During a failover, wait until the sentinels name a master that accepts connections.
+
+    While the sentinels still name the dead master (``down-after-milliseconds`` plus the
+    election) every connection is refused, and Celery's reconnect loop sleeps 2 s, 4 s,
+    6 s ... between rounds. Asking them again every 0.2 s, for up to :data:`MASTER_WAIT`
+    seconds, lets a new channel connect as soon as a replica is promoted. Returns at once
+    when the master answers; after the wait, the channel connects (and fails) as usual.
+    """
+    client = transport.client
+    options = client.transport_options or {}
+    name = options.get("master_name")
+    hosts = _sentinel_hosts(client, transport.default_port)
+    if not name or not hosts:
+        return
+    manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        hosts, sentinel_kwargs=options.get("sentinel_kwargs") or {"socket_timeout": 1.0}
+    )
+    deadline = time.monotonic() + MASTER_WAIT
+    try:
+        while True:
+            try:
+                host, port = manager.discover_master(name)  # type: ignore[no-untyped-call]
+                socket.create_connection((host, port), timeout=1.0).close()
+            except (redis.RedisError, OSError):
+                if time.monotonic() >= deadline:
+                    return
+                time.sleep(0.2)
+            else:
+                return
+    finally:
+        for sentinel in manager.sentinels:
+            sentinel.close()
+
+
+class SentinelChannel(Channel, kombu_redis.SentinelChannel):  # type: ignore[misc]
+    """The reliable channel on a Sentinel-managed Redis (``celeryredissentinel://``).
+
+    kombu's ``SentinelChannel`` supplies the connection pool: redis-py's
+    ``Sentinel.master_for`` pool, whose connections ask the sentinels for the master
+    when they connect and turn a ``READONLY`` reply (a demoted master) into a
+    connection error. Everything else is the reliable channel.
+    """
+
+    from_transport_options = tuple(
+        dict.fromkeys(
+            (*Channel.from_transport_options, *kombu_redis.SentinelChannel.from_transport_options)
+        )
+    )
+
+    def __init__(self, connection: Any, *args: Any, **kwargs: Any) -> None:
+        _await_master(connection)
+        super().__init__(connection, *args, **kwargs)
+
+    def _sentinel_managed_pool(self, asynchronous: bool = False) -> Any:
+        """The Sentinel pool (as kombu builds it), reading sentinels from our URLs too.
+
+        kombu lists the sentinels from the connection's ``;``-separated URLs whose scheme
+        is ``sentinel``; ours are ``celeryredissentinel``.
+        """
+        params = self._connparams(asynchronous)
+        rest = {k: v for k, v in params.items() if k not in ("host", "port")}
+        sentinels = _sentinel_hosts(self.connection.client, self.connection.default_port)
+        if not sentinels:
+            sentinels.append((params["host"], params["port"]))
+        master_name = getattr(self, "master_name", None)
+        if master_name is None:
+            raise ValueError(
+                "the 'master_name' transport option must be set for a Sentinel broker: "
+                "broker_transport_options={'master_name': '<the name sentinels monitor>'}"
+            )
+        manager = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            sentinels,
+            min_other_sentinels=getattr(self, "min_other_sentinels", 0),
+            sentinel_kwargs=getattr(self, "sentinel_kwargs", None),
+            **rest,
+        )
+        if asynchronous:
+            self._async_sentinel_manager = manager
+        else:
+            self._sentinel_manager = manager
+        auth = {k: rest[k] for k in ("username", "password") if k in rest}
+        client = manager.master_for(master_name, redis.Redis, **auth)  # type: ignore[no-untyped-call]
+        return client.connection_pool
+
+
+class SentinelTransport(Transport):
+    """The reliable transport over Sentinel: kombu's Sentinel port and :class:`SentinelChannel`."""
+
+    Channel = SentinelChannel
+    default_port = kombu_redis.SentinelTransport.default_port

@@ -1,0 +1,147 @@
+"""A/B drain of one configuration, stock against reliable, with CPU time per task.
+
+For A/B runs while working on the transport (not part of ``make bench``): N
+pre-published no-op tasks (one ``INCR`` each) drained by one worker under one preset and
+pool, for each variant in turn, the order rotating every repetition. A variant is
+``stock`` or ``reliable``, optionally ``@/path/to/src`` to run the worker on another copy
+of the package (``git archive`` a commit's ``src`` there to compare two versions of the
+code side by side). Besides the drain rate (first completion to last) it reads the CPU
+time the worker (main process and pool children, reaped ones included) and
+redis-server used over the same span, per task: on a machine other jobs load, CPU per
+task moves less than rates do.
+
+Usage: python benchmarks/ab_transport.py [--n 1500] [--runs 5] [--pool prefork]
+       [--config production] [--base celeryredis.Task] [--variants stock,reliable]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from celeryredis import enqueue_many
+from celeryredis.testing import RedisServer
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _harness import BenchApp
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """CPU seconds of ``pid`` (with its reaped and live children when ``children``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    total = ticks / TICK
+    if children:
+        total += (int(fields[13]) + int(fields[14])) / TICK
+        try:
+            kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            kids = []
+        total += sum(cpu_seconds(int(kid)) for kid in kids)
+    return total
+
+
+def _drain(
+    bench: BenchApp,
+    client: redis.Redis,
+    server_pid: int,
+    opts: argparse.Namespace,
+    *,
+    extra: dict[str, str],
+    variant: str,
+) -> tuple[tuple[float, int, float, float], tuple[float, int, float, float]]:
+    """(monotonic time, tasks done, worker CPU s, redis CPU s) at first and last completion."""
+    worker = bench.worker(
+        opts.config,
+        pool=opts.pool,
+        concurrency=2 if opts.pool == "prefork" else 1,
+        base=opts.base,
+        extra_env=extra,
+    )
+    try:
+        first: tuple[float, int, float, float] | None = None
+        deadline = time.monotonic() + 600
+        while True:
+            done = int(client.get("bench:done") or 0)
+            now = time.monotonic()
+            if done and first is None:
+                first = (now, done, cpu_seconds(worker.pid), cpu_seconds(server_pid))
+            if done >= opts.n or now > deadline:
+                break
+            time.sleep(0.005)
+        last = (now, done, cpu_seconds(worker.pid), cpu_seconds(server_pid))
+    finally:
+        worker.stop()
+    if first is None or done < opts.n or last[1] == first[1]:
+        raise RuntimeError(f"{variant}: the drain did not finish")
+    return first, last
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=1500)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--pool", default="prefork")
+    parser.add_argument("--config", default="production")
+    parser.add_argument("--base", default="celeryredis.Task")
+    parser.add_argument("--variants", default="stock,reliable")
+    opts = parser.parse_args()
+    variants = opts.variants.split(",")
+    rates: dict[str, list[float]] = {v: [] for v in variants}
+    worker_cpu: dict[str, list[float]] = {v: [] for v in variants}
+    redis_cpu: dict[str, list[float]] = {v: [] for v in variants}
+    with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
+        url = server.url_for(0)
+        bench = BenchApp(Path(tmp), url)
+        client = redis.Redis.from_url(url)
+        for rep in range(opts.runs):
+            shift = rep % len(variants)
+            for variant in variants[shift:] + variants[:shift]:
+                transport, _, src = variant.partition("@")
+                client.flushdb()
+                host = bench.load(opts.config, opts.base)
+                enqueue_many(host.noop, ((i,) for i in range(opts.n)))
+                extra = {"BENCH_TRANSPORT": transport}
+                if src:
+                    extra["PYTHONPATH"] = src
+                first, last = _drain(bench, client, server.pid, opts, extra=extra, variant=variant)
+                tasks = last[1] - first[1]
+                rates[variant].append(tasks / (last[0] - first[0]))
+                worker_cpu[variant].append((last[2] - first[2]) / tasks * 1e6)
+                redis_cpu[variant].append((last[3] - first[3]) / tasks * 1e6)
+                print(
+                    f"run {rep + 1} {variant:24} {rates[variant][-1]:7,.0f} tasks/s  "
+                    f"worker CPU {worker_cpu[variant][-1]:6,.0f} µs/task  "
+                    f"redis CPU {redis_cpu[variant][-1]:5,.0f} µs/task",
+                    flush=True,
+                )
+        client.close()
+    print(f"pool={opts.pool} preset={opts.config} base={opts.base} n={opts.n} runs={opts.runs}")
+    baseline = rates[variants[0]]
+    for variant in variants:
+        rate = rates[variant]
+        per_run = [a / b for a, b in zip(rate, baseline, strict=True)]
+        print(
+            f"{variant:24} {statistics.median(rate):7,.0f} ({min(rate):,.0f}–{max(rate):,.0f}) "
+            f"tasks/s; / {variants[0]} per run: median {statistics.median(per_run):.2f} "
+            f"({min(per_run):.2f}–{max(per_run):.2f}) [{' '.join(f'{r:.2f}' for r in per_run)}]; "
+            f"worker CPU {statistics.median(worker_cpu[variant]):,.0f} µs/task, "
+            f"redis CPU {statistics.median(redis_cpu[variant]):,.0f} µs/task (medians)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
