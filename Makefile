@@ -17,10 +17,12 @@ TEST_BUDGET ?= 1200
 # `make faults` (not part of CI): every scenario twice, Celery's defaults and production.
 FAULTS_BUDGET ?= 1800
 DOCS_BUDGET ?= 180
+# `make cluster` (not part of CI): the Redis Cluster scenarios of tests/cluster.
+CLUSTER_BUDGET ?= 900
 # `make compat` (not part of CI): two virtualenvs, the core suite in each.
 COMPAT_BUDGET ?= 2400
 
-.PHONY: help venv redis lint typecheck imports test unit integration examples docs demo install-check bench bench-quick faults compat clean
+.PHONY: help venv redis lint typecheck imports test unit integration examples docs demo install-check bench bench-quick faults cluster compat clean
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -94,6 +96,10 @@ faults: venv redis  ## Fault scenarios under Celery's defaults and production; r
 	  timeout $(FAULTS_BUDGET) $(BIN)/pytest tests/faults -m faults -q -p no:cacheprovider -rA \
 	  --durations=20 || status=$$?; \
 	$(BIN)/python scripts/faults_report.py build/faults.json docs/reliability.md; exit $$status
+
+cluster: venv redis  ## Redis Cluster scenarios (5,000 tasks, failover, live reshard, load spread; not in make test).
+	timeout $(CLUSTER_BUDGET) $(BIN)/pytest tests/cluster -m cluster_scenarios -q -p no:cacheprovider \
+	  -rA --durations=10 --timeout=420
 
 compat: redis  ## The core suite against the floor and the newest Celery/kombu/redis-py (not in make test).
 	timeout $(COMPAT_BUDGET) scripts/compat.sh $(COMPAT_EDGES)

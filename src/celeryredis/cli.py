@@ -475,11 +475,14 @@ def exporter_command(
 
 @redis_command.command("demo")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON (tour on stderr).")
-def demo_command(as_json: bool) -> None:
+@click.option(
+    "--cluster", is_flag=True, help="Run the tour on a Redis Cluster (a throwaway 3-master one)."
+)
+def demo_command(as_json: bool, cluster: bool) -> None:
     """The end-to-end tour (starts a throwaway redis-server unless a URL is configured)."""
     from celeryredis.demo import main as demo_main  # noqa: PLC0415
 
-    sys.exit(demo_main(as_json=as_json))
+    sys.exit(demo_main(as_json=as_json, cluster=cluster))
 
 
 @redis_command.group("dlq")

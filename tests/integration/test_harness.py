@@ -162,6 +162,45 @@ def test_demo_runs_on_an_embedded_redis_and_stops_it() -> None:
     assert not _alive(int(match.group(1)))
 
 
+def test_demo_cluster_runs_on_a_throwaway_cluster_and_stops_it() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in {"CELERY_BROKER_URL", "REDIS_URL"}}
+    proc = subprocess.run(
+        [sys.executable, "-m", "celeryredis.cli", "demo", "--cluster"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "Started a throwaway Redis Cluster of 3 masters" in out
+    assert "transport      celeryredis.transport._cluster" in out
+    assert "result backend RedisClusterBackend" in out
+    # Three queues on three different masters, each master serving commands.
+    homes = re.findall(r"queue '\w+' +key '\{\w+\}' +slot +\d+ on (127\.0\.0\.1:\d+)", out)
+    assert len(set(homes)) == 3, out
+    served = re.findall(r"master (127\.0\.0\.1:\d+): +([\d,]+) commands", out)
+    assert {home for home, _ in served} == set(homes)
+    assert all(int(n.replace(",", "")) > 0 for _, n in served)
+    for line in (
+        "add.delay(2, 3).get() -> 5",
+        "each ran exactly once (counted with HINCRBY)",
+        "chord(resize(0..19)) | tally -> 190",
+        "group(add(i, i)) -> [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]",
+        "celery-task-meta-{",
+        "{'ok': 'pong'}",
+        "Summary:",
+        "Done.",
+    ):
+        assert line in out, line
+    match = re.search(r"\(pids ([\d, ]+)\); it is stopped at the end", out)
+    assert match, out
+    pids = [int(pid) for pid in match.group(1).split(", ")]
+    assert len(pids) == 3
+    assert not any(_alive(pid) for pid in pids)
+
+
 PROXY_PW = "Hunter2-integration-pw"
 
 
