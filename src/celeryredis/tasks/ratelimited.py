@@ -50,7 +50,7 @@ class RateLimitedTask(Task):
     bound over every worker: in any T seconds at most ``burst + rate * (T +
     rate_limit_lease_window)`` attempts start, and at most ``rate_limit_lease - 1`` per
     worker process more than the schedule's slots in those T seconds (see
-    :meth:`celeryredis.RateLimiter.acquire`). ``rate_limit_lease=1`` asks Redis for
+    :meth:`celeryredis.ratelimit.RateLimiter.acquire`). ``rate_limit_lease=1`` asks Redis for
     every attempt.
 
     Attributes:
