@@ -208,7 +208,7 @@ def test_an_idle_worker_sends_no_fetch_and_still_gets_the_next_message_at_once(
         from celeryredis import enqueue_many
 
         wait_for(settled, 30, "the idle worker to settle again")
-        results = enqueue_many(host.work, [(("bulk", i), {}) for i in range(6)], queue=PARTED)
+        results = enqueue_many(host.work, [(("bulk-woken", i), {}) for i in range(6)], queue=PARTED)
         assert [r.get(timeout=20) for r in results] == [0, 2, 4, 6, 8, 10]
         assert "Traceback" not in worker.log_text()
     finally:
@@ -411,3 +411,51 @@ def test_a_partition_rung_while_another_is_busy_is_served_before_the_busy_one_dr
     assert sorted(order) == sorted([*(f"busy-{i}" for i in range(6)), "rung"]), order
     # Read at the next round, not when partition 0 runs dry.
     assert order.index("rung") < order.index("busy-5"), order
+
+
+def test_an_ack_from_another_thread_ends_the_wait_of_a_full_window(kombu_url: str) -> None:
+    """With its prefetch window full, a consumer waits for an ack, not for a timer.
+
+    A prefork pool acks from its result thread while the consumer waits; when only a
+    timer ended that wait, a worker took one window per ``polling_interval`` (16-19
+    tasks/s with ``-c 2``). The channel's ``slot_freed`` pipe is among what the
+    transport selects on while the window is full, and an ack makes it readable.
+    """
+    import select
+    import threading
+
+    from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+    name = "fullwindow"
+    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
+    held: list[Any] = []
+    with Connection(kombu_url, transport_options={"polling_interval": 30.0}) as conn:
+        channel = conn.default_channel
+        queue(channel).declare()
+        queue(channel).purge()
+        producer = Producer(channel)
+        for i in range(2):
+            producer.publish({"i": i}, exchange=queue.exchange, routing_key=name)
+
+        def delivered(count: int) -> bool:
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=0.5)
+            return len(held) >= count
+
+        with Consumer(channel, [queue], callbacks=[lambda body, m: held.append(m)]):
+            channel.basic_qos(0, 1, False)
+            wait_for(lambda: delivered(1), 20, "the first message")
+            assert len(held) == 1
+            assert not channel.qos.can_consume()
+            sockets, limit = channel.wait_sources(30.0)
+            assert channel.slot_freed in sockets
+            assert limit == 30.0
+            assert select.select([channel.slot_freed], [], [], 0)[0] == []
+            acker = threading.Thread(target=held[0].ack)
+            acker.start()
+            acker.join(10)
+            readable = select.select([channel.slot_freed], [], [], 10)[0]
+            assert readable == [channel.slot_freed], "the ack did not end the wait"
+            wait_for(lambda: delivered(2), 20, "the second message after the ack")
+            held[1].ack()
+        channel.queue_delete(name)

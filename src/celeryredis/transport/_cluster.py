@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
+import os
 import random
 import select
 import threading
@@ -160,6 +161,50 @@ def queue_keys(
     return {**parts[0], "record": f"{prefix}{_tag(queue)}:partitions", "partitions": parts}
 
 
+class _SlotFreed:
+    """A self-pipe: an ack or a reject, in any thread, ends a wait on a full window.
+
+    With a prefork pool, acks arrive from the pool's result thread while the consumer
+    waits; without this the wait lasted ``polling_interval`` whatever happened, and a
+    worker took at most one prefetch window per interval.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def fileno(self) -> int:
+        """The read end, for ``select()``."""
+        return self._read
+
+    def set(self) -> None:
+        """Wake a waiter (a full pipe already does: the error is ignored)."""
+        with self._lock:
+            if not self._closed:
+                with contextlib.suppress(OSError):
+                    os.write(self._write, b"\0")
+
+    def clear(self) -> None:
+        """Forget earlier wake-ups."""
+        with self._lock:
+            if self._closed:
+                return
+            with contextlib.suppress(OSError):
+                while os.read(self._read, 4096):
+                    pass
+
+    def close(self) -> None:
+        """Close both ends (a later :meth:`set` does nothing)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._read)
+                os.close(self._write)
+
+
 class QoS(virtual.QoS):  # type: ignore[misc]
     """Ack emulation with leases kept in each queue's own unacked hash and index."""
 
@@ -174,12 +219,14 @@ class QoS(virtual.QoS):  # type: ignore[misc]
         """Queue the ack: it rides on the queue's next fetch or the lease thread's call."""
         self.channel.queue_ack(delivery_tag)
         super().ack(delivery_tag)
+        self.channel.slot_freed.set()
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         """Reject at once: requeue (first in line) or drop, and remove the unacked entry."""
         message = self.get(delivery_tag)
         self.channel.settle(delivery_tag, message if requeue else None)
         super().ack(delivery_tag)
+        self.channel.slot_freed.set()
 
     def restore_unacked(self) -> list[Any]:
         """At close: flush acks, then requeue what this consumer still holds."""
@@ -248,6 +295,8 @@ class Channel(virtual.Channel):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._lock = threading.Lock()
+        #: Set by every ack and reject: ends the wait of a consumer whose window was full.
+        self.slot_freed = _SlotFreed()
         self._pending: dict[str, set[str]] = {}  # queue -> acks to send
         self._held: dict[str, str] = {}  # tag -> queue, renewed until acked
         self._origin: dict[str, str] = {}  # tag -> queue of a fetched, unacked message
@@ -859,9 +908,10 @@ class Channel(virtual.Channel):  # type: ignore[misc]
 
         Returns the sockets to ``select()`` on (the fanout subscription's, and one
         ``SSUBSCRIBE`` connection per master owning a consumed partition) and the most
-        seconds to block (None: no limit from this channel). A partition without a
-        confirmed wake-up subscription, or a full prefetch window, means polling again
-        after ``polling_interval``; a wake-up already read means at once.
+        seconds to block (None: no limit from this channel). A full prefetch window
+        means waiting for an ack (:attr:`slot_freed`, at most ``polling_interval``); a
+        partition without a confirmed wake-up subscription means polling again after
+        ``polling_interval``; a wake-up already read means at once.
         """
         sockets: list[Any] = []
         if self._pubsub is not None:
@@ -876,7 +926,11 @@ class Channel(virtual.Channel):  # type: ignore[misc]
             return sockets, None
         self.last_poll_at = time.monotonic()  # a wait on the consumed queues begins
         failed, self._fetch_failed = self._fetch_failed, False
-        if failed or not self.wake_up or not self.qos.can_consume():
+        self.slot_freed.clear()  # an ack from here on ends the wait below
+        full = not self.qos.can_consume()
+        if full:
+            sockets.append(self.slot_freed)  # the window is full: wait for an ack
+        if full or failed or not self.wake_up:
             return sockets, polling_interval
         parts = [part for queue in queues for part in self._parts(queue)]
         try:
@@ -971,6 +1025,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
             self.flush_acks()
         super().close()  # the QoS requeues what this consumer still holds
         self._leases.join()
+        self.slot_freed.close()
         self._drop_wake(None)
         if self._pubsub is not None:
             try:
