@@ -170,39 +170,39 @@ class _SlotFreed:
     """
 
     def __init__(self) -> None:
-        self._read, self._write = os.pipe()
-        os.set_blocking(self._read, False)
-        os.set_blocking(self._write, False)
+        self._pipe_out, self._pipe_in = os.pipe()
+        os.set_blocking(self._pipe_out, False)
+        os.set_blocking(self._pipe_in, False)
         self._lock = threading.Lock()
-        self._closed = False
+        self._shut = False
 
     def fileno(self) -> int:
         """The read end, for ``select()``."""
-        return self._read
+        return self._pipe_out
 
     def set(self) -> None:
         """Wake a waiter (a full pipe already does: the error is ignored)."""
         with self._lock:
-            if not self._closed:
+            if not self._shut:
                 with contextlib.suppress(OSError):
-                    os.write(self._write, b"\0")
+                    os.write(self._pipe_in, b"\0")
 
     def clear(self) -> None:
         """Forget earlier wake-ups."""
         with self._lock:
-            if self._closed:
+            if self._shut:
                 return
             with contextlib.suppress(OSError):
-                while os.read(self._read, 4096):
+                while os.read(self._pipe_out, 4096):
                     pass
 
     def close(self) -> None:
         """Close both ends (a later :meth:`set` does nothing)."""
         with self._lock:
-            if not self._closed:
-                self._closed = True
-                os.close(self._read)
-                os.close(self._write)
+            if not self._shut:
+                self._shut = True
+                os.close(self._pipe_out)
+                os.close(self._pipe_in)
 
 
 class QoS(virtual.QoS):  # type: ignore[misc]
