@@ -227,8 +227,9 @@ def test_check_reports_the_poll_age_of_a_cluster_worker(host: Any) -> None:
     for worker in seen:
         assert worker["poll_age_s"] is not None, worker
         assert worker["poll_age_s"] < stall_after(INTERVAL), worker
-        assert worker["state"] == "consuming", worker
+        # Live and polling: "busy" while it runs a task (an earlier test's leftovers).
+        assert worker["state"] in {"consuming", "busy"}, worker
     text = _cli("check")
     line = next(row for row in text.output.splitlines() if row.startswith("follow@"))
-    assert line.split()[1] == "consuming"
+    assert line.split()[1] in {"consuming", "busy"}
     assert line.split()[3] != "-"  # the "last poll" column has an age
