@@ -53,6 +53,7 @@ from celeryredis.transport import (
     RELIABLE_SCHEMES,
     SENTINEL_SCHEMES,
     cluster_broker_url,
+    is_cluster_broker,
     reliable_url,
 )
 from celeryredis.urls import parse_redis_url, redact_url
@@ -596,10 +597,8 @@ def _apply_transport(flat: dict[str, _Layered], conf: dict[str, Any]) -> None:
             "default",
             "celeryredis's default transport",
         )
-    broker = conf.get("broker_url")
-    cluster_schemes = (*CLUSTER_SCHEMES, *CLUSTER_SCHEMES.values())
-    if isinstance(broker, str) and broker.split(":", 1)[0] in cluster_schemes:
-        _apply_cluster_transport(flat, conf, broker)
+    if is_cluster_broker(conf):
+        _apply_cluster_transport(flat, conf, conf["broker_url"])
         return
     _apply_durable_publish(flat, conf)
     if layered.value != "reliable":

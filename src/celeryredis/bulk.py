@@ -457,6 +457,39 @@ def _stopped(batch: _Batch, message: str, chunk: list[_Call]) -> BulkPublishErro
     )
 
 
+def _build_chunk(
+    batch: _Batch,
+    sender: _Sender,
+    producer: BatchProducer,
+    chunk: list[_Call],
+    each: Callable[[_Call], None] | None = None,
+) -> None:
+    """Build the message of every call of ``chunk`` that publishes.
+
+    The producer collects their commands; ``each`` runs after each call's message,
+    inside the same guard.
+
+    Raises:
+        BulkPublishError: A call could not be built (or ``each`` refused it); the chunk's
+            locks are given back and nothing of it was sent.
+    """
+    call = chunk[0]
+    try:
+        for call in chunk:
+            if call.publish:
+                sender.send(call)
+                if each is not None:
+                    each(call)
+    except Exception as exc:
+        producer.take_commands()
+        _release_locks(batch, chunk)
+        raise _stopped(
+            batch,
+            f"enqueue_many({batch.task.name}): building call #{call.index} failed: {_why(exc)}",
+            chunk,
+        ) from exc
+
+
 def _publish_chunk(
     batch: _Batch,
     sender: _Sender,
@@ -473,18 +506,7 @@ def _publish_chunk(
             batch, sender, producer, chunk, chunk_no, client=channel.client, connection=connection
         )
         return
-    try:
-        for call in chunk:
-            if call.publish:
-                sender.send(call)
-    except Exception as exc:
-        producer.take_commands()
-        _release_locks(batch, chunk)
-        raise _stopped(
-            batch,
-            f"enqueue_many({task.name}): building call #{call.index} failed: {_why(exc)}",
-            chunk,
-        ) from exc
+    _build_chunk(batch, sender, producer, chunk)
     commands = producer.take_commands()
     marker = bulk_marker_key(app.conf, batch.batch_id, chunk_no)
     sent = False
@@ -538,34 +560,24 @@ def _publish_chunk_by_slot(
     that fails stops the chunk: the slots before it are published, the ones after it
     are not sent, and :class:`BulkPublishError` reports each slot.
     """
-    task = batch.task
     groups: dict[int, list[Command]] = {}
     calls_of: dict[int, list[_Call]] = {}
     slots_of: dict[str, set[int]] = {}
     rung: set[tuple[int, Any]] = set()
-    try:
-        for call in chunk:
-            if not call.publish:
-                continue
-            sender.send(call)
-            for name, args in producer.take_commands():
-                slot = _slot_of(name, args, call)
-                if name == "spublish":  # the transport's wake-up: once per channel and slot
-                    if (slot, args[0]) in rung:
-                        continue
-                    rung.add((slot, args[0]))
-                groups.setdefault(slot, []).append((name, args))
-                if slot not in slots_of.setdefault(call.task_id, set()):
-                    calls_of.setdefault(slot, []).append(call)
-                slots_of[call.task_id].add(slot)
-    except Exception as exc:
-        producer.take_commands()
-        _release_locks(batch, chunk)
-        raise _stopped(
-            batch,
-            f"enqueue_many({task.name}): building call #{call.index} failed: {_why(exc)}",
-            chunk,
-        ) from exc
+
+    def group(call: _Call) -> None:
+        for name, args in producer.take_commands():
+            slot = _slot_of(name, args, call)
+            if name == "spublish":  # the transport's wake-up: once per channel and slot
+                if (slot, args[0]) in rung:
+                    continue
+                rung.add((slot, args[0]))
+            groups.setdefault(slot, []).append((name, args))
+            if slot not in slots_of.setdefault(call.task_id, set()):
+                calls_of.setdefault(slot, []).append(call)
+            slots_of[call.task_id].add(slot)
+
+    _build_chunk(batch, sender, producer, chunk, each=group)
     reports: list[SlotReport] = []
     failed: SlotReport | None = None
     cause: BaseException | None = None

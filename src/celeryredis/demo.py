@@ -163,6 +163,13 @@ class _Summary:
         yield outcome
         self.rows.append((title, "; ".join(outcome), time.monotonic() - started))
 
+    def as_json(self) -> list[dict[str, Any]]:
+        """The rows for ``--json``."""
+        return [
+            {"step": title, "outcome": outcome, "seconds": round(seconds, 2)}
+            for title, outcome, seconds in self.rows
+        ]
+
     def table(self) -> str:
         header = ("#", "step", "what happened", "s")
         rows = [header] + [
@@ -364,10 +371,7 @@ def _tour(url: str, workdir: Path, summary: _Summary) -> dict[str, Any]:
         hostapp.store.delete(*leftovers)
     _say("\nWorker stopped by process group; nothing is left running.")
     return {
-        "summary": [
-            {"step": title, "outcome": outcome, "seconds": round(seconds, 2)}
-            for title, outcome, seconds in summary.rows
-        ],
+        "summary": summary.as_json(),
         "check_exit_code": code,
         "check": report,
     }
@@ -603,10 +607,7 @@ def _cluster_tour(url: str, workdir: Path, summary: _Summary) -> dict[str, Any]:
     os.environ.pop("DEMO_DEFAULT_QUEUE", None)
     _say("\nWorker stopped by process group; nothing is left running.")
     return {
-        "summary": [
-            {"step": title, "outcome": outcome, "seconds": round(seconds, 2)}
-            for title, outcome, seconds in summary.rows
-        ],
+        "summary": summary.as_json(),
         "queues": queues,
     }
 

@@ -13,9 +13,8 @@ Supported forms (the same for the broker and the result backend)::
 A Redis Cluster URL lists one or more of the cluster's nodes (the client discovers
 the rest); ``redisclusters://`` is the TLS form. A cluster has no databases, so the
 path is ``/0`` or absent. Cluster URLs serve the result backend
-(:mod:`celeryredis.cluster`); the broker transport for Redis Cluster is not there yet,
-and :func:`refuse_cluster_broker` says so. Other spellings of a cluster scheme and any
-other schemes are refused.
+(:mod:`celeryredis.cluster`) and the broker (:mod:`celeryredis.transport._cluster`).
+Other spellings of a cluster scheme and any other schemes are refused.
 
 Every ``repr``, ``str`` and error message produced here shows the password as
 ``***``; only :meth:`RedisURL.geturl` returns the secret, for handing to Celery.
@@ -41,7 +40,6 @@ __all__ = [
     "redact_text",
     "redact_url",
     "redis_url_of_broker",
-    "refuse_cluster_broker",
 ]
 
 #: Accepted values of the ``ssl_cert_reqs`` query parameter, mapped to the
@@ -482,23 +480,3 @@ def redis_url_of_broker(url: str) -> str:
         hosts.append(host)
         path = slash + tail_path + qmark + query
     return f"{_KOMBU_CLUSTER_SCHEMES[scheme]}://{auth}{at}{','.join(hosts)}{path}"
-
-
-def refuse_cluster_broker(url: RedisURL, *, setting: str = "broker_url") -> RedisURL:
-    """Return ``url`` unless it is a Redis Cluster URL, which the broker cannot use yet.
-
-    Args:
-        url: The parsed broker URL.
-        setting: Where it came from, for the message.
-
-    Raises:
-        ConfigurationError: ``url`` is a ``rediscluster://`` or ``redisclusters://`` URL.
-    """
-    if url.is_cluster:
-        raise ConfigurationError(
-            f"{setting} {url.redacted()!r} is a Redis Cluster URL: the broker transport for "
-            "Redis Cluster is not there yet; use a single node or Sentinel for the broker "
-            "(a cluster URL works as result_backend)",
-            setting=setting.split(" ", 1)[0],
-        )
-    return url

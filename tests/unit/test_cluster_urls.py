@@ -6,7 +6,6 @@ import pytest
 
 from celeryredis import ConfigurationError, make_app, parse_redis_url
 from celeryredis.redaction import redact_text
-from celeryredis.urls import refuse_cluster_broker
 
 SECRET = "hunter2-Secret"  # one of tests/conftest.py's SECRETS
 
@@ -86,18 +85,6 @@ def test_cluster_password_never_in_error_messages(url: str) -> None:
 def test_redact_text_hides_the_password_of_a_node_list() -> None:
     text = f"backend rediscluster://app:{SECRET}@a:7000,b:7001,c:7002/0 is down"
     assert redact_text(text) == "backend rediscluster://app:***@a:7000,b:7001,c:7002/0 is down"
-
-
-def test_refuse_cluster_broker_names_what_to_use_instead() -> None:
-    url = parse_redis_url(f"rediscluster://:{SECRET}@a:7000,b:7001")
-    with pytest.raises(ConfigurationError) as excinfo:
-        refuse_cluster_broker(url)
-    message = str(excinfo.value)
-    assert "the broker transport for Redis Cluster is not there yet" in message
-    assert "use a single node or Sentinel for the broker" in message
-    assert SECRET not in message
-    single = parse_redis_url("redis://a:6379/0")
-    assert refuse_cluster_broker(single) is single
 
 
 def test_make_app_accepts_a_cluster_result_backend() -> None:

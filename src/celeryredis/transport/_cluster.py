@@ -70,7 +70,12 @@ from celeryredis._kombu_compat import (
 from celeryredis._scripts import source
 from celeryredis.cluster import CLUSTER_ERRORS
 from celeryredis.registry import default
-from celeryredis.transport import PARTITION_SEP, parse_partitions, partition_names
+from celeryredis.transport import (
+    PARTITION_SEP,
+    parse_partitions,
+    partition_names,
+    recorded_partitions,
+)
 from celeryredis.transport._lease import LeaseRenewer
 
 virtual: Any = importlib.import_module("kombu.transport.virtual")
@@ -315,6 +320,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         self._announced: set[str] = set()  # queues whose count this channel recorded
         self._records_read = float("-inf")
         self._next_part: dict[str, int] = {}  # queue -> the partition the next push goes to
+        self._key_cache: dict[str, dict[str, Any]] = {}  # partition -> its keys
         self._first_part: dict[str, int] = {}  # queue -> the partition a fetch starts at
         self._wake_pubsubs: dict[str, Any] = {}  # node name -> its SSUBSCRIBE connection
         self._wake_node: dict[str, str] = {}  # partition -> node its channel is sent to
@@ -360,8 +366,16 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         return self._client
 
     def _keys(self, part: str) -> dict[str, Any]:
-        """The keys of one partition (a queue's name or ``q#i``)."""
-        return queue_keys(str(self.global_keyprefix), part, self.priority_steps)
+        """The keys of one partition (a queue's name or ``q#i``), worked out once each.
+
+        Every push and fetch names them; the prefix and the priority steps are fixed when
+        the channel opens, so they are kept.
+        """
+        keys = self._key_cache.get(part)
+        if keys is None:
+            keys = queue_keys(str(self.global_keyprefix), part, self.priority_steps)
+            self._key_cache[part] = keys
+        return keys
 
     def _count(self, queue: str) -> int:
         return max(self.partitions.get(queue, 1), self._recorded.get(queue, 1))
@@ -372,20 +386,18 @@ class Channel(virtual.Channel):  # type: ignore[misc]
 
     def _read_record(self, queue: str) -> list[str]:
         """Read ``queue``'s recorded partition count now; return its partitions."""
-        head = str(self.global_keyprefix) + _tag(queue)
         with _topology_errors():
-            value = self.client.get(f"{head}:partitions")
-        self._recorded[queue] = max(1, int(value)) if value else 1
+            value = self.client.get(self._keys(queue)["record"])
+        self._recorded[queue] = recorded_partitions(value)
         return self._parts(queue)
 
     def _announce(self, queue: str) -> None:
         """Record ``queue``'s configured partition count in Redis (raise it, never lower)."""
         count = self.partitions.get(queue, 1)
         if count > 1 and queue not in self._announced:
-            head = str(self.global_keyprefix) + _tag(queue)
             with _topology_errors():
                 recorded = self._scripts["cluster_partitions"](
-                    keys=[f"{head}:partitions"], args=[count], client=self.client
+                    keys=[self._keys(queue)["record"]], args=[count], client=self.client
                 )
             self._recorded[queue] = int(recorded)
             self._announced.add(queue)
@@ -486,7 +498,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         )
         for part in self._read_record(queue):
             self.client.delete(*self._keys(part)["lists"])
-        self.client.delete(queue_keys(str(self.global_keyprefix), queue)["record"])
+        self.client.delete(self._keys(queue)["record"])
         self._recorded.pop(queue, None)
         self._announced.discard(queue)
 
