@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,13 +20,15 @@ import pytest
 
 from celeryredis.testing import LocalRedisCluster, WorkerProcess
 from celeryredis.transport._cluster import queue_keys
-from tests._util import import_host_module, wait_for
+from tests._cluster_host import RUNS_CLIENT, cluster_host, ready_worker
+from tests._util import wait_for
 
 pytestmark = pytest.mark.integration
 
 SECRET = "s3cr3t-Pa55"  # one of tests/conftest.py's SECRETS
 
-APP = """
+APP = (
+    """
 import os
 import time
 
@@ -42,19 +43,9 @@ app = make_app(
     preset="testing",
     celeryredis_lease_seconds=3.0,
 )
-_client = None
-
-
-def runs():
-    global _client
-    if _client is None:
-        nodes = [
-            redis.cluster.ClusterNode("127.0.0.1", int(port))
-            for port in os.environ["CLUSTER_PORTS"].split(",")
-        ]
-        _client = redis.cluster.RedisCluster(startup_nodes=nodes)
-    return _client
-
+"""
+    + RUNS_CLIENT
+    + """
 
 @app.task(shared=False)
 def work(key, n):
@@ -68,6 +59,7 @@ def slow(key, seconds):
     time.sleep(seconds)
     return "done"
 """
+)
 
 
 def _queues_on_distinct_masters(cluster: LocalRedisCluster) -> list[str]:
@@ -87,36 +79,13 @@ def host(
 ) -> Iterator[Any]:
     """The host module (``app``, ``work``, ``slow``, ``QUEUES``, ``DIR``, ``ENV``)."""
     directory = tmp_path_factory.mktemp("clusterbroker")
-    (directory / "clusterbrokerapp.py").write_text(textwrap.dedent(APP))
-    env = {
-        "CLUSTER_URL": redis_cluster.url,
-        "CLUSTER_PORTS": ",".join(str(p) for p in redis_cluster.ports),
-    }
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        module = import_host_module(monkeypatch, directory, "clusterbrokerapp", env)
+    with cluster_host(redis_cluster, directory, "clusterbrokerapp", APP) as module:
         module.QUEUES = _queues_on_distinct_masters(redis_cluster)
-        module.DIR = directory
-        module.ENV = env
         yield module
 
 
 def _worker(host: Any, name: str, pool: str, concurrency: int = 1) -> WorkerProcess:
-    worker = WorkerProcess(
-        "clusterbrokerapp",
-        cwd=host.DIR,
-        env=host.ENV,
-        pool=pool,
-        concurrency=concurrency,
-        hostname=f"{name}@%h",
-        queues=host.QUEUES,
-        log_path=Path(host.DIR) / f"{name}.log",
-    )
-    try:
-        worker.wait_ready(timeout=60)
-    except BaseException:
-        worker.stop()
-        raise
-    return worker
+    return ready_worker(host, name, queues=host.QUEUES, pool=pool, concurrency=concurrency)
 
 
 def test_the_broker_url_selects_the_cluster_transport(host: Any) -> None:
@@ -358,14 +327,16 @@ def test_a_master_killed_mid_drain_loses_no_acknowledged_publish(
     cluster.wait_replicas_synced(timeout=30)
     queue = "failq"
     victim = cluster.master_for(queue_keys("", queue)["lists"][0])
-    with RedisServer() as counter, pytest.MonkeyPatch.context() as monkeypatch:
-        (tmp_path / "failoverbroker.py").write_text(textwrap.dedent(FAILOVER_APP))
-        env = {"CLUSTER_URL": cluster.url, "COUNT_URL": counter.url}
-        host = import_host_module(monkeypatch, tmp_path, "failoverbroker", env)
+    with (
+        RedisServer() as counter,
+        cluster_host(
+            cluster, tmp_path, "failoverbroker", FAILOVER_APP, {"COUNT_URL": counter.url}
+        ) as host,
+    ):
         worker = WorkerProcess(
             "failoverbroker",
             cwd=tmp_path,
-            env=env,
+            env=host.ENV,
             pool="solo",
             queues=[queue],
             log_path=tmp_path / "worker.log",

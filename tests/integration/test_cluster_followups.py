@@ -8,10 +8,8 @@ keys under ``follow:`` (so other modules' workers and heartbeats do not mix in).
 from __future__ import annotations
 
 import json
-import textwrap
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +22,8 @@ from celeryredis.queues import PartitionDepth, inspect_queues
 from celeryredis.testing import LocalRedisCluster, WorkerProcess
 from celeryredis.transport import cluster_broker_url
 from celeryredis.transport._cluster import queue_keys
-from tests._util import import_host_module, wait_for
+from tests._cluster_host import cluster_host, ready_worker
+from tests._util import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -62,24 +61,12 @@ def host(
 ) -> Iterator[Any]:
     """The host module and ``start_worker()`` (one solo worker on ``fq`` and ``plainq``)."""
     directory = tmp_path_factory.mktemp("clusterfollow")
-    (directory / "followapp.py").write_text(textwrap.dedent(APP))
-    env = {"CLUSTER_URL": redis_cluster.url}
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        module = import_host_module(monkeypatch, directory, "followapp", env)
+    with cluster_host(redis_cluster, directory, "followapp", APP) as module:
         module.WORKER = None
 
         def start_worker() -> WorkerProcess:
             if module.WORKER is None:
-                module.WORKER = WorkerProcess(
-                    "followapp",
-                    cwd=directory,
-                    env=env,
-                    pool="solo",
-                    hostname="follow@%h",
-                    queues=["fq", "plainq"],
-                    log_path=Path(directory) / "worker.log",
-                )
-                module.WORKER.wait_ready(timeout=60)
+                module.WORKER = ready_worker(module, "follow", queues=["fq", "plainq"])
             return module.WORKER
 
         module.start_worker = start_worker

@@ -11,9 +11,7 @@ unique locks (their keys spread over every master), a distributed rate limit, he
 from __future__ import annotations
 
 import json
-import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,14 +24,16 @@ from celeryredis.deadletter import DeadLetterQueue
 from celeryredis.metrics import registry_for
 from celeryredis.testing import LocalRedisCluster, WorkerProcess
 from celeryredis.transport._cluster import queue_keys
-from tests._util import import_host_module, wait_for
+from tests._cluster_host import RUNS_CLIENT, cluster_host, ready_worker
+from tests._util import wait_for
 
 pytestmark = pytest.mark.integration
 
 PREFIX = "ownkeys:"
 RATE = 10  # per second, burst 1
 
-APP = """
+APP = (
+    """
 import os
 import time
 
@@ -52,19 +52,9 @@ app = make_app(
     celeryredis_eta_horizon=30,
     task_default_queue=os.environ["OWNKEYS_QUEUES"].split(",")[0],
 )
-_client = None
-
-
-def runs():
-    global _client
-    if _client is None:
-        nodes = [
-            redis.cluster.ClusterNode("127.0.0.1", int(port))
-            for port in os.environ["CLUSTER_PORTS"].split(",")
-        ]
-        _client = redis.cluster.RedisCluster(startup_nodes=nodes)
-    return _client
-
+"""
+    + RUNS_CLIENT
+    + """
 
 @app.task(base=UniqueTask, bind=True, shared=False, ignore_result=True)
 def once(self, key):
@@ -93,6 +83,7 @@ def limited(self, i):
 def bulk(n):
     pass
 """
+)
 
 
 def _master_of(client: Any, key: str) -> int:
@@ -147,32 +138,18 @@ def host(
 ) -> Iterator[Any]:
     """The host module, its queues (consumed) and bulk queues (not consumed), and a worker."""
     directory = tmp_path_factory.mktemp("ownkeys")
-    (directory / "ownkeysapp.py").write_text(textwrap.dedent(APP))
     queues = _queues_on_distinct_masters(redis_cluster, "oq")
-    env = {
-        "CLUSTER_URL": redis_cluster.url,
-        "CLUSTER_PORTS": ",".join(str(p) for p in redis_cluster.ports),
-        "OWNKEYS_QUEUES": ",".join(queues),  # the first is the default queue
-    }
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        module = import_host_module(monkeypatch, directory, "ownkeysapp", env)
+    env = {"OWNKEYS_QUEUES": ",".join(queues)}  # the first is the default queue
+    with cluster_host(redis_cluster, directory, "ownkeysapp", APP, env) as module:
         module.QUEUES = queues
         module.BULK_QUEUES = _bulk_queues(redis_cluster)
         module.WORKER = None
 
         def start_worker() -> WorkerProcess:
             if module.WORKER is None:
-                module.WORKER = WorkerProcess(
-                    "ownkeysapp",
-                    cwd=directory,
-                    env=env,
-                    pool="prefork",
-                    concurrency=3,
-                    hostname="ownkeys@%h",
-                    queues=module.QUEUES,
-                    log_path=Path(directory) / "worker.log",
+                module.WORKER = ready_worker(
+                    module, "ownkeys", queues=queues, pool="prefork", concurrency=3
                 )
-                module.WORKER.wait_ready(timeout=60)
             return module.WORKER
 
         module.start_worker = start_worker

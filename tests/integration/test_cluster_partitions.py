@@ -9,23 +9,23 @@ land on 2 of the fixture's 3 masters. Every task run is counted in a Redis hash
 from __future__ import annotations
 
 import contextlib
-import textwrap
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from celeryredis.testing import LocalRedisCluster, WorkerProcess
 from celeryredis.transport._cluster import queue_keys
-from tests._util import import_host_module, wait_for
+from tests._cluster_host import RUNS_CLIENT, cluster_host, ready_worker
+from tests._util import wait_for
 
 pytestmark = pytest.mark.integration
 
 PARTED = "parted"
 
-APP = """
+APP = (
+    """
 import os
 
 import redis.cluster
@@ -44,25 +44,16 @@ app = make_app(
     celeryredis_lease_sweep_interval=100.0,
     broker_transport_options={"idle_fetch_interval": 600.0},
 )
-_client = None
-
-
-def runs():
-    global _client
-    if _client is None:
-        nodes = [
-            redis.cluster.ClusterNode("127.0.0.1", int(port))
-            for port in os.environ["CLUSTER_PORTS"].split(",")
-        ]
-        _client = redis.cluster.RedisCluster(startup_nodes=nodes)
-    return _client
-
+"""
+    + RUNS_CLIENT
+    + """
 
 @app.task(shared=False)
 def work(key, n):
     runs().hincrby("{runs}:" + key, str(n), 1)
     return n * 2
 """
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,35 +61,12 @@ def host(
     redis_cluster: LocalRedisCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
     """The host module (``app``, ``work``, ``DIR``, ``ENV``)."""
-    directory = tmp_path_factory.mktemp("clusterpart")
-    (directory / "partapp.py").write_text(textwrap.dedent(APP))
-    env = {
-        "CLUSTER_URL": redis_cluster.url,
-        "CLUSTER_PORTS": ",".join(str(p) for p in redis_cluster.ports),
-    }
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        module = import_host_module(monkeypatch, directory, "partapp", env)
-        module.DIR = directory
-        module.ENV = env
-        yield module
+    with cluster_host(redis_cluster, tmp_path_factory.mktemp("clusterpart"), "partapp", APP) as m:
+        yield m
 
 
 def _worker(host: Any, name: str, queues: list[str]) -> WorkerProcess:
-    worker = WorkerProcess(
-        "partapp",
-        cwd=host.DIR,
-        env=host.ENV,
-        pool="solo",
-        hostname=f"{name}@%h",
-        queues=queues,
-        log_path=Path(host.DIR) / f"{name}.log",
-    )
-    try:
-        worker.wait_ready(timeout=60)
-    except BaseException:
-        worker.stop()
-        raise
-    return worker
+    return ready_worker(host, name, queues=queues)
 
 
 def _lengths(cluster: LocalRedisCluster, queue: str, partitions: int) -> list[int]:
@@ -296,18 +264,32 @@ def test_a_blocked_kombu_consumer_is_woken_by_a_publish(
                 return all(p in channel._idle for p in parts)
 
             wait_for(idle, 10, "both partitions to be idle")
+            # The publisher goes once the consumer has named what it blocks on (every
+            # partition idle: only its wake-up connections), not after a guessed delay.
+            blocking = threading.Event()
+            sources = channel.wait_sources
+
+            def wait_sources(interval: float) -> tuple[list[Any], float | None]:
+                found = sources(interval)
+                if all(p in channel._idle for p in channel._parts(name)):
+                    blocking.set()
+                return found
+
+            channel.wait_sources = wait_sources
             with Connection(kombu_url, transport_options=options) as other:
 
                 def publish() -> None:
-                    time.sleep(0.3)  # after the consumer blocked
+                    if not blocking.wait(10):
+                        return  # never blocked: no message, and the drain below times out
                     Producer(other.default_channel).publish(
                         {"hello": 1}, exchange=queue.exchange, routing_key=name
                     )
 
                 thread = threading.Thread(target=publish)
                 thread.start()
-                conn.drain_events(timeout=10)  # one message, or TimeoutError
+                conn.drain_events(timeout=15)  # one message, or TimeoutError
                 thread.join()
+            assert blocking.is_set()  # the message came while the consumer blocked
         channel.renew()
     assert got == [{"hello": 1}]
 

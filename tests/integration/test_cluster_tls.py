@@ -15,7 +15,6 @@ import os
 import ssl
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +25,9 @@ import pytest
 from celeryredis import PublishError, make_app
 from celeryredis.connection import get_redis
 from celeryredis.deadletter import DeadLetterQueue
-from celeryredis.testing import LocalRedisCluster, WorkerProcess
-from tests._util import FAST_PRODUCTION, import_host_module, wait_for
+from celeryredis.testing import LocalRedisCluster
+from tests._cluster_host import cluster_host, ready_worker
+from tests._util import FAST_PRODUCTION, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -93,22 +93,9 @@ def tls_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedis
 def host(tls_cluster: LocalRedisCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The host module (``app``, ``add``, ``fail``, ``once``, ``DIR``, ``ENV``) and a worker."""
     directory = tmp_path_factory.mktemp("tlsclusterapp")
-    (directory / "tlsclusterapp.py").write_text(textwrap.dedent(APP))
-    env = {"CLUSTER_URL": tls_cluster.url}
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        module = import_host_module(monkeypatch, directory, "tlsclusterapp", env)
-        module.DIR = directory
-        module.ENV = env
-        module.WORKER = WorkerProcess(
-            "tlsclusterapp",
-            cwd=directory,
-            env=env,
-            pool="solo",
-            hostname="tls@%h",
-            log_path=directory / "worker.log",
-        )
+    with cluster_host(tls_cluster, directory, "tlsclusterapp", APP) as module:
+        module.WORKER = ready_worker(module, "tls")
         try:
-            module.WORKER.wait_ready(timeout=60)
             yield module
         finally:
             module.WORKER.stop(timeout=5)
