@@ -21,6 +21,7 @@ import redis
 
 from celeryredis.testing import LocalRedisCluster, WorkerProcess, find_redis_cli
 from celeryredis.transport._cluster import queue_keys
+from tests._cluster_host import ready_worker
 from tests._util import import_host_module
 
 APP = """
@@ -100,34 +101,15 @@ def queues_per_master(cluster: LocalRedisCluster, per_master: int, prefix: str) 
     return [names[i] for i in range(per_master) for names in chosen.values()]
 
 
-def start_worker(
-    host: Any, name: str, pool: str, queues: Sequence[str], concurrency: int = 1
-) -> WorkerProcess:
-    worker = WorkerProcess(
-        host.NAME,
-        cwd=host.DIR,
-        env=host.ENV,
-        pool=pool,
-        concurrency=concurrency,
-        hostname=f"{name}@%h",
-        queues=list(queues),
-        log_path=Path(host.DIR) / f"{name}.log",
-    )
-    try:
-        worker.wait_ready(timeout=60)
-    except BaseException:
-        worker.stop()
-        raise
-    return worker
-
-
 @contextmanager
 def workers(host: Any, *specs: tuple[str, str, int], queues: Sequence[str]) -> Iterator[list[Any]]:
     """Start one worker per ``(name, pool, concurrency)``; stop them all at the end."""
     started: list[WorkerProcess] = []
     try:
         for name, pool, concurrency in specs:
-            started.append(start_worker(host, name, pool, queues, concurrency))
+            started.append(
+                ready_worker(host, name, queues=queues, pool=pool, concurrency=concurrency)
+            )
         yield started
     finally:
         for worker in started:

@@ -235,76 +235,25 @@ def test_a_consumer_with_fewer_partitions_drains_every_partition_ever_used(
         client.close()
 
 
-def test_a_blocked_kombu_consumer_is_woken_by_a_publish(
-    kombu_url: str, redis_cluster: LocalRedisCluster
-) -> None:
-    import threading
+def _wake_options(name: str, partitions: int) -> dict[str, Any]:
+    """Transport options: ``name`` in ``partitions`` partitions, no idle re-fetch."""
+    return {"partitions": {name: partitions}, "idle_fetch_interval": 600.0}
 
-    from kombu import Connection, Consumer, Exchange, Producer, Queue
 
-    name = "wakeq"
+@contextlib.contextmanager
+def _idle_consumer(
+    kombu_url: str, name: str, partitions: int
+) -> Iterator[tuple[Any, Any, list[Any]]]:
+    """A kombu consumer of ``name`` (``partitions`` partitions, no idle re-fetch) whose
+    every partition is idle: subscribed to its wake-up and found empty.
+
+    Yields the connection, the queue and the bodies received (each acked).
+    """
+    from kombu import Connection, Consumer, Exchange, Queue
+
     queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
-    options = {"partitions": {name: 2}, "idle_fetch_interval": 600.0}
     got: list[Any] = []
-    with Connection(kombu_url, transport_options=options) as conn:
-        channel = conn.default_channel
-        queue(channel).declare()
-        queue(channel).purge()
-
-        def on_message(body: Any, message: Any) -> None:
-            got.append(body)
-            message.ack()
-
-        with Consumer(channel, [queue], callbacks=[on_message]):
-            # Rounds until every partition is idle (subscribed, found empty).
-            def idle() -> bool:
-                with contextlib.suppress(TimeoutError):
-                    conn.drain_events(timeout=0.05)
-                parts = channel._parts(name)
-                return all(p in channel._idle for p in parts)
-
-            wait_for(idle, 10, "both partitions to be idle")
-            # The publisher goes once the consumer has named what it blocks on (every
-            # partition idle: only its wake-up connections), not after a guessed delay.
-            blocking = threading.Event()
-            sources = channel.wait_sources
-
-            def wait_sources(interval: float) -> tuple[list[Any], float | None]:
-                found = sources(interval)
-                if all(p in channel._idle for p in channel._parts(name)):
-                    blocking.set()
-                return found
-
-            channel.wait_sources = wait_sources
-            with Connection(kombu_url, transport_options=options) as other:
-
-                def publish() -> None:
-                    if not blocking.wait(10):
-                        return  # never blocked: no message, and the drain below times out
-                    Producer(other.default_channel).publish(
-                        {"hello": 1}, exchange=queue.exchange, routing_key=name
-                    )
-
-                thread = threading.Thread(target=publish)
-                thread.start()
-                conn.drain_events(timeout=15)  # one message, or TimeoutError
-                thread.join()
-            assert blocking.is_set()  # the message came while the consumer blocked
-        channel.renew()
-    assert got == [{"hello": 1}]
-
-
-def test_a_consumer_whose_wake_up_connections_were_killed_still_gets_the_next_message(
-    kombu_url: str, redis_cluster: LocalRedisCluster, caplog: pytest.LogCaptureFixture
-) -> None:
-    import redis
-    from kombu import Connection, Consumer, Exchange, Producer, Queue
-
-    name = "killedwake"
-    queue = Queue(name, Exchange(name, type="direct"), routing_key=name)
-    options = {"partitions": {name: 3}, "idle_fetch_interval": 600.0}
-    got: list[Any] = []
-    with Connection(kombu_url, transport_options=options) as conn:
+    with Connection(kombu_url, transport_options=_wake_options(name, partitions)) as conn:
         channel = conn.default_channel
         queue(channel).declare()
         queue(channel).purge()
@@ -321,26 +270,74 @@ def test_a_consumer_whose_wake_up_connections_were_killed_still_gets_the_next_me
                 return all(p in channel._idle for p in channel._parts(name))
 
             wait_for(idle, 10, "every partition to be idle")
-            killed = 0
-            for port in redis_cluster.masters:
-                client = redis.Redis(host="127.0.0.1", port=port)
-                try:
-                    killed += int(client.client_kill_filter(_type="pubsub"))
-                finally:
-                    client.close()
-            assert killed >= 2  # the wake-up connections (and no other test's)
-            for _ in range(3):  # rounds in which the consumer notices and recovers
-                with contextlib.suppress(TimeoutError):
-                    conn.drain_events(timeout=0.3)
-            with Connection(kombu_url, transport_options=options) as other:
-                producer = Producer(other.default_channel)
-                for i in range(3):  # one per partition (round robin)
-                    producer.publish({"i": i}, exchange=queue.exchange, routing_key=name)
-            deadline = time.monotonic() + 10
-            while len(got) < 3 and time.monotonic() < deadline:
-                with contextlib.suppress(TimeoutError):
-                    conn.drain_events(timeout=1.0)
+            yield conn, queue, got
         channel.renew()
+
+
+def test_a_blocked_kombu_consumer_is_woken_by_a_publish(kombu_url: str) -> None:
+    import threading
+
+    from kombu import Connection, Producer
+
+    name = "wakeq"
+    with _idle_consumer(kombu_url, name, 2) as (conn, queue, got):
+        channel = conn.default_channel
+        # The publisher goes once the consumer has named what it blocks on (every
+        # partition idle: only its wake-up connections), not after a guessed delay.
+        blocking = threading.Event()
+        sources = channel.wait_sources
+
+        def wait_sources(interval: float) -> tuple[list[Any], float | None]:
+            found = sources(interval)
+            if all(p in channel._idle for p in channel._parts(name)):
+                blocking.set()
+            return found
+
+        channel.wait_sources = wait_sources
+        with Connection(kombu_url, transport_options=_wake_options(name, 2)) as other:
+
+            def publish() -> None:
+                if not blocking.wait(10):
+                    return  # never blocked: no message, and the drain below times out
+                Producer(other.default_channel).publish(
+                    {"hello": 1}, exchange=queue.exchange, routing_key=name
+                )
+
+            thread = threading.Thread(target=publish)
+            thread.start()
+            conn.drain_events(timeout=15)  # one message, or TimeoutError
+            thread.join()
+        assert blocking.is_set()  # the message came while the consumer blocked
+    assert got == [{"hello": 1}]
+
+
+def test_a_consumer_whose_wake_up_connections_were_killed_still_gets_the_next_message(
+    kombu_url: str, redis_cluster: LocalRedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis
+    from kombu import Connection, Producer
+
+    name = "killedwake"
+    with _idle_consumer(kombu_url, name, 3) as (conn, queue, got):
+        killed = 0
+        for port in redis_cluster.masters:
+            client = redis.Redis(host="127.0.0.1", port=port)
+            try:
+                killed += int(client.client_kill_filter(_type="pubsub"))
+            finally:
+                client.close()
+        assert killed >= 2  # the wake-up connections (and no other test's)
+        for _ in range(3):  # rounds in which the consumer notices and recovers
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=0.3)
+        with Connection(kombu_url, transport_options=_wake_options(name, 3)) as other:
+            producer = Producer(other.default_channel)
+            for i in range(3):  # one per partition (round robin)
+                producer.publish({"i": i}, exchange=queue.exchange, routing_key=name)
+        deadline = time.monotonic() + 10
+        while len(got) < 3 and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=1.0)
     assert sorted(body["i"] for body in got) == [0, 1, 2]
     # It noticed the lost connections (not the 600 s safety net) and subscribed again.
     assert "refreshing the slot map" in caplog.text
