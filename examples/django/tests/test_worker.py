@@ -142,6 +142,12 @@ def test_celery_redis_config_json(worker: WorkerProcess, celery_redis_url: str) 
     assert rows["task_time_limit"]["value"] == 120
     assert rows["task_time_limit"]["source"] == "app config"
     assert rows["task_acks_late"]["source"] == "preset:production"
+    # The delivery guarantees in force, where an operator reads them: the reliable
+    # transport (leases) from the preset, and durable publish off (no WAIT) by default.
+    assert rows["celeryredis_transport"]["value"] == "reliable"
+    assert rows["celeryredis_transport"]["source"] == "preset:production"
+    assert rows["celeryredis_durable_publish"]["value"] == 0
+    assert "durable publish off" in rows["celeryredis_durable_publish"]["reason"]
 
 
 def test_celery_redis_check(worker: WorkerProcess, celery_redis_url: str) -> None:

@@ -108,6 +108,12 @@ def test_celery_redis_config_json(worker: WorkerProcess, worker_url: str) -> Non
     assert rows["broker_url"]["source"] == "app config"
     assert rows["task_ignore_result"]["source"] == "app config"
     assert rows["task_acks_late"]["source"] == "preset:production"
+    # The delivery guarantees in force, where an operator reads them: the reliable
+    # transport (leases) from the preset, and durable publish off (no WAIT) by default.
+    assert rows["celeryredis_transport"]["value"] == "reliable"
+    assert rows["celeryredis_transport"]["source"] == "preset:production"
+    assert rows["celeryredis_durable_publish"]["value"] == 0
+    assert "durable publish off" in rows["celeryredis_durable_publish"]["reason"]
 
 
 def test_celery_redis_check(worker: WorkerProcess, worker_url: str, live_app: Flask) -> None:
