@@ -51,6 +51,13 @@ client = redis.Redis.from_url(os.environ["PF_URL"])
 @app.task(shared=False)
 def record(i):
     client.hincrby("pf:runs", str(i), 1)
+
+
+@app.task(shared=False)
+def frozen(i):
+    import gc
+
+    client.hset("pf:frozen", str(i), f"{{os.getpid()}} {{gc.get_freeze_count()}}")
 """
 
 
@@ -121,3 +128,44 @@ def test_reliable_fetches_about_once_per_task_on_prefork(
     fetches = calls["evalsha"] + calls["eval"] + calls["blmove"]
     assert calls["brpop"] == 0, calls
     assert fetches <= 1.2 * n + 40, calls
+
+
+@pytest.mark.parametrize("pool", ["prefork", "solo"])
+def test_the_heap_is_frozen_before_the_pool_forks(
+    redis_url: str, tmp_path: Path, celery_worker_process: Any, pool: str
+) -> None:
+    """Prefork: every child, the first ones and each recycled one, inherits a frozen heap.
+
+    The main process froze its start-up objects (``gc.freeze``) before the first fork,
+    so Celery's full ``gc.collect()`` before each fork skips them. With
+    ``worker_max_tasks_per_child = 1`` every task runs in a child forked after the
+    freeze. Solo forks nothing and freezes nothing: its tasks run in the main process.
+    """
+    (tmp_path / "pfapp.py").write_text(textwrap.dedent(HOST).format(settings=FAST_PRODUCTION))
+    client = redis.Redis.from_url(redis_url)
+    producer = make_app("pf-producer", broker_url=redis_url, result_backend=None, preset="testing")
+    n = 6
+    try:
+        for i in range(n):
+            producer.send_task("pfapp.frozen", (i,))
+    finally:
+        producer.close()
+    worker = celery_worker_process(
+        "pfapp",
+        env={"PF_URL": redis_url, "PF_TRANSPORT": "reliable", "PF_MAX_TASKS": "1"},
+        pool=pool,
+        concurrency=2 if pool == "prefork" else 1,
+        loglevel="WARNING",
+    )
+    wait_for(lambda: client.hlen("pf:frozen") == n, 60, f"{n} tasks to report their heap")
+    worker.stop()
+    seen = [value.decode().split() for value in client.hvals("pf:frozen")]
+    client.close()
+    pids = {pid for pid, _ in seen}
+    counts = [int(count) for _, count in seen]
+    if pool == "prefork":
+        assert len(pids) == n, f"one child per task at max_tasks_per_child=1: {seen}"
+        assert min(counts) > 1000, f"children forked with an unfrozen heap: {seen}"
+    else:
+        assert len(pids) == 1, seen
+        assert counts == [0] * n, seen
