@@ -270,3 +270,23 @@ def test_received_routing_is_kept_only_for_pools_that_run_tasks_elsewhere(app: C
     assert kept["queue"] == "q1"
     assert kept["worker"] == "w@h"
     assert isinstance(kept["receipt"], int)
+
+
+def test_a_traced_attempt_runs_under_the_tracers_request_only(app: Celery) -> None:
+    """Celery's tracer pushed the request: the body runs under it, no second copy pushed.
+
+    A direct call of the task from its own body still gets a request of its own (with the
+    nested call's arguments), as Celery's ``Task.__call__`` gives it.
+    """
+    seen: list[tuple[int, int, tuple[Any, ...], str | None]] = []
+
+    @app.task(shared=False, bind=True)
+    def job(self: Task, depth: int) -> None:
+        seen.append(
+            (depth, len(self.request_stack.stack), tuple(self.request.args), self.request.id)
+        )
+        if depth:
+            job(depth - 1)
+
+    job.apply(args=(1,), task_id="t-1")
+    assert seen == [(1, 1, (1,), "t-1"), (0, 2, (0,), "t-1")]

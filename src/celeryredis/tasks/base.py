@@ -67,6 +67,7 @@ from celeryredis.connection import Client, get_redis
 from celeryredis.exceptions import PublishError, ResultNotStoredError
 from celeryredis.log import (
     bind_task_secrets,
+    current_task_context,
     enter_task_context,
     exit_task_context,
     redact_exc_info,
@@ -383,13 +384,19 @@ class Task(celery.Task[Any, Any]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the body with the task context bound; log ``rejected`` on ``Reject``."""
-        task_id = self.request.id
+        request = self.request
+        task_id = request.id
         if task_id is None:  # called directly as a function: no lifecycle, no context
             return super().__call__(*args, **kwargs)
-        request = self.request
+        if current_task_context() == (task_id, self.name):
+            # The body called its own task directly: Celery pushes a request for that call.
+            return super().__call__(*args, **kwargs)
         token = enter_task_context(task_id, self.name)  # not a with-block: a per-task cost
         try:
-            return super().__call__(*args, **kwargs)
+            # Celery's tracer pushed this task and its request before calling us: run the
+            # body as it does for a task without a custom __call__ (Celery's own __call__
+            # would push a second request, a copy of the first, on every attempt).
+            return self.run(*args, **kwargs)
         except Reject as exc:
             requeue = bool(getattr(exc, "requeue", False))
             self._log(
