@@ -15,6 +15,7 @@ compat`` passes on it. Importing this module runs :func:`require_supported`.
 
 from __future__ import annotations
 
+import heapq
 import importlib
 import inspect
 import re
@@ -31,6 +32,7 @@ __all__ = [
     "PUBLISH_BATCH_KWARG",
     "check",
     "client_key_prefix",
+    "compact_timer",
     "deliver",
     "missing",
     "poll_sent_at",
@@ -66,6 +68,13 @@ PUBLISH_BATCH_KWARG: Final = "_publish_batch"
 PRIVATE_API: Final[tuple[tuple[str, str, str, str, str], ...]] = (
     # enqueue_many (_kombu_batch.py): build messages as kombu does, but collect commands.
     ("kombu.messaging", "Producer", "_publish", "class", "_kombu_batch: overridden"),
+    (
+        "kombu.asynchronous.timer",
+        "Timer",
+        "_queue",
+        "instance",
+        "_prefork: cancelled time-limit entries are dropped from the heap (compact_timer)",
+    ),
     (_REDIS, "PublishBatch", "add", "class", "_kombu_batch: the collector's interface (5.7)"),
     (_REDIS, "Channel", "create_publish_batch", "class", "_kombu_batch: the hook exists (5.7)"),
     # Heartbeat (worker.py) and enqueue_many (bulk.py).
@@ -190,6 +199,23 @@ def replace_restore_timer(cycle: Any, loop: Any, interval: float) -> None:
     if old is not None:
         old.cancel()
     cycle._restore_messages_tref = loop.call_repeatedly(interval, cycle.maybe_restore_messages)
+
+
+def compact_timer(timer: Any) -> int:
+    """Drop the cancelled entries of a kombu event-loop timer; return how many went.
+
+    ``Timer.cancel`` only flags an entry, which stays in the timer's heap
+    (``Timer._queue``, a list of ``scheduled(eta, priority, entry)``) until its time
+    comes. The list is rebuilt in place (the timer's iterator holds it) and heapified.
+    Call it from the event loop's thread.
+    """
+    queue: list[Any] = timer._queue
+    keep = [item for item in queue if not item.entry.cancelled]
+    dropped = len(queue) - len(keep)
+    if dropped:
+        heapq.heapify(keep)
+        queue[:] = keep
+    return dropped
 
 
 def quiet_close(connection: Any, on_error: Callable[[AttributeError], None]) -> None:

@@ -44,9 +44,9 @@ from typing import Any, Final
 
 from celery import bootsteps
 
-from celeryredis import _celery_compat
+from celeryredis import _celery_compat, _kombu_compat
 
-__all__ = ["PreforkReapStep", "freeze_heap", "install_reaper"]
+__all__ = ["COMPACT_INTERVAL", "PreforkReapStep", "compact_timer", "freeze_heap", "install_reaper"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,28 @@ def freeze_heap() -> int:
     return frozen
 
 
+#: Seconds between two passes of :func:`compact_timer` in a prefork worker's main process.
+COMPACT_INTERVAL: Final = 30.0
+
+
+def compact_timer(hub: Any) -> int:
+    """Drop the event loop's cancelled timer entries; return how many went.
+
+    The prefork pool schedules a task's soft (or hard) time limit on the event loop's
+    timer when it starts the task, and cancels it when the task ends. kombu's timer
+    only flags a cancelled entry, which stays in its heap until the limit's time would
+    have come (``task_soft_time_limit``, 1,740 s under ``production``): one dead entry
+    per task run in that span, each about 0.9 KB of the main process's memory and more
+    objects for every garbage collection to walk (measured: 30,008 entries after 30,000
+    tasks in 13.8 s, main process 55 to 82 MiB). Every :data:`COMPACT_INTERVAL` seconds
+    they are dropped.
+    """
+    dropped = _kombu_compat.compact_timer(hub.timer)
+    if dropped:
+        logger.debug("celeryredis: dropped %d cancelled timer entries", dropped)
+    return dropped
+
+
 def _is_prefork(task_pool: Any) -> bool:
     from celery.concurrency.prefork import TaskPool  # noqa: PLC0415 (prefork only)
 
@@ -137,5 +159,15 @@ class PreforkReapStep(bootsteps.StartStopStep):
             freeze_heap()
 
     def start(self, parent: Any) -> None:
-        """Wrap the prefork pool's exit handler (no-op on other pools)."""
-        install_reaper(_celery_compat.prefork_pool(getattr(parent, "pool", None)))
+        """Wrap the prefork pool's exit handler; freeze again once the loop runs.
+
+        The consumer starts after this step: it connects, imports the transport and
+        builds the task strategies. The event loop's first pass freezes those too, so
+        the collection before a recycle's fork walks only what was allocated since.
+        No-op on other pools.
+        """
+        if install_reaper(_celery_compat.prefork_pool(getattr(parent, "pool", None))):
+            hub = getattr(parent, "hub", None)
+            if hub is not None:
+                hub.call_soon(freeze_heap)
+                hub.call_repeatedly(COMPACT_INTERVAL, compact_timer, hub)

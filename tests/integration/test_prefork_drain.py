@@ -169,3 +169,76 @@ def test_the_heap_is_frozen_before_the_pool_forks(
     else:
         assert len(pids) == 1, seen
         assert counts == [0] * n, seen
+
+
+TIMER_HOST = """
+import os
+import threading
+import time
+
+import redis
+from celery import signals
+
+import celeryredis._prefork
+
+from celeryredis import make_app
+
+# Compact every 0.3 s instead of every 30 s, so the test need not wait.
+celeryredis._prefork.COMPACT_INTERVAL = 0.3
+
+# The production preset's time limits (soft 1,740 s): a task's cancelled limit entry
+# would stay in the main process's timer for that long.
+app = make_app("timerapp", broker_url=os.environ["PF_URL"], result_backend=None)
+client = redis.Redis.from_url(os.environ["PF_URL"])
+
+
+@app.task(shared=False, ignore_result=True)
+def record(i):
+    client.hincrby("pf:runs", str(i), 1)
+
+
+@signals.worker_ready.connect
+def watch_timer(sender=None, **_):
+    from kombu.asynchronous.hub import get_event_loop
+
+    hub = get_event_loop()
+
+    def report():
+        while True:
+            client.set("pf:timer", len(hub.timer))
+            time.sleep(0.05)
+
+    threading.Thread(target=report, daemon=True).start()
+"""
+
+
+def test_cancelled_time_limits_leave_the_main_process_timer(
+    redis_url: str, tmp_path: Path, celery_worker_process: Any
+) -> None:
+    """Each task's cancelled soft-limit entry is dropped, not kept for 1,740 s.
+
+    The prefork pool puts one time-limit entry per task on the main process's event-loop
+    timer and only flags it cancelled when the task ends; after 400 tasks the timer
+    held at least 400 entries before compaction. It now comes back to the worker's own
+    repeating timers.
+    """
+    (tmp_path / "timerapp.py").write_text(textwrap.dedent(TIMER_HOST))
+    client = redis.Redis.from_url(redis_url)
+    producer = make_app("pf-producer", broker_url=redis_url, result_backend=None, preset="testing")
+    n = 400
+    try:
+        for i in range(n):
+            producer.send_task("timerapp.record", (i,))
+    finally:
+        producer.close()
+    worker = celery_worker_process(
+        "timerapp", env={"PF_URL": redis_url}, pool="prefork", concurrency=2, loglevel="WARNING"
+    )
+    wait_for(lambda: client.hlen("pf:runs") == n, 60, f"all {n} tasks to run")
+    wait_for(
+        lambda: int(client.get("pf:timer") or n) < 60,
+        10,
+        f"the main process's timer to drop the cancelled limits of {n} tasks",
+    )
+    worker.stop()
+    client.close()

@@ -118,3 +118,26 @@ def test_make_app_installs_the_step() -> None:
         assert names in (["celery.worker.components:Pool"], ["celery.worker.components.Pool"])
     finally:
         app.close()
+
+
+def test_compact_timer_drops_cancelled_entries_and_keeps_the_schedule() -> None:
+    """A real kombu Timer: cancelled entries leave the heap, the rest fire in order."""
+    from kombu.asynchronous.timer import Timer
+
+    from celeryredis import _kombu_compat
+
+    timer = Timer()
+    fired: list[int] = []
+    entries = [timer.call_at(1000.0 + i, fired.append, (i,)) for i in range(100)]
+    for i, entry in enumerate(entries):
+        if i % 5:
+            timer.cancel(entry)
+    heap = timer._queue
+    assert _kombu_compat.compact_timer(timer) == 80
+    assert timer._queue is heap  # rebuilt in place: the timer's iterator holds the list
+    assert len(timer) == 20
+    assert _kombu_compat.compact_timer(timer) == 0
+    for item in sorted(timer._queue):
+        item.entry()
+    assert fired == list(range(0, 100, 5))
+    assert [item.eta for item in timer.queue] == [1000.0 + i for i in range(0, 100, 5)]
