@@ -39,6 +39,7 @@ __all__ = [
     "prefork_pool",
     "reply_to",
     "require_supported",
+    "set_exit_poll",
     "wrap_process_exit",
 ]
 
@@ -125,6 +126,16 @@ PRIVATE_API: Final[tuple[tuple[str, str, str], ...]] = (
         "billiard.pool.Pool._pool",
         "instance attribute",
         "_prefork: the pool's live child processes (an exited child leaves it when reaped)",
+    ),
+    (
+        "billiard.pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL",
+        "module",
+        "_prefork: how often an exiting child checks that its results were read (0.1 s)",
+    ),
+    (
+        "billiard.pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT",
+        "module",
+        "_prefork: how many checks before the exiting child gives up (300)",
     ),
 )
 
@@ -228,6 +239,26 @@ def prefork_pool(task_pool: Any) -> Any:
 def pool_children(pool: Any) -> list[Any]:
     """A billiard pool's live child processes (an exited child leaves when reaped)."""
     return list(pool._pool)
+
+
+def set_exit_poll(interval: float) -> tuple[float, int]:
+    """Make an exiting billiard child check every ``interval`` s; return (interval, checks).
+
+    After its last task a child that exits (``worker_max_tasks_per_child``) waits until
+    the main process has read its results, checking a shared counter every
+    ``GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL`` seconds (billiard: 0.1 s) up to
+    ``GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT`` times. The number of checks is scaled
+    so the child waits as long in all (30 s in billiard). Children read both when they
+    exit, so set them in the main process before it forks.
+    """
+    module = importlib.import_module("billiard.pool")
+    budget = float(module.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL) * int(
+        module.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT
+    )
+    checks = max(1, round(budget / interval))
+    setattr(module, "GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL", interval)  # noqa: B010
+    setattr(module, "GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT", checks)  # noqa: B010
+    return interval, checks
 
 
 def wrap_process_exit(pool: Any, wrap: Any) -> bool:

@@ -57,7 +57,10 @@ def record(i):
 def frozen(i):
     import gc
 
-    client.hset("pf:frozen", str(i), f"{{os.getpid()}} {{gc.get_freeze_count()}}")
+    import billiard.pool
+
+    poll = billiard.pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL
+    client.hset("pf:frozen", str(i), f"{{os.getpid()}} {{gc.get_freeze_count()}} {{poll}}")
 """
 
 
@@ -134,7 +137,8 @@ def test_reliable_fetches_about_once_per_task_on_prefork(
 def test_the_heap_is_frozen_before_the_pool_forks(
     redis_url: str, tmp_path: Path, celery_worker_process: Any, pool: str
 ) -> None:
-    """Prefork: every child, the first ones and each recycled one, inherits a frozen heap.
+    """Prefork: every child, the first ones and each recycled one, inherits a frozen heap
+    and the short exit poll.
 
     The main process froze its start-up objects (``gc.freeze``) before the first fork,
     so Celery's full ``gc.collect()`` before each fork skips them. With
@@ -161,11 +165,15 @@ def test_the_heap_is_frozen_before_the_pool_forks(
     worker.stop()
     seen = [value.decode().split() for value in client.hvals("pf:frozen")]
     client.close()
-    pids = {pid for pid, _ in seen}
-    counts = [int(count) for _, count in seen]
+    pids = {pid for pid, _, _ in seen}
+    counts = [int(count) for _, count, _ in seen]
+    polls = {float(poll) for _, _, poll in seen}
     if pool == "prefork":
         assert len(pids) == n, f"one child per task at max_tasks_per_child=1: {seen}"
         assert min(counts) > 1000, f"children forked with an unfrozen heap: {seen}"
+        # An exiting child checks every 5 ms (not billiard's 0.1 s) that its results
+        # were read: a recycled slot no longer idles for one 0.1 s check.
+        assert polls == {0.005}, seen
     else:
         assert len(pids) == 1, seen
         assert counts == [0] * n, seen

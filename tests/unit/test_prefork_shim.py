@@ -141,3 +141,27 @@ def test_compact_timer_drops_cancelled_entries_and_keeps_the_schedule() -> None:
         item.entry()
     assert fired == list(range(0, 100, 5))
     assert [item.eta for item in timer.queue] == [1000.0 + i for i in range(0, 100, 5)]
+
+
+def test_set_exit_poll_keeps_billiards_total_wait() -> None:
+    """The exiting child checks more often, for the same 30 s in all."""
+    import billiard.pool
+
+    from celeryredis import _celery_compat
+
+    before = (
+        billiard.pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL,
+        billiard.pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT,
+    )
+    try:
+        billiard.pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL = 0.1
+        billiard.pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT = 300
+        assert _celery_compat.set_exit_poll(0.005) == (0.005, 6000)
+        assert billiard.pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL == 0.005
+        assert billiard.pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT == 6000
+        assert _celery_compat.set_exit_poll(0.005) == (0.005, 6000)  # idempotent
+    finally:
+        (
+            billiard.pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_INTERVAL,
+            billiard.pool.GUARANTEE_MESSAGE_CONSUMPTION_RETRY_LIMIT,
+        ) = before
