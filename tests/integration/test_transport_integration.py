@@ -516,3 +516,29 @@ def test_stock_and_reliable_sweepers_agree_on_leases(env: Env) -> None:
     restored = json.loads(env.client.lindex("qv", 0))
     assert restored["headers"]["task"] == "relapp.sleeper"
     assert restored["properties"]["delivery_info"]["redelivered"] is True
+
+
+@pytest.mark.parametrize(
+    ("queues", "no_ack", "count", "acks"),
+    [
+        (["celery"], set(), 1, []),
+        (["celery"], set(), 16, ["tag-1", "tag-2"]),
+        (["a", "b", "c"], {"b"}, 4, ["ü-tag"]),
+        (["a", "b"], {"a", "b"}, 0, [str(i) for i in range(40)]),
+    ],
+)
+def test_the_packed_fetch_is_what_redis_py_would_send(
+    redis_url: str, queues: list[str], no_ack: set[str], count: int, acks: list[str]
+) -> None:
+    """The fetch's fixed parts are packed once: the bytes equal redis-py's packing."""
+    options = {"global_keyprefix": "pfx:", "priority_steps": [0, 3, 6, 9]}
+    with Connection(reliable_url(redis_url), transport_options=options) as conn:
+        channel = conn.default_channel
+        channel._no_ack_queues = no_ack
+        for _ in range(2):  # packed once, then from the cache
+            packed = channel._packed_fetch(queues, count, acks)
+            command = channel._fetch_command(queues, count, acks)
+            expected = b"".join(
+                channel.client.connection_pool.make_connection().pack_command(*command)
+            )
+            assert packed == expected

@@ -198,6 +198,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._in_flight: tuple[str, list[str], list[str], int] | None = None
         self._use_eval = False
         self._shas: dict[str, str] = {}
+        # (queues, no-ack flags, lease offset, script SHA) -> the fetch command's fixed parts
+        self._fetch_heads: dict[tuple[Any, ...], tuple[int, bytes, int, bytes]] = {}
         self._leases = LeaseRenewer(self, "celeryredis-lease")
         self._last_sweep = float("-inf")
         super().__init__(*args, **kwargs)
@@ -332,6 +334,28 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             head = ["EVALSHA", self._shas["transport_fetch"]]
         return [*head, len(keys), *keys, *argv]
 
+    def _packed_fetch(self, queues: Sequence[str], count: int, acks: Sequence[str]) -> bytes:
+        """:meth:`_fetch_command` (``EVALSHA``) in the Redis protocol, as redis-py packs it.
+
+        A fetch is sent per task or batch and names the same keys each time: the parts that
+        only depend on the queues are packed once, so a fetch encodes its count and acks only.
+        """
+        flags = tuple(q in self._no_ack_queues for q in queues)
+        offset = repr(self.lease_offset)
+        sha = self._shas["transport_fetch"]
+        cache_key = (tuple(queues), flags, offset, sha)
+        parts = self._fetch_heads.get(cache_key)
+        if parts is None:
+            command = self._fetch_command(queues, 0, ())
+            # ... keys | count, offset, nq, np, one flag per queue, nacks (0 here)
+            fixed = len(command) - (5 + len(queues))
+            before, after = command[:fixed], command[fixed + 1 : -1]  # around count, to nacks
+            parts = (len(before), _resp(before), len(after), _resp(after))
+            self._fetch_heads[cache_key] = parts
+        n_head, head, n_mid, mid = parts
+        total = n_head + 1 + n_mid + 1 + len(acks)
+        return b"".join((b"*%d\r\n" % total, head, _resp((count,)), mid, _resp((len(acks), *acks))))
+
     def _brpop_start(self, timeout: float | None = None) -> None:
         if not self.reliable:
             super()._brpop_start(timeout)
@@ -355,12 +379,18 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._in_flight = ("wait", list(queues), [], 0)
         else:
             count = self._batch_size()
-            command = self._fetch_command(queues, count, acks)
+            if self._use_eval:
+                command = self._fetch_command(queues, count, acks)
+            else:
+                packed = self._packed_fetch(queues, count, acks)
             self._in_flight = ("fetch", list(queues), acks, count)
         self._in_poll = connection
         self._brpop_sent_at = time.monotonic()
         try:
-            connection.send_command(*command)
+            if waiting or self._use_eval:
+                connection.send_command(*command)
+            else:
+                connection.send_packed_command([packed])
         except BaseException:
             # redis-py's pre-send health check can raise here: keep the acks.
             self._requeue_acks(acks)
@@ -676,6 +706,15 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
             )
         )
         replace_restore_timer(self.cycle, loop, max(interval, 0.1))
+
+
+def _resp(args: Sequence[Any]) -> bytes:
+    """``args`` as Redis protocol bulk strings (str as UTF-8, numbers as their text)."""
+    out = []
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
 
 
 def _read_only(exc: BaseException) -> bool:
