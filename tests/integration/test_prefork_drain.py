@@ -64,6 +64,22 @@ def frozen(i):
 """
 
 
+def _send(url: str, name: str, n: int, transport: str = "reliable") -> None:
+    """Publish ``name(i)`` for i in 0..n-1 from a producer app of its own."""
+    producer = make_app(
+        "pf-producer",
+        broker_url=url,
+        result_backend=None,
+        preset="testing",
+        celeryredis_transport=transport,
+    )
+    try:
+        for i in range(n):
+            producer.send_task(name, (i,))
+    finally:
+        producer.close()
+
+
 def _drain(
     url: str,
     tmp_path: Path,
@@ -74,18 +90,7 @@ def _drain(
 ) -> redis.Redis:
     (tmp_path / "pfapp.py").write_text(textwrap.dedent(HOST).format(settings=FAST_PRODUCTION))
     client = redis.Redis.from_url(url)
-    producer = make_app(
-        "pf-producer",
-        broker_url=url,
-        result_backend=None,
-        preset="testing",
-        celeryredis_transport=transport,
-    )
-    try:
-        for i in range(n):
-            producer.send_task("pfapp.record", (i,))
-    finally:
-        producer.close()
+    _send(url, "pfapp.record", n, transport)
     client.config_resetstat()
     worker = start(
         "pfapp",
@@ -147,13 +152,8 @@ def test_the_heap_is_frozen_before_the_pool_forks(
     """
     (tmp_path / "pfapp.py").write_text(textwrap.dedent(HOST).format(settings=FAST_PRODUCTION))
     client = redis.Redis.from_url(redis_url)
-    producer = make_app("pf-producer", broker_url=redis_url, result_backend=None, preset="testing")
     n = 6
-    try:
-        for i in range(n):
-            producer.send_task("pfapp.frozen", (i,))
-    finally:
-        producer.close()
+    _send(redis_url, "pfapp.frozen", n)
     worker = celery_worker_process(
         "pfapp",
         env={"PF_URL": redis_url, "PF_TRANSPORT": "reliable", "PF_MAX_TASKS": "1"},
@@ -232,13 +232,8 @@ def test_cancelled_time_limits_leave_the_main_process_timer(
     """
     (tmp_path / "timerapp.py").write_text(textwrap.dedent(TIMER_HOST))
     client = redis.Redis.from_url(redis_url)
-    producer = make_app("pf-producer", broker_url=redis_url, result_backend=None, preset="testing")
     n = 400
-    try:
-        for i in range(n):
-            producer.send_task("timerapp.record", (i,))
-    finally:
-        producer.close()
+    _send(redis_url, "timerapp.record", n)
     worker = celery_worker_process(
         "timerapp", env={"PF_URL": redis_url}, pool="prefork", concurrency=2, loglevel="WARNING"
     )
