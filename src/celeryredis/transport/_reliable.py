@@ -198,8 +198,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._in_flight: tuple[str, list[str], list[str], int] | None = None
         self._use_eval = False
         self._shas: dict[str, str] = {}
-        # (queues, no-ack flags, lease offset, script SHA) -> the fetch command's fixed parts
-        self._fetch_heads: dict[tuple[Any, ...], tuple[int, bytes, int, bytes]] = {}
+        # (queues, no-ack flags, lease offset, script SHA) -> the fetch command's fixed
+        # parts, packed: (how many arguments they hold with the count, head, rest)
+        self._fetch_heads: dict[tuple[Any, ...], tuple[int, bytes, bytes]] = {}
         self._leases = LeaseRenewer(self, "celeryredis-lease")
         self._last_sweep = float("-inf")
         super().__init__(*args, **kwargs)
@@ -319,20 +320,27 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         limit = int(self.fetch_batch_max)
         return limit if estimate is None else max(0, min(int(estimate), limit))
 
-    def _fetch_command(self, queues: Sequence[str], count: int, acks: Sequence[str]) -> list[Any]:
+    def _fetch_parts(self, queues: Sequence[str]) -> tuple[list[Any], list[Any]]:
+        """The fetch command around its count: script and keys; lease, queues, flags.
+
+        The acks follow the second part (their number, then the tags).
+        """
         keys = [
             self._key(self.unacked_key),
             self._key(self.unacked_index_key),
             self._key(POISON_KEY),
         ] + [self._key(self._q_for_pri(q, pri)) for pri in self.priority_steps for q in queues]
-        argv: list[Any] = [count, repr(self.lease_offset), len(queues), len(self.priority_steps)]
-        argv += ["1" if q in self._no_ack_queues else "0" for q in queues]
-        argv += [len(acks), *acks]
         if self._use_eval:
-            head: list[Any] = ["EVAL", source("transport_fetch")]
+            script: list[Any] = ["EVAL", source("transport_fetch")]
         else:
-            head = ["EVALSHA", self._shas["transport_fetch"]]
-        return [*head, len(keys), *keys, *argv]
+            script = ["EVALSHA", self._shas["transport_fetch"]]
+        flags = ["1" if q in self._no_ack_queues else "0" for q in queues]
+        rest = [repr(self.lease_offset), len(queues), len(self.priority_steps), *flags]
+        return [*script, len(keys), *keys], rest
+
+    def _fetch_command(self, queues: Sequence[str], count: int, acks: Sequence[str]) -> list[Any]:
+        head, rest = self._fetch_parts(queues)
+        return [*head, count, *rest, len(acks), *acks]
 
     def _packed_fetch(self, queues: Sequence[str], count: int, acks: Sequence[str]) -> bytes:
         """:meth:`_fetch_command` (``EVALSHA``) in the Redis protocol, as redis-py packs it.
@@ -341,20 +349,17 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         only depend on the queues are packed once, so a fetch encodes its count and acks only.
         """
         flags = tuple(q in self._no_ack_queues for q in queues)
-        offset = repr(self.lease_offset)
-        sha = self._shas["transport_fetch"]
-        cache_key = (tuple(queues), flags, offset, sha)
-        parts = self._fetch_heads.get(cache_key)
-        if parts is None:
-            command = self._fetch_command(queues, 0, ())
-            # ... keys | count, offset, nq, np, one flag per queue, nacks (0 here)
-            fixed = len(command) - (5 + len(queues))
-            before, after = command[:fixed], command[fixed + 1 : -1]  # around count, to nacks
-            parts = (len(before), _resp(before), len(after), _resp(after))
-            self._fetch_heads[cache_key] = parts
-        n_head, head, n_mid, mid = parts
-        total = n_head + 1 + n_mid + 1 + len(acks)
-        return b"".join((b"*%d\r\n" % total, head, _resp((count,)), mid, _resp((len(acks), *acks))))
+        cache_key = (tuple(queues), flags, self.lease_offset, self._shas["transport_fetch"])
+        packed = self._fetch_heads.get(cache_key)
+        if packed is None:
+            head, rest = self._fetch_parts(queues)
+            packed = (len(head) + 1 + len(rest), _resp(head), _resp(rest))
+            self._fetch_heads[cache_key] = packed
+        fixed, head_bytes, rest_bytes = packed
+        total = fixed + 1 + len(acks)
+        return b"".join(
+            (b"*%d\r\n" % total, head_bytes, _resp((count,)), rest_bytes, _resp((len(acks), *acks)))
+        )
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if not self.reliable:
