@@ -157,11 +157,14 @@ def _is_prefork(task_pool: Any) -> bool:
 
 
 class PreforkReapStep(bootsteps.StartStopStep):
-    """Worker bootstep: install :func:`install_reaper` on the prefork pool once it exists.
+    """Worker bootstep of the prefork pool's main process (no-op on other pools).
 
-    The pool registers each child's sentinel with the event loop after the pool has
-    started, through ``self._event_process_exit``, so wrapping the instance here (after
-    the ``Pool`` step started it) covers every child, the replacements too.
+    Before the pool forks: the short exit poll and a frozen heap. Once it started:
+    :func:`install_reaper` (the pool registers each child's sentinel with the event loop
+    after it started, through ``self._event_process_exit``, so wrapping the instance here
+    covers every child, the replacements too), a second freeze on the loop's first pass
+    and :func:`compact_timer` every :data:`COMPACT_INTERVAL` seconds. Each is independent
+    of the others.
     """
 
     label = "celeryredis prefork reaper"
@@ -186,8 +189,11 @@ class PreforkReapStep(bootsteps.StartStopStep):
         the collection before a recycle's fork walks only what was allocated since.
         No-op on other pools.
         """
-        if install_reaper(_celery_compat.prefork_pool(getattr(parent, "pool", None))):
-            hub = getattr(parent, "hub", None)
-            if hub is not None:
-                hub.call_soon(freeze_heap)
-                hub.call_repeatedly(COMPACT_INTERVAL, compact_timer, hub)
+        pool = _celery_compat.prefork_pool(getattr(parent, "pool", None))
+        if pool is None:
+            return
+        install_reaper(pool)
+        hub = getattr(parent, "hub", None)
+        if hub is not None:
+            hub.call_soon(freeze_heap)
+            hub.call_repeatedly(COMPACT_INTERVAL, compact_timer, hub)
