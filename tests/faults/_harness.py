@@ -99,6 +99,7 @@ def _done(client, i):
     pipe = client.pipeline()
     pipe.hincrby("faults:done", str(i), 1)
     pipe.hset("faults:done_at", str(i), repr(time.time()))
+    pipe.hsetnx("faults:first_done_at", str(i), repr(time.time()))
     pipe.execute()
 
 
@@ -226,6 +227,11 @@ class Rig:
     def done_at(self) -> dict[int, float]:
         """Task number -> when (epoch seconds) it last finished."""
         raw: dict[bytes, bytes] = self.record.hgetall("faults:done_at")  # type: ignore[assignment]
+        return {int(k): float(v) for k, v in raw.items()}
+
+    def first_done_at(self) -> dict[int, float]:
+        """Task number -> when (epoch seconds) it first finished."""
+        raw: dict[bytes, bytes] = self.record.hgetall("faults:first_done_at")  # type: ignore[assignment]
         return {int(k): float(v) for k, v in raw.items()}
 
     def counts(self, expected: range | list[int]) -> tuple[int, int]:

@@ -139,10 +139,12 @@ def test_reliable_transport_drains_through_a_master_sigkill(
 ) -> None:
     """The reliable transport over Sentinel: SIGKILL of the master mid-drain of 2,000 tasks.
 
-    Every acknowledged publish runs, none twice, the worker resumes within the failover
-    time + 5 s; with durable publish on, publishes acknowledged in the second before the
-    kill run too. The killed master stays down: the new master has no replica, so
-    durable publishes after the failover raise NotDurableError (never acknowledged).
+    Every acknowledged publish runs; none runs twice except those Celery cancels at the
+    connection loss and at most two whose fetch or ack the failover undid (they first
+    ended within 1 s before the kill or during the failover); the worker resumes within
+    the failover time + 5 s; with durable publish on, publishes acknowledged in the second
+    before the kill run too. The killed master stays down: the new master has no replica,
+    so durable publishes after the failover raise NotDurableError (never acknowledged).
     """
     records = redis_server_factory(password=FAULT_PASSWORD)
     with sentinel_rig(redis_server_factory, tmp_path, FAULT_PASSWORD) as sent:
@@ -211,6 +213,14 @@ def test_reliable_transport_drains_through_a_master_sigkill(
         lost_last_second = [i for i in last_second if not done.get(i)]
         lost_at = [round(published_at[i] - killed, 2) for i in accepted if not done.get(i)]
         cancelled = rig.logs().count(CANCELLED)
+        # A fetch or an ack is bookkeeping no WAIT covers (docs/transport.md): one the
+        # master applied but had not yet copied to the replica when it died is undone by
+        # the failover, and that task runs again. Such a task first ended in the
+        # replication window: just before the kill, or while the worker reconnected.
+        first_at = rig.first_done_at()
+        ran_twice = [i for i in everything if done.get(i, 0) > 1]
+        in_window = [i for i in ran_twice if killed - 1.0 <= first_at[i] <= killed + failover]
+        elsewhere = [round(first_at[i] - killed, 2) for i in ran_twice if i not in in_window]
     for text in failed:
         secret_scan.add("publish error", text)
     fault_report.add(
@@ -225,21 +235,34 @@ def test_reliable_transport_drains_through_a_master_sigkill(
             f"{len(accepted)} publishes returned (lost {lost_pub}, twice {twice_pub}; "
             f"{len(last_second)} in the second before the kill, lost {len(lost_last_second)}), "
             f"{len(failed)} raised; {cancelled} cancelled by Celery at the connection loss; "
+            f"{len(in_window)} of the twice first ended within 1 s before the kill or "
+            "during the failover; "
             f"failover {failover:.2f} s; time = kill to first task done after the promotion"
             + (f"; lost ones were published {lost_at} s after the kill" if lost_at else ""),
             extra={"failover_s": round(failover, 2), "raised": failed[:3]},
         )
     )
     assert lost_backlog == 0, f"{lost_backlog} backlog task(s) never ran"
+    # Nothing runs twice that did not first end in the replication window of the kill.
+    assert not elsewhere, f"ran twice, first ended this long after the kill (s): {elsewhere}"
     if cancel:
         # Celery's worker_cancel_long_running_tasks_on_connection_loss (production's
         # choice) cancels every acks-late task it has not acked at the connection loss,
         # finished ones included, and they run again: Celery's behaviour, not a loss or
-        # a duplicate of the transport's. Nothing else may run twice.
-        assert twice_backlog + twice_pub <= cancelled, (twice_backlog, twice_pub, cancelled)
+        # a duplicate of the transport's. Beyond those, only bookkeeping lost with the
+        # master (a handful of tasks at most) may make a task run twice.
+        assert twice_backlog + twice_pub <= cancelled + min(len(in_window), 2), (
+            twice_backlog,
+            twice_pub,
+            cancelled,
+            len(in_window),
+        )
     else:
-        assert twice_backlog == 0, f"{twice_backlog} backlog task(s) ran twice"
-        assert twice_pub == 0, f"{twice_pub} published task(s) ran twice"
+        assert twice_backlog + twice_pub <= min(len(in_window), 2), (
+            twice_backlog,
+            twice_pub,
+            len(in_window),
+        )
     assert resume is not None
     assert resume <= failover + 5.0, (
         f"resumed {resume:.1f} s after the kill (failover {failover:.1f} s)"
