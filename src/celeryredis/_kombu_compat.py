@@ -39,6 +39,7 @@ __all__ = [
     "queue_key",
     "quiet_close",
     "raw_payload",
+    "replace_poll_start",
     "replace_restore_timer",
     "require_supported",
 ]
@@ -199,6 +200,38 @@ def replace_restore_timer(cycle: Any, loop: Any, interval: float) -> None:
     if old is not None:
         old.cancel()
     cycle._restore_messages_tref = loop.call_repeatedly(interval, cycle.maybe_restore_messages)
+
+
+def replace_poll_start(cycle: Any, loop: Any, on_readable: Any, added: set[Any]) -> bool:
+    """Poll the transport's sockets without re-adding them to the event loop on every pass.
+
+    kombu 5.7's ``Transport.register_with_event_loop`` adds one callback to
+    ``loop.on_tick`` (``added``: what that call added) that, on every loop pass, starts
+    the polls and then calls ``loop.add_reader`` for each of the poller's sockets, even
+    the ones the loop already polls: two failing ``epoll_ctl`` calls each time (register,
+    ``EEXIST``, modify). This swaps it for one that adds a socket only when the loop does
+    not already read it with ``on_readable``; kombu's paths that take a socket out of the
+    loop (a disconnect, a paused poll) do so with ``loop.remove``/``remove_reader``,
+    which drop it from ``loop.readers``, so it is added again on the next pass.
+
+    Returns False, leaving kombu's callback in place, when ``added`` is not one callback.
+    """
+    if len(added) != 1:
+        return False
+    loop.on_tick.difference_update(added)
+    poll_start = cycle.on_poll_start
+    readers = loop.readers
+    add_reader = loop.add_reader
+
+    def on_poll_start() -> None:
+        poll_start()
+        for fd in cycle.fds:
+            entry = readers.get(fd)
+            if entry is None or entry[0] != on_readable:
+                add_reader(fd, on_readable, fd)
+
+    loop.on_tick.add(on_poll_start)
+    return True
 
 
 def compact_timer(timer: Any) -> int:

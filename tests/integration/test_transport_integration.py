@@ -542,3 +542,57 @@ def test_the_packed_fetch_is_what_redis_py_would_send(
                 channel.client.connection_pool.make_connection().pack_command(*command)
             )
             assert packed == expected
+
+
+def test_the_poll_socket_joins_the_event_loop_once(redis_url: str) -> None:
+    """Each loop pass no longer re-adds the poll socket (kombu: 2 failing epoll_ctl each).
+
+    Consumed through a real kombu event loop: the socket is added once over every pass of
+    a drain, and again after something took it out of the loop.
+    """
+    from kombu import Consumer, Producer, Queue
+    from kombu.asynchronous import Hub
+
+    hub = Hub()
+    added: list[int] = []
+    passes = [0]
+    real_add = hub.add
+
+    def add(fd: Any, *args: Any, **kwargs: Any) -> Any:
+        added.append(fd)
+        return real_add(fd, *args, **kwargs)
+
+    hub.add = add  # type: ignore[method-assign]
+    hub.on_tick.add(lambda: passes.__setitem__(0, passes[0] + 1))
+    got: list[int] = []
+
+    def on_message(body: Any, message: Any) -> None:
+        got.append(body)
+        message.ack()
+
+    def run_until(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while len(got) < count and time.monotonic() < deadline:
+            hub.run_once()
+        assert len(got) == count
+
+    queue = Queue("poll-once")
+    with (
+        Connection(reliable_url(redis_url)) as conn,
+        Connection(redis_url) as publisher,
+        Consumer(conn, [queue], callbacks=[on_message], accept=["json"], prefetch_count=1),
+    ):
+        conn.transport.register_with_event_loop(conn.connection, hub)
+        producer = Producer(publisher)
+        for i in range(20):
+            producer.publish(i, routing_key="poll-once", declare=[queue], serializer="json")
+        run_until(20)
+        (fd,) = conn.transport.cycle.fds
+        assert passes[0] >= 20
+        assert added.count(fd) == 1, (added, passes[0])
+        hub.remove(fd)  # taken out of the loop (as a disconnect or a paused poll does)
+        producer.publish(20, routing_key="poll-once", serializer="json")
+        run_until(21)
+        assert added.count(fd) == 2
+    hub.close()
+    assert got == list(range(21))

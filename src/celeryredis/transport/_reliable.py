@@ -15,7 +15,8 @@ module uses is an entry of :data:`celeryredis._kombu_compat.PRIVATE_API`
   claims expired leases and requeues them with two small scripts, without kombu's
   300 s mutex.
 - ``Transport.register_with_event_loop``: the restore sweep runs every
-  ``lease_sweep_interval`` seconds.
+  ``lease_sweep_interval`` seconds, and the poll's sockets join the event loop once
+  instead of on every loop pass.
 
 A lease is an ``unacked_index`` score of server ``TIME + lease - visibility_timeout``:
 stock kombu restores an entry whose score is older than ``now - visibility_timeout``,
@@ -39,7 +40,12 @@ import redis.sentinel
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
-from celeryredis._kombu_compat import deliver, raw_payload, replace_restore_timer
+from celeryredis._kombu_compat import (
+    deliver,
+    raw_payload,
+    replace_poll_start,
+    replace_restore_timer,
+)
 from celeryredis._scripts import source
 from celeryredis.exceptions import NotDurableError
 from celeryredis.keys import POISON_NAME
@@ -703,8 +709,14 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
     driver_name = "redis"
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
-        """Stock registration, with the restore sweep every ``lease_sweep_interval`` s."""
+        """Stock registration, with the restore sweep every ``lease_sweep_interval`` s.
+
+        The poll's sockets are added to the loop once, not again on every loop pass
+        (:func:`~celeryredis._kombu_compat.replace_poll_start`).
+        """
+        before = set(loop.on_tick)
         super().register_with_event_loop(connection, loop)
+        replace_poll_start(self.cycle, loop, self.on_readable, set(loop.on_tick) - before)
         interval = float(
             connection.client.transport_options.get(
                 "lease_sweep_interval", Channel.lease_sweep_interval
