@@ -47,9 +47,11 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable
 from typing import Any, Final
 
 from celery import bootsteps
+from celery.signals import worker_before_create_process
 
 from celeryredis import _celery_compat, _kombu_compat
 
@@ -142,7 +144,9 @@ def compact_timer(hub: Any) -> int:
     per task run in that span, each about 0.9 KB of the main process's memory and more
     objects for every garbage collection to walk (measured: 30,008 entries after 30,000
     tasks in 13.8 s, main process 55 to 82 MiB). Every :data:`COMPACT_INTERVAL` seconds
-    they are dropped.
+    they are dropped, and before each fork: the pool's full collection then walked five
+    objects per task run since the last compaction (100,376 objects, 30 to 51 ms with the
+    event loop blocked, at the 20th recycle of a 20,000-task drain).
     """
     dropped = _kombu_compat.compact_timer(hub.timer)
     if dropped:
@@ -163,12 +167,16 @@ class PreforkReapStep(bootsteps.StartStopStep):
     :func:`install_reaper` (the pool registers each child's sentinel with the event loop
     after it started, through ``self._event_process_exit``, so wrapping the instance here
     covers every child, the replacements too), a second freeze on the loop's first pass
-    and :func:`compact_timer` every :data:`COMPACT_INTERVAL` seconds. Each is independent
-    of the others.
+    and :func:`compact_timer` every :data:`COMPACT_INTERVAL` seconds and before each
+    fork of a replacement child (Celery's ``worker_before_create_process`` signal, sent
+    just before the pool's full collection, which would otherwise walk every entry).
+    Each is independent of the others.
     """
 
     label = "celeryredis prefork reaper"
     requires = ("celery.worker.components:Pool",)
+    #: The ``worker_before_create_process`` receiver :meth:`start` connected, if any.
+    _before_fork: Callable[..., None] | None = None
 
     def create(self, parent: Any) -> None:
         """Before the prefork pool forks: the exit poll, then freeze the heap.
@@ -197,3 +205,17 @@ class PreforkReapStep(bootsteps.StartStopStep):
         if hub is not None:
             hub.call_soon(freeze_heap)
             hub.call_repeatedly(COMPACT_INTERVAL, compact_timer, hub)
+
+            def before_fork(sender: Any = None, **_: Any) -> None:
+                if sender is pool:
+                    compact_timer(hub)
+
+            self._before_fork = before_fork
+            worker_before_create_process.connect(before_fork, weak=False)
+
+    def stop(self, parent: Any) -> None:
+        """Disconnect the pre-fork compaction (:meth:`start` connected it)."""
+        before_fork = self._before_fork
+        if before_fork is not None:
+            worker_before_create_process.disconnect(before_fork)
+            self._before_fork = None
