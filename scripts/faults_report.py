@@ -105,7 +105,11 @@ NOTES = """\
   Celery cancels the acks-late tasks it has not acked when the connection drops —
   finished ones too — and they run again: those are the "ran twice" of the first two
   rows (the note counts Celery's cancellations). With that setting off, the reliable
-  transport sends those acks on the new connection.
+  transport sends those acks on the new connection. A fetch or an ack the master applied
+  but had not yet copied to the replica when it died is undone by the failover, and that
+  task runs again (no `WAIT` covers them, `docs/transport.md`): seen once, in one
+  clean-clone `make test` of 2026-12-02 (1 task). The test allows at most two such, each
+  first finished within 1 s before the kill or during the failover.
 - **6. TLS.** A worker and a publisher over `rediss://` with CA verification run a task;
   a publisher given the wrong CA raises `PublishError` (`CERTIFICATE_VERIFY_FAILED`)
   after the retry policy (the time column), instead of Celery's 19 s `RuntimeError`;
