@@ -17,7 +17,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from redis.crc import key_slot
 
@@ -170,6 +170,13 @@ def _peek(client: Client, owners: dict[str, str], keys: list[str]) -> dict[str, 
     return states
 
 
+#: Seconds after :meth:`LockRenewer.add` with ``take=True`` before the lock is taken again
+#: (sooner if a third of its TTL is shorter).
+TAKE_DELAY: Final = 1.0
+#: Seconds :meth:`LockRenewer.discard` waits at most for a renewal in flight.
+_DISCARD_WAIT: Final = 10.0
+
+
 class TokenLock:
     """A lock on ``key`` owned by ``token``, with a mandatory TTL.
 
@@ -246,56 +253,80 @@ class LockRenewer:
     It runs beside any pool (it does not need the worker's event loop). When the
     process dies the renewals stop and each lock expires within its TTL.
 
+    A lock added with ``take=True`` is first taken again (re-entrant
+    :meth:`TokenLock.acquire`, which sets its TTL to the lock's own, shortening it too)
+    after :data:`TAKE_DELAY` seconds or a third of its TTL, whichever is sooner, and
+    extended from then on: a task that ends sooner never pays that round trip.
+    :meth:`discard` waits for a renewal of the lock that is in flight, so a release that
+    follows it is never overtaken by a take that would lock the key again.
+
     Args:
         clock: The monotonic clock that schedules renewals (injectable for tests).
     """
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
-        self._locks: dict[tuple[str, str], tuple[TokenLock, float]] = {}
+        # (key, token) -> (lock, when it is due, whether to take it instead of extending)
+        self._locks: dict[tuple[str, str], tuple[TokenLock, float, bool]] = {}
+        self._busy: set[tuple[str, str]] = set()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._wake_at = 0.0
 
-    def add(self, lock: TokenLock) -> None:
-        """Keep extending ``lock`` until :meth:`discard`."""
-        due = self.clock() + lock.ttl / 3
+    def add(self, lock: TokenLock, *, take: bool = False) -> None:
+        """Keep extending ``lock`` until :meth:`discard`; with ``take``, take it first."""
+        due = self.clock() + (min(TAKE_DELAY, lock.ttl / 3) if take else lock.ttl / 3)
         with self._cond:
-            self._locks[(lock.key, lock.token)] = (lock, due)
+            self._locks[(lock.key, lock.token)] = (lock, due, take)
             if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
                 self._pid = os.getpid()
+                self._busy.clear()
                 self._wake_at = due
                 self._thread = threading.Thread(
                     target=self._run, name="celeryredis-lock-renewer", daemon=True
                 )
                 self._thread.start()
             elif due < self._wake_at:  # wake the thread only if it would sleep past this lock
-                self._cond.notify()
+                self._cond.notify_all()
 
     def discard(self, lock: TokenLock | Any) -> None:
-        """Stop extending ``lock``."""
+        """Stop extending ``lock``; return once no renewal of it is in flight."""
+        key = (lock.key, lock.token)
         with self._cond:
-            self._locks.pop((lock.key, lock.token), None)
+            self._locks.pop(key, None)
+            if self._pid == os.getpid() and self._thread is not None and self._thread.is_alive():
+                self._cond.wait_for(lambda: key not in self._busy, timeout=_DISCARD_WAIT)
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 now = self.clock()
-                due = [(k, lock) for k, (lock, at) in self._locks.items() if at <= now]
+                due = [(k, lock, take) for k, (lock, at, take) in self._locks.items() if at <= now]
                 if not due:
-                    waits = [at - now for _, at in self._locks.values()]
+                    waits = [at - now for _, at, _ in self._locks.values()]
                     timeout = min(waits) if waits else 5.0
                     self._wake_at = now + timeout
                     self._cond.wait(timeout=timeout)
                     continue
-                for key, lock in due:
-                    self._locks[key] = (lock, now + lock.ttl / 3)
-            for key, lock in due:
+                for key, lock, _ in due:
+                    self._locks[key] = (lock, now + lock.ttl / 3, False)
+                    self._busy.add(key)
+            for key, lock, take in due:
                 try:
-                    if not lock.extend():
-                        logger.warning("lost lock %s while renewing it", lock.key)
+                    held = lock.acquire().acquired if take else lock.extend()
+                    if not held:
                         with self._cond:
+                            if key in self._locks:  # not discarded meanwhile
+                                logger.warning("lost lock %s while renewing it", lock.key)
                             self._locks.pop(key, None)
                 except LockError:
                     logger.warning("could not renew lock %s; retrying", lock.key, exc_info=True)
+                    if take:
+                        with self._cond:
+                            if key in self._locks:  # take it at the next renewal, not extend
+                                self._locks[key] = (lock, self._locks[key][1], True)
+                finally:
+                    with self._cond:
+                        self._busy.discard(key)
+                        self._cond.notify_all()

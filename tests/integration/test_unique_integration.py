@@ -162,7 +162,8 @@ def test_lock_of_a_killed_worker_expires_and_the_task_completes(
     key = uniq.build.unique_lock_key((7, 3), {})
     wait_for(lambda: client.get("running:build") == b"1", 20, "the task to start")
     assert client.get(key) == result.id.encode()
-    assert 0 < client.pttl(key) <= 2000  # the running TTL, renewed
+    # The renewer switches the lock to the running TTL within a third of it.
+    wait_for(lambda: 0 < client.pttl(key) <= 2000, 5, "the switch to the running TTL")
     killed_at = time.monotonic()
     w1.kill(signal.SIGKILL)
     wait_for(lambda: not client.exists(key), 2 + 3, "the dead worker's lock to expire")
@@ -194,6 +195,39 @@ def test_release_by_a_non_owner_is_refused_and_renewal_outlives_the_ttl(redis_ur
     renewer.discard(mine)
     assert mine.release() is True
     assert mine.holder() is None
+
+
+def test_a_take_switches_the_ttl_and_a_discard_waits_for_one_in_flight(redis_url: str) -> None:
+    """``add(take=True)`` re-takes the lock with its own TTL (shortening a queue TTL) a
+    moment later; ``discard`` waits for a take in flight, so the release that follows is
+    not overtaken by a take that would lock the key again."""
+    client = redis.Redis.from_url(redis_url)
+    client.set("t:take", "owner", px=3_600_000)  # the queue-time lock (an hour)
+    renewer = LockRenewer()
+    switched = TokenLock(client, "t:take", "owner", ttl=0.6)  # taken again 0.2 s in
+    renewer.add(switched, take=True)
+    wait_for(lambda: 0 < client.pttl("t:take") <= 600, 5, "the switch to the running TTL")
+    renewer.discard(switched)
+
+    started, proceed = threading.Event(), threading.Event()
+
+    class HeldTake(TokenLock):
+        def acquire(self, ttl: float | None = None) -> Any:
+            started.set()
+            proceed.wait(5)
+            return super().acquire(ttl)
+
+    client.set("t:take", "owner", px=3_600_000)
+    held = HeldTake(client, "t:take", "owner", ttl=0.6)
+    renewer.add(held, take=True)
+    assert started.wait(5), "the take never started"
+    discarded = threading.Event()
+    threading.Thread(target=lambda: (renewer.discard(held), discarded.set())).start()
+    assert not discarded.wait(0.3), "discard returned with a take in flight"
+    proceed.set()
+    assert discarded.wait(5)
+    assert held.release() is True
+    assert client.exists("t:take") == 0  # nothing took it again after the release
 
 
 def test_cli_lists_and_clears_locks(uniq: Any, redis_url: str, tmp_path: Path) -> None:

@@ -252,8 +252,9 @@ class UniqueTask(Task):
         if self.unique_mode == "until_executing":
             lock.release()
         elif self.unique_mode == "until_executed":
-            lock.acquire(self.unique_running_ttl)  # re-entrant: switch to the running TTL
-            _RENEWER.add(lock)
+            # Re-entrant: the renewer switches the lock to the running TTL, a second in
+            # (locks.TAKE_DELAY); a task that ends sooner only pays the release.
+            _RENEWER.add(lock, take=True)
         else:
             state = lock.acquire()
             if not state.acquired:
