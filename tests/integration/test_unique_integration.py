@@ -55,6 +55,15 @@ def build(self, report_id, seconds=0.2):
     _run("build", seconds, self.request.id)
 
 
+@app.task(base=UniqueTask, bind=True, shared=False, unique_running_ttl=RUNNING_TTL,
+          ignore_result=True)
+def settle(self, n):
+    client.rpush("runs:settle", self.request.retries)
+    if self.request.retries == 0:
+        time.sleep(1.0)  # past the switch to the running TTL (a third of it, here)
+        raise self.retry(countdown=4)
+
+
 @app.task(base=UniqueTask, bind=True, shared=False, unique_mode="until_executing",
           ignore_result=True)
 def refresh(self, feed, seconds):
@@ -174,6 +183,31 @@ def test_lock_of_a_killed_worker_expires_and_the_task_completes(
     wait_for(lambda: client.llen("runs:build") == 1, 40, "the redelivered run")
     assert [r.decode() for r in client.lrange("runs:build", 0, -1)] == [result.id]
     wait_for(lambda: not client.exists(key), 10, "the lock's release")
+
+
+def test_the_lock_is_held_across_a_retry_with_its_queue_ttl(
+    redis_url: str, tmp_path: Path, celery_worker_process: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """until_executed: switched to the running TTL (2 s) while it runs, back to the queue
+    TTL when it retries (countdown 4 s, past the running TTL), released at the end."""
+    env = _env(redis_url, UNIQ_RUNNING_TTL="2")
+    (tmp_path / "uniqapp.py").write_text(textwrap.dedent(TASKS))
+    uniq = import_host_module(monkeypatch, tmp_path, "uniqapp", env)
+    client = redis.Redis.from_url(redis_url)
+    worker = celery_worker_process("uniqapp", cwd=tmp_path, env=env)
+    worker.wait_ready()
+    result = uniq.settle.delay(1)
+    key = uniq.settle.unique_lock_key((1,), {})
+    wait_for(lambda: 0 < client.pttl(key) <= 2000, 10, "the switch to the running TTL")
+    wait_for(lambda: client.pttl(key) > 2000, 10, "the retry's claim with the queue TTL")
+    deadline = time.monotonic() + 20
+    while client.llen("runs:settle") < 2:  # the 4 s countdown: the lock must stay held
+        assert client.get(key) == result.id.encode(), "the lock expired during the retry"
+        assert time.monotonic() < deadline, "the retry did not run"
+        time.sleep(0.05)
+    wait_for(lambda: not client.exists(key), 10, "the release after the retry ran")
+    assert [int(r) for r in client.lrange("runs:settle", 0, -1)] == [0, 1]
+    assert client.exists(key) == 0
 
 
 def test_release_by_a_non_owner_is_refused_and_renewal_outlives_the_ttl(redis_url: str) -> None:

@@ -205,6 +205,11 @@ class UniqueTask(Task):
             return super().apply_async(args, kwargs, *rest, **options)
         task_id = options.get("task_id") or str(uuid.uuid4())
         options["task_id"] = task_id
+        if task_id == self.request.id:
+            # The running attempt republishes itself (a retry): stop renewing its lock
+            # first, so that a switch to the running TTL in flight cannot shorten the
+            # queue TTL this claim sets (discard waits for it).
+            _RENEWER.discard(self._running_lock(key, task_id))
         started = time.monotonic()
         try:
             state = self.unique_claim({key: task_id})[key]
