@@ -191,12 +191,18 @@ import celeryredis._prefork
 
 from celeryredis import make_app
 
-# Compact every 0.3 s instead of every 30 s, so the test need not wait.
-celeryredis._prefork.COMPACT_INTERVAL = 0.3
+# PF_COMPACT: compact every so many seconds instead of every 30 s (the test need not wait).
+if os.environ.get("PF_COMPACT"):
+    celeryredis._prefork.COMPACT_INTERVAL = float(os.environ["PF_COMPACT"])
 
 # The production preset's time limits (soft 1,740 s): a task's cancelled limit entry
-# would stay in the main process's timer for that long.
-app = make_app("timerapp", broker_url=os.environ["PF_URL"], result_backend=None)
+# would stay in the main process's timer for that long. PF_MAX_TASKS: recycle that often.
+app = make_app(
+    "timerapp",
+    broker_url=os.environ["PF_URL"],
+    result_backend=None,
+    worker_max_tasks_per_child=int(os.environ.get("PF_MAX_TASKS", "1000")),
+)
 client = redis.Redis.from_url(os.environ["PF_URL"])
 
 
@@ -217,7 +223,31 @@ def watch_timer(sender=None, **_):
             time.sleep(0.05)
 
     threading.Thread(target=report, daemon=True).start()
+
+    # Connected after the worker started: runs after celeryredis's own receiver, just
+    # before the pool's full collection and the fork of a replacement child.
+    @signals.worker_before_create_process.connect(weak=False)
+    def at_fork(sender=None, **_):
+        client.rpush("pf:timer_at_fork", len(hub.timer))
 """
+
+
+def _timer_worker(
+    redis_url: str, tmp_path: Path, start: Callable[..., Any], n: int, **env: str
+) -> tuple[Any, redis.Redis]:
+    """A prefork -c 2 worker of TIMER_HOST under ``env``, once it ran ``n`` tasks."""
+    (tmp_path / "timerapp.py").write_text(textwrap.dedent(TIMER_HOST))
+    client = redis.Redis.from_url(redis_url)
+    _send(redis_url, "timerapp.record", n)
+    worker = start(
+        "timerapp",
+        env={"PF_URL": redis_url, **env},
+        pool="prefork",
+        concurrency=2,
+        loglevel="WARNING",
+    )
+    wait_for(lambda: client.hlen("pf:runs") == n, 60, f"all {n} tasks to run")
+    return worker, client
 
 
 def test_cancelled_time_limits_leave_the_main_process_timer(
@@ -230,14 +260,8 @@ def test_cancelled_time_limits_leave_the_main_process_timer(
     held at least 400 entries before compaction. It now comes back to the worker's own
     repeating timers.
     """
-    (tmp_path / "timerapp.py").write_text(textwrap.dedent(TIMER_HOST))
-    client = redis.Redis.from_url(redis_url)
     n = 400
-    _send(redis_url, "timerapp.record", n)
-    worker = celery_worker_process(
-        "timerapp", env={"PF_URL": redis_url}, pool="prefork", concurrency=2, loglevel="WARNING"
-    )
-    wait_for(lambda: client.hlen("pf:runs") == n, 60, f"all {n} tasks to run")
+    worker, client = _timer_worker(redis_url, tmp_path, celery_worker_process, n, PF_COMPACT="0.3")
     wait_for(
         lambda: int(client.get("pf:timer") or n) < 60,
         10,
@@ -245,40 +269,6 @@ def test_cancelled_time_limits_leave_the_main_process_timer(
     )
     worker.stop()
     client.close()
-
-
-FORK_HOST = """
-import os
-
-import redis
-from celery import signals
-
-from celeryredis import make_app
-
-# The production preset's time limits and the 30 s compaction; a recycle every 100 tasks.
-app = make_app(
-    "forkapp", broker_url=os.environ["PF_URL"], result_backend=None, worker_max_tasks_per_child=100
-)
-client = redis.Redis.from_url(os.environ["PF_URL"])
-
-
-@app.task(shared=False, ignore_result=True)
-def record(i):
-    client.hincrby("pf:runs", str(i), 1)
-
-
-@signals.worker_ready.connect
-def watch_forks(sender=None, **_):
-    from kombu.asynchronous.hub import get_event_loop
-
-    hub = get_event_loop()
-
-    # Connected after the worker started: runs after celeryredis's own receiver, just
-    # before the pool's full collection and the fork of a replacement child.
-    @signals.worker_before_create_process.connect(weak=False)
-    def at_fork(sender=None, **_):
-        client.rpush("pf:timer_at_fork", len(hub.timer))
-"""
 
 
 def test_the_timer_is_compacted_before_each_fork(
@@ -291,14 +281,10 @@ def test_the_timer_is_compacted_before_each_fork(
     timer (30 to 51 ms per recycle after 20,000 tasks). At every fork the timer now
     holds only live entries, not one per task run since the last fork (100 here).
     """
-    (tmp_path / "forkapp.py").write_text(textwrap.dedent(FORK_HOST))
-    client = redis.Redis.from_url(redis_url)
-    n = 400
-    _send(redis_url, "forkapp.record", n)
-    worker = celery_worker_process(
-        "forkapp", env={"PF_URL": redis_url}, pool="prefork", concurrency=2, loglevel="WARNING"
+    n = 400  # the production preset's time limits, the 30 s compaction, a recycle every 100
+    worker, client = _timer_worker(
+        redis_url, tmp_path, celery_worker_process, n, PF_MAX_TASKS="100"
     )
-    wait_for(lambda: client.hlen("pf:runs") == n, 60, f"all {n} tasks to run")
     wait_for(lambda: client.llen("pf:timer_at_fork") >= 2, 10, "two replacement children")
     worker.stop()
     at_fork = [int(size) for size in client.lrange("pf:timer_at_fork", 0, -1)]
