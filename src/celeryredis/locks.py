@@ -255,7 +255,7 @@ class LockRenewer:
 
     A lock added with ``take=True`` is first taken again (re-entrant
     :meth:`TokenLock.acquire`, which sets its TTL to the lock's own, shortening it too)
-    after :data:`TAKE_DELAY` seconds or a third of its TTL, whichever is sooner, and
+    after ``TAKE_DELAY`` (1) seconds or a third of its TTL, whichever is sooner, and
     extended from then on: a task that ends sooner never pays that round trip.
     :meth:`discard` waits for a renewal of the lock that is in flight, so a release that
     follows it is never overtaken by a take that would lock the key again.
