@@ -196,13 +196,12 @@ if os.environ.get("PF_COMPACT"):
     celeryredis._prefork.COMPACT_INTERVAL = float(os.environ["PF_COMPACT"])
 
 # The production preset's time limits (soft 1,740 s): a task's cancelled limit entry
-# would stay in the main process's timer for that long. PF_MAX_TASKS: recycle that often.
-app = make_app(
-    "timerapp",
-    broker_url=os.environ["PF_URL"],
-    result_backend=None,
-    worker_max_tasks_per_child=int(os.environ.get("PF_MAX_TASKS", "1000")),
-)
+# would stay in the main process's timer for that long. PF_MAX_TASKS: recycle that often
+# (else the preset's recycle).
+recycle = {"worker_max_tasks_per_child": int(os.environ["PF_MAX_TASKS"])} if os.environ.get(
+    "PF_MAX_TASKS"
+) else {}
+app = make_app("timerapp", broker_url=os.environ["PF_URL"], result_backend=None, **recycle)
 client = redis.Redis.from_url(os.environ["PF_URL"])
 
 

@@ -96,6 +96,15 @@ def test_unique_task_refuses_a_duplicate_while_the_first_is_queued(worker: Worke
     second = rebuild_invoice.delay(23)
     assert second.id == first.id
     assert first.get(timeout=20) == "invoice of order 23 rebuilt"
+    # Released once it ran (the release follows the stored result): the same call
+    # publishes a new task again.
+    again: list[Any] = []
+    wait_for(
+        lambda: again.append(rebuild_invoice.delay(23)) or again[-1].id != first.id,
+        10,
+        "the lock's release after the first run",
+    )
+    assert again[-1].get(timeout=20) == "invoice of order 23 rebuilt"
 
 
 def test_shared_tasks_emit_the_lifecycle_records(worker: WorkerProcess) -> None:
