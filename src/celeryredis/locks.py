@@ -10,6 +10,7 @@ while it works, so a long task never loses its lock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -19,13 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+import redis
 from redis.crc import key_slot
 
 from celeryredis._scripts import source
 from celeryredis.connection import REDIS_ERRORS, Client, is_cluster
 from celeryredis.exceptions import LockError
 
-__all__ = ["LockError", "LockRenewer", "LockState", "TokenLock", "acquire_many"]
+__all__ = ["DeferredRelease", "LockError", "LockRenewer", "LockState", "TokenLock", "acquire_many"]
 
 logger = logging.getLogger(__name__)
 
@@ -330,3 +332,96 @@ class LockRenewer:
                     with self._cond:
                         self._busy.discard(key)
                         self._cond.notify_all()
+
+
+class DeferredRelease:
+    """Owner-only releases sent without waiting for their reply.
+
+    :meth:`release` writes the release script (``EVAL``, so a Redis that restarted and
+    lost its script cache runs it too) on a connection of the calling thread's own and
+    returns at once; the reply is read at the thread's next :meth:`release` or
+    :meth:`collect`. A task that releases its lock as its body returns thus does not wait
+    a round trip for it, and the release still reaches Redis before anything the task
+    sends after it on other connections (its result, its ack).
+
+    Nothing is lost on a failure:
+
+    - a send that fails falls back to :meth:`TokenLock.release` (which raises
+      :class:`LockError` as it always did);
+    - a reply that says the connection failed redoes the release with
+      :meth:`TokenLock.release` (owner-only, so a release that did happen is not undone
+      and another owner's lock is never touched); if that fails too, a warning says the
+      lock expires within its TTL.
+
+    A Redis Cluster client releases at once, waiting for the reply (its connections are
+    per node). One connection per thread and process; a forked child opens its own.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def release(self, lock: TokenLock) -> None:
+        """Send ``lock``'s owner-only release; read the reply of the previous one first."""
+        self.collect()
+        client = lock.client
+        if is_cluster(client):
+            lock.release()
+            return
+        conn = self._connection(client)  # type: ignore[arg-type]  # not a cluster client
+        try:
+            conn.send_command("EVAL", _RELEASE_SOURCE, 1, lock.key, lock.token, check_health=False)
+        except REDIS_ERRORS:
+            self._drop()
+            lock.release()
+            return
+        self._local.pending = lock
+
+    def collect(self) -> None:
+        """Read the reply of this thread's release in flight, if any (redo it on a failure)."""
+        pending: TokenLock | None = getattr(self._local, "pending", None)
+        if pending is None or getattr(self._local, "pid", None) != os.getpid():
+            return
+        self._local.pending = None
+        try:
+            self._local.conn.read_response()
+        except redis.ResponseError as exc:  # Redis refused it (OOM, ACL): a redo would too
+            logger.warning(
+                "could not release lock %s: %s; it expires within its TTL (%g s)",
+                pending.key,
+                exc,
+                pending.ttl,
+            )
+        except REDIS_ERRORS:
+            self._drop()
+            try:
+                pending.release()
+            except LockError:
+                logger.warning(
+                    "could not release lock %s; it expires within its TTL (%g s)",
+                    pending.key,
+                    pending.ttl,
+                    exc_info=True,
+                )
+
+    def _connection(self, client: redis.Redis) -> Any:
+        local = self._local
+        same_process = getattr(local, "pid", None) == os.getpid()
+        if not same_process or getattr(local, "client", None) is not client:
+            if same_process:
+                self._drop()
+            # A forked child never touches its parent's socket: it only forgets it.
+            local.pid, local.client, local.pending = os.getpid(), client, None
+            local.conn = client.connection_pool.make_connection()
+        return local.conn
+
+    def _drop(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        self._local.conn = None
+        self._local.client = None
+        self._local.pending = None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.disconnect()
+
+
+_RELEASE_SOURCE: Final = source("lock_release")

@@ -189,9 +189,14 @@ class RedactingFilter(logging.Filter):
             record.exc_info = None
         elif record.exc_text:
             record.exc_text = redact_text(record.exc_text, secrets)
-        for key, value in list(record.__dict__.items()):
-            if key not in _RECORD_ATTRIBUTES and not isinstance(value, _PLAIN_TYPES):
-                record.__dict__[key] = _redact_extra(value, secrets)
+        fields = record.__dict__
+        for key in fields.keys() - _RECORD_ATTRIBUTES:  # the extra fields, found in C
+            value = fields[key]
+            if isinstance(value, str):
+                if "@" in value or secrets:
+                    fields[key] = redact_text(value, secrets)
+            elif not isinstance(value, _PLAIN_TYPES):
+                fields[key] = _redact_extra(value, secrets)
         return True
 
 

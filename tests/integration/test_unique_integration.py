@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from celeryredis import DuplicateTaskError
-from celeryredis.locks import LockRenewer, TokenLock
+from celeryredis.locks import DeferredRelease, LockRenewer, TokenLock
 from tests._util import FAST_PRODUCTION, import_host_module, wait_for
 
 pytestmark = pytest.mark.integration
@@ -262,6 +262,48 @@ def test_a_take_switches_the_ttl_and_a_discard_waits_for_one_in_flight(redis_url
     assert discarded.wait(5)
     assert held.release() is True
     assert client.exists("t:take") == 0  # nothing took it again after the release
+
+
+def test_a_deferred_release_returns_without_waiting_for_its_reply(
+    redis_server_factory: Any,
+) -> None:
+    """The release a run ends with is sent, not waited for: it returns while Redis holds
+    writes back, and the lock is gone once Redis runs it."""
+    client = redis.Redis.from_url(redis_server_factory().url)
+    lock = TokenLock(client, "t:deferred", "owner", ttl=60)
+    assert lock.acquire().acquired
+    releases = DeferredRelease()
+    releases.release(lock)  # opens the releasing connection before the pause
+    wait_for(lambda: client.exists("t:deferred") == 0, 5, "the first release")
+    assert lock.acquire().acquired
+    client.client_pause(3000, all=False)  # writes (and scripts) wait 3 s; reads go on
+    returned = threading.Event()
+    threading.Thread(target=lambda: (releases.release(lock), returned.set())).start()
+    assert returned.wait(2), "release() waited for its reply (Redis held writes for 3 s)"
+    assert client.exists("t:deferred") == 1  # sent, not run yet
+    wait_for(lambda: client.exists("t:deferred") == 0, 10, "the release once Redis resumed")
+
+
+def test_a_deferred_release_lost_with_its_connection_is_redone(
+    redis_server_factory: Any,
+) -> None:
+    """A release whose connection died before its reply was read is done again
+    (owner-only), so the lock does not wait for its TTL."""
+    client = redis.Redis.from_url(redis_server_factory().url)
+    first = TokenLock(client, "t:first", "owner", ttl=60)
+    second = TokenLock(client, "t:second", "owner", ttl=60)
+    assert first.acquire().acquired
+    assert second.acquire().acquired
+    releases = DeferredRelease()
+    releases.release(first)
+    wait_for(lambda: client.exists("t:first") == 0, 5, "the first release")
+    ids = [c["id"] for c in client.client_list() if c["cmd"] == "eval"]
+    assert len(ids) == 1, client.client_list()
+    client.client_kill_filter(_id=ids[0])
+    releases.release(second)  # reads the first reply, then sends on the dead connection
+    releases.collect()
+    assert client.exists("t:second") == 0
+    assert [c["id"] for c in client.client_list() if c["cmd"] == "eval"] != ids
 
 
 def test_cli_lists_and_clears_locks(uniq: Any, redis_url: str, tmp_path: Path) -> None:

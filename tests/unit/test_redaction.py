@@ -105,6 +105,20 @@ def test_redacting_filter_covers_message_extras_and_traceback() -> None:
     assert SECRET not in str(record.data)
 
 
+def test_redacting_filter_covers_string_extras_by_url_and_by_bound_secret() -> None:
+    url = f"redis://:{SECRET}@127.0.0.1:9/0"
+    record = _record("m", broker=url, note="pin hunter2-Secret", queue="celery", n=3)
+    assert RedactingFilter().filter(record)
+    assert (record.broker, record.note) == ("redis://:***@127.0.0.1:9/0", "pin hunter2-Secret")
+    bind_task_secrets(["hunter2-Secret"])
+    try:
+        record = _record("m", note="pin hunter2-Secret", queue="celery", n=3)
+        assert RedactingFilter().filter(record)
+    finally:
+        bind_task_secrets(())
+    assert (record.note, record.queue, record.n) == ("pin ***", "celery", 3)
+
+
 def test_bound_task_secrets_are_hidden_in_any_record_of_the_thread() -> None:
     stream = io.StringIO()
     handler = configure_logging(stream=stream, logger="trust.test")

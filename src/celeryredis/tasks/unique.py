@@ -16,7 +16,7 @@ from celery.exceptions import Ignore
 from celeryredis.connection import get_redis
 from celeryredis.exceptions import ConfigurationError, DuplicateTaskError, LockError
 from celeryredis.keys import lock_key
-from celeryredis.locks import LockRenewer, LockState, TokenLock, acquire_many
+from celeryredis.locks import DeferredRelease, LockRenewer, LockState, TokenLock, acquire_many
 from celeryredis.stats import count
 from celeryredis.tasks._options import OptionCheck, as_names, as_seconds
 from celeryredis.tasks.base import Task, publish_error
@@ -31,6 +31,8 @@ _MODES = ("until_executing", "until_executed", "while_executing")
 _ON_DUPLICATE = ("return", "raise", "ignore")
 _WHILE_EXECUTING = ("drop", "defer")
 _RENEWER = LockRenewer()
+# Releases at the end of a run: sent without waiting for their reply.
+_RELEASES = DeferredRelease()
 
 
 def _one_of(choices: Sequence[str]) -> OptionCheck:
@@ -255,11 +257,19 @@ class UniqueTask(Task):
             return super().__call__(*args, **kwargs)
         lock = self._running_lock(key, task_id)
         if self.unique_mode == "until_executing":
-            lock.release()
+            _RELEASES.release(lock)
         elif self.unique_mode == "until_executed":
             # Re-entrant: the renewer switches the lock to the running TTL, a second in
             # (locks.TAKE_DELAY); a task that ends sooner only pays the release.
             _RENEWER.add(lock, take=True)
+            retval = super().__call__(*args, **kwargs)
+            # The body returned: the task has executed. The release goes out now, before
+            # Celery stores the result or acks, so a caller who sees the result and calls
+            # again is not refused; its reply is read at this thread's next release.
+            _RENEWER.discard(lock)
+            _RELEASES.release(lock)
+            request.celeryredis_unique_released = True  # type: ignore[attr-defined]
+            return retval
         else:
             state = lock.acquire()
             if not state.acquired:
@@ -287,8 +297,9 @@ class UniqueTask(Task):
     def on_success(
         self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        """Release the lock, then the other bases' hooks."""
-        self.unique_release(task_id, self._request_key())
+        """Release the lock (unless the run already did), then the other bases' hooks."""
+        if not getattr(self.request, "celeryredis_unique_released", False):
+            self.unique_release(task_id, self._request_key())
         super().on_success(retval, task_id, args, kwargs)
 
     def on_retry(
