@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -354,7 +355,10 @@ class DeferredRelease:
       lock expires within its TTL.
 
     A Redis Cluster client releases at once, waiting for the reply (its connections are
-    per node). One connection per thread and process; a forked child opens its own.
+    per node), and so does a process whose threads are greenlets (gevent or eventlet
+    patched ``threading``: their pools run each task in a new greenlet, which would open a
+    connection per task). One connection per thread and process; a forked child opens
+    its own.
     """
 
     def __init__(self) -> None:
@@ -364,7 +368,7 @@ class DeferredRelease:
         """Send ``lock``'s owner-only release; read the reply of the previous one first."""
         self.collect()
         client = lock.client
-        if is_cluster(client):
+        if is_cluster(client) or _green_threads():
             lock.release()
             return
         conn = self._connection(client)  # type: ignore[arg-type]  # not a cluster client
@@ -425,3 +429,12 @@ class DeferredRelease:
 
 
 _RELEASE_SOURCE: Final = source("lock_release")
+
+
+def _green_threads() -> bool:
+    """Whether this process's threads are greenlets (gevent or eventlet patched them)."""
+    gevent = sys.modules.get("gevent.monkey")
+    if gevent is not None and gevent.is_module_patched("threading"):
+        return True
+    eventlet = sys.modules.get("eventlet.patcher")
+    return bool(eventlet is not None and eventlet.is_monkey_patched("thread"))

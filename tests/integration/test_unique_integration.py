@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
 import textwrap
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -304,6 +306,21 @@ def test_a_deferred_release_lost_with_its_connection_is_redone(
     releases.collect()
     assert client.exists("t:second") == 0
     assert [c["id"] for c in client.client_list() if c["cmd"] == "eval"] != ids
+
+
+def test_a_deferred_release_waits_where_threads_are_greenlets(
+    redis_server_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under gevent (or eventlet) each task runs in a new greenlet: no connection of its
+    own per greenlet, the release waits for its reply as before."""
+    patched = types.SimpleNamespace(is_module_patched=lambda name: name == "threading")
+    monkeypatch.setitem(sys.modules, "gevent.monkey", patched)
+    client = redis.Redis.from_url(redis_server_factory().url)
+    lock = TokenLock(client, "t:green", "owner", ttl=60)
+    assert lock.acquire().acquired
+    DeferredRelease().release(lock)
+    assert client.exists("t:green") == 0  # done when release() returned
+    assert not [c for c in client.client_list() if c["cmd"] == "eval"]
 
 
 def test_cli_lists_and_clears_locks(uniq: Any, redis_url: str, tmp_path: Path) -> None:
