@@ -371,8 +371,8 @@ class DeferredRelease:
         if is_cluster(client) or _green_threads():
             lock.release()
             return
-        conn = self._connection(client)  # type: ignore[arg-type]  # not a cluster client
         try:
+            conn = self._connection(client)  # type: ignore[arg-type]  # not a cluster client
             conn.send_command("EVAL", _RELEASE_SOURCE, 1, lock.key, lock.token, check_health=False)
         except REDIS_ERRORS:
             self._drop()
@@ -414,7 +414,7 @@ class DeferredRelease:
             if same_process:
                 self._drop()
             # A forked child never touches its parent's socket: it only forgets it.
-            local.pid, local.client, local.pending = os.getpid(), client, None
+            local.pid, local.client, local.pending, local.conn = os.getpid(), client, None, None
             local.conn = client.connection_pool.make_connection()
         return local.conn
 
