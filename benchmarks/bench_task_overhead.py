@@ -6,7 +6,8 @@ worker under the ``production`` preset; the rate runs from the first completion 
 last (start-up excluded). Variants run interleaved in every repetition; each ratio is
 the median of per-run ratios to plain ``celery.Task``. Redis commands per task are
 counted with ``INFO commandstats`` over the drain (the benchmark's own polling
-excluded; commands run inside Lua count too); each ``EVALSHA`` is one round trip.
+excluded; commands run inside Lua count too); each ``EVALSHA`` or ``EVAL`` is one round trip
+the worker waits for, except ``UniqueTask``'s release (sent without waiting for its reply).
 
 Usage: python benchmarks/bench_task_overhead.py [--n 3000] [--runs 3] [--loglevels WARNING,INFO]
 """
@@ -83,7 +84,9 @@ def run(
         f"N = {n:,} no-op tasks (one `INCR` each), one solo worker, production preset, "
         f"{runs} interleaved runs per log level; tasks/s as median (min–max); ratio = "
         "median (min–max) of per-run ratios to plain `celery.Task`; Redis commands per task over "
-        "the drain (commands inside Lua included); each EVALSHA is one round trip.",
+        "the drain (commands inside Lua included); EVALSHA/task counts EVALSHA and EVAL, each "
+        "one round trip the worker waits for except UniqueTask's release (an EVAL sent without "
+        "waiting for its reply).",
         [
             "worker log level",
             "task base",
