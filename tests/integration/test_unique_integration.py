@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import textwrap
@@ -81,6 +82,16 @@ def notify(self, user, text):
           ignore_result=True)
 def exclusive(self, n):
     _run("exclusive", 0.3, self.request.id)
+
+
+BEFORE_RETURN = []
+
+
+@app.task(base=UniqueTask, bind=True, shared=False, ignore_result=True)
+def hooked(self, n):
+    for hook in BEFORE_RETURN:
+        hook()
+    return n
 """
 
 
@@ -321,6 +332,40 @@ def test_a_deferred_release_waits_where_threads_are_greenlets(
     DeferredRelease().release(lock)
     assert client.exists("t:green") == 0  # done when release() returned
     assert not [c for c in client.client_list() if c["cmd"] == "eval"]
+
+
+def test_a_task_whose_lock_cannot_be_released_still_succeeded(
+    redis_server_factory: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Redis gone as the body returns: the release fails, the run is not turned into a
+    failure (no ``failed`` record, no retry, no dead letter of a task that ran)."""
+    from celery.app.trace import build_tracer
+
+    server = redis_server_factory()
+    (tmp_path / "uniqapp.py").write_text(textwrap.dedent(TASKS))
+    uniq = import_host_module(monkeypatch, tmp_path, "uniqapp", _env(server.url))
+    result = uniq.hooked.delay(7)  # the queue-time lock, taken at publish
+    key = uniq.hooked.unique_lock_key((7,), {})
+    uniq.BEFORE_RETURN.append(server.stop)
+    tracer = build_tracer(uniq.hooked.name, uniq.hooked, app=uniq.app, eager=False)
+    request = {
+        "id": result.id,
+        "task": uniq.hooked.name,
+        "delivery_info": {"routing_key": "celery"},
+        "hostname": "test@host",
+        "args": (7,),
+        "kwargs": {},
+        "celeryredis_unique_key": key,
+    }
+    with caplog.at_level(logging.INFO):
+        traced = tracer(result.id, (7,), {}, request)
+    assert traced.retval == 7
+    events = [getattr(r, "event", None) for r in caplog.records if r.name == "celeryredis.task"]
+    assert events == ["started", "succeeded"]
+    assert any("succeeded but its lock was not released" in r.getMessage() for r in caplog.records)
 
 
 def test_cli_lists_and_clears_locks(uniq: Any, redis_url: str, tmp_path: Path) -> None:

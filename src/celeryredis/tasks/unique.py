@@ -267,7 +267,10 @@ class UniqueTask(Task):
             # Celery stores the result or acks, so a caller who sees the result and calls
             # again is not refused; its reply is read at this thread's next release.
             _RENEWER.discard(lock)
-            _RELEASES.release(lock)
+            try:
+                _RELEASES.release(lock)
+            except LockError:  # the task ran: not a failure; on_success tries once more
+                return retval
             request.celeryredis_unique_released = True  # type: ignore[attr-defined]
             return retval
         else:
@@ -297,9 +300,22 @@ class UniqueTask(Task):
     def on_success(
         self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        """Release the lock (unless the run already did), then the other bases' hooks."""
+        """Release the lock (unless the run already did), then the other bases' hooks.
+
+        A release Redis fails is a warning, not the task's failure: the task ran, and its
+        lock expires with its TTL.
+        """
         if not getattr(self.request, "celeryredis_unique_released", False):
-            self.unique_release(task_id, self._request_key())
+            try:
+                self.unique_release(task_id, self._request_key())
+            except LockError as exc:
+                logger.warning(
+                    "task %s[%s] succeeded but its lock was not released (%s); "
+                    "it expires with its TTL",
+                    self.name,
+                    task_id,
+                    exc,
+                )
         super().on_success(retval, task_id, args, kwargs)
 
     def on_retry(
