@@ -335,59 +335,22 @@ class LockRenewer:
                         self._cond.notify_all()
 
 
-class DeferredRelease:
-    """Owner-only releases sent without waiting for their reply.
-
-    :meth:`release` writes the release script (``EVAL``, so a Redis that restarted and
-    lost its script cache runs it too) on a connection of the calling thread's own and
-    returns at once; the reply is read at the thread's next :meth:`release` or
-    :meth:`collect`. A task that releases its lock as its body returns thus does not wait
-    a round trip for it, and the release still reaches Redis before anything the task
-    sends after it on other connections (its result, its ack).
-
-    Nothing is lost on a failure:
-
-    - a send that fails falls back to :meth:`TokenLock.release` (which raises
-      :class:`LockError` as it always did);
-    - a reply that says the connection failed redoes the release with
-      :meth:`TokenLock.release` (owner-only, so a release that did happen is not undone
-      and another owner's lock is never touched); if that fails too, a warning says the
-      lock expires within its TTL.
-
-    A Redis Cluster client releases at once, waiting for the reply (its connections are
-    per node), and so does a process whose threads are greenlets (gevent or eventlet
-    patched ``threading``: their pools run each task in a new greenlet, which would open a
-    connection per task). One connection per thread and process; a forked child opens
-    its own.
-    """
+class _Sender:
+    """One thread's releasing connection and the release whose reply it has not read."""
 
     def __init__(self) -> None:
-        self._local = threading.local()
-
-    def release(self, lock: TokenLock) -> None:
-        """Send ``lock``'s owner-only release; read the reply of the previous one first."""
-        self.collect()
-        client = lock.client
-        if is_cluster(client) or _green_threads():
-            lock.release()
-            return
-        try:
-            conn = self._connection(client)  # type: ignore[arg-type]  # not a cluster client
-            conn.send_command("EVAL", _RELEASE_SOURCE, 1, lock.key, lock.token, check_health=False)
-        except REDIS_ERRORS:
-            self._drop()
-            lock.release()
-            return
-        self._local.pending = lock
+        self.lock = threading.Lock()
+        self.client: Any = None
+        self.conn: Any = None
+        self.pending: TokenLock | None = None
 
     def collect(self) -> None:
-        """Read the reply of this thread's release in flight, if any (redo it on a failure)."""
-        pending: TokenLock | None = getattr(self._local, "pending", None)
-        if pending is None or getattr(self._local, "pid", None) != os.getpid():
+        """Read the pending reply (redo the release if its connection failed); under ``lock``."""
+        pending, self.pending = self.pending, None
+        if pending is None:
             return
-        self._local.pending = None
         try:
-            self._local.conn.read_response()
+            self.conn.read_response()
         except redis.ResponseError as exc:  # Redis refused it (OOM, ACL): a redo would too
             logger.warning(
                 "could not release lock %s: %s; it expires within its TTL (%g s)",
@@ -396,7 +359,7 @@ class DeferredRelease:
                 pending.ttl,
             )
         except REDIS_ERRORS:
-            self._drop()
+            self.drop()
             try:
                 pending.release()
             except LockError:
@@ -407,25 +370,107 @@ class DeferredRelease:
                     exc_info=True,
                 )
 
-    def _connection(self, client: redis.Redis) -> Any:
-        local = self._local
-        same_process = getattr(local, "pid", None) == os.getpid()
-        if not same_process or getattr(local, "client", None) is not client:
-            if same_process:
-                self._drop()
-            # A forked child never touches its parent's socket: it only forgets it.
-            local.pid, local.client, local.pending, local.conn = os.getpid(), client, None, None
-            local.conn = client.connection_pool.make_connection()
-        return local.conn
-
-    def _drop(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        self._local.conn = None
-        self._local.client = None
-        self._local.pending = None
+    def drop(self) -> None:
+        conn, self.conn, self.client, self.pending = self.conn, None, None, None
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.disconnect()
+
+
+class DeferredRelease:
+    """Owner-only releases sent without waiting for their reply.
+
+    :meth:`release` writes the release script (``EVAL``, so a Redis that restarted and
+    lost its script cache runs it too) on a connection of the calling thread's own and
+    returns at once; the reply is read at the thread's next :meth:`release`, or by
+    :meth:`collect_all` (at a worker's or pool process's shutdown, and at exit). A task
+    that releases its lock as its body returns thus does not wait a round trip for it,
+    and the release still reaches Redis before anything the task sends after it on other
+    connections (its result, its ack).
+
+    Nothing is lost on a failure:
+
+    - a send that fails falls back to :meth:`TokenLock.release` (which raises
+      :class:`LockError` as it always did);
+    - a reply that says the connection failed redoes the release with
+      :meth:`TokenLock.release` (owner-only, so a release that did happen is not undone
+      and another owner's lock is never touched); if that fails too, a warning says the
+      lock expires within its TTL;
+    - a connection stays open while its reply is unread, even after its thread ended:
+      Redis drops the commands of a client that disconnects while writes are paused
+      (``CLIENT PAUSE``, a failover), so closing it early could lose the release.
+
+    A Redis Cluster client releases at once, waiting for the reply (its connections are
+    per node), and so does a process whose threads are greenlets (gevent or eventlet
+    patched ``threading``: their pools run each task in a new greenlet, which would open a
+    connection per task). One connection per thread and process; a forked child opens
+    its own and never touches its parent's.
+    """
+
+    def __init__(self) -> None:
+        self._senders: dict[int, _Sender] = {}
+        self._guard = threading.Lock()
+        self._pid = os.getpid()
+
+    def release(self, lock: TokenLock) -> None:
+        """Send ``lock``'s owner-only release; read the reply of the previous one first."""
+        client = lock.client
+        sender = self._sender()
+        with sender.lock:
+            sender.collect()
+            if is_cluster(client) or _green_threads():
+                lock.release()
+                return
+            try:
+                if sender.client is not client:
+                    sender.drop()
+                    pool = client.connection_pool  # type: ignore[union-attr]  # not a cluster
+                    sender.client, sender.conn = client, pool.make_connection()
+                sender.conn.send_command(
+                    "EVAL", _RELEASE_SOURCE, 1, lock.key, lock.token, check_health=False
+                )
+            except REDIS_ERRORS:
+                sender.drop()
+                lock.release()
+                return
+            sender.pending = lock
+
+    def collect(self) -> None:
+        """Read the reply of this thread's release in flight, if any (redo it on a failure)."""
+        sender = self._sender()
+        with sender.lock:
+            sender.collect()
+
+    def collect_all(self, **_: Any) -> None:
+        """Read every thread's release in flight; for shutdown, when they release no more.
+
+        Accepts and ignores keyword arguments, so that it can receive Celery's signals.
+        """
+        if os.getpid() != self._pid:
+            return
+        with self._guard:
+            senders = list(self._senders.values())
+        for sender in senders:
+            with sender.lock:
+                sender.collect()
+
+    def _sender(self) -> _Sender:
+        ident = threading.get_ident()
+        if os.getpid() != self._pid:
+            with self._guard:  # a forked child: forget the parent's connections
+                if os.getpid() != self._pid:
+                    self._senders, self._pid = {}, os.getpid()
+        sender = self._senders.get(ident)
+        if sender is None:
+            with self._guard:
+                alive = {thread.ident for thread in threading.enumerate()}
+                ended = [self._senders.pop(i) for i in list(self._senders) if i not in alive]
+                sender = self._senders[ident] = _Sender()
+            for gone in ended:  # threads that ended: read their last reply, then close
+                with gone.lock:
+                    gone.collect()
+                    gone.drop()
+        return sender
 
 
 _RELEASE_SOURCE: Final = source("lock_release")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import inspect
 import json
@@ -11,6 +12,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+from celery import signals
 from celery.exceptions import Ignore
 
 from celeryredis.connection import get_redis
@@ -33,6 +35,25 @@ _WHILE_EXECUTING = ("drop", "defer")
 _RENEWER = LockRenewer()
 # Releases at the end of a run: sent without waiting for their reply.
 _RELEASES = DeferredRelease()
+_RELEASE_HOOKS: list[bool] = []
+
+
+def _deferred_release(lock: TokenLock) -> None:
+    """Send ``lock``'s release without waiting for it (see :class:`DeferredRelease`).
+
+    The first call in a process makes sure the last replies are read before a worker, a
+    pool process or the interpreter ends (never at import).
+    """
+    if not _RELEASE_HOOKS:
+        _RELEASE_HOOKS.append(True)
+        signals.worker_process_shutdown.connect(
+            _RELEASES.collect_all, weak=False, dispatch_uid="celeryredis.unique.releases.process"
+        )
+        signals.worker_shutdown.connect(
+            _RELEASES.collect_all, weak=False, dispatch_uid="celeryredis.unique.releases.worker"
+        )
+        atexit.register(_RELEASES.collect_all)
+    _RELEASES.release(lock)
 
 
 def _one_of(choices: Sequence[str]) -> OptionCheck:
@@ -257,7 +278,7 @@ class UniqueTask(Task):
             return super().__call__(*args, **kwargs)
         lock = self._running_lock(key, task_id)
         if self.unique_mode == "until_executing":
-            _RELEASES.release(lock)
+            _deferred_release(lock)
         elif self.unique_mode == "until_executed":
             # Re-entrant: the renewer switches the lock to the running TTL, a second in
             # (locks.TAKE_DELAY); a task that ends sooner only pays the release.
@@ -268,7 +289,7 @@ class UniqueTask(Task):
             # again is not refused; its reply is read at this thread's next release.
             _RENEWER.discard(lock)
             try:
-                _RELEASES.release(lock)
+                _deferred_release(lock)
             except LockError:  # the task ran: not a failure; on_success tries once more
                 return retval
             request.celeryredis_unique_released = True  # type: ignore[attr-defined]
