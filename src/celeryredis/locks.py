@@ -415,12 +415,12 @@ class DeferredRelease:
     def release(self, lock: TokenLock) -> None:
         """Send ``lock``'s owner-only release; read the reply of the previous one first."""
         client = lock.client
+        if is_cluster(client) or _green_threads():  # no connection (nor sender) of its own
+            lock.release()
+            return
         sender = self._sender()
         with sender.lock:
             sender.collect()
-            if is_cluster(client) or _green_threads():
-                lock.release()
-                return
             try:
                 if sender.client is not client:
                     sender.drop()
@@ -434,12 +434,6 @@ class DeferredRelease:
                 lock.release()
                 return
             sender.pending = lock
-
-    def collect(self) -> None:
-        """Read the reply of this thread's release in flight, if any (redo it on a failure)."""
-        sender = self._sender()
-        with sender.lock:
-            sender.collect()
 
     def collect_all(self, **_: Any) -> None:
         """Read every thread's release in flight; for shutdown, when they release no more.

@@ -96,8 +96,8 @@ def test_unique_task_refuses_a_duplicate_while_the_first_is_queued(worker: Worke
     second = rebuild_invoice.delay(23)
     assert second.id == first.id
     assert first.get(timeout=20) == "invoice of order 23 rebuilt"
-    # Released once it ran (the release follows the stored result): the same call
-    # publishes a new task again.
+    # Released once it ran (the release is sent before the result is stored): the same
+    # call publishes a new task again.
     again: list[Any] = []
     wait_for(
         lambda: again.append(rebuild_invoice.delay(23)) or again[-1].id != first.id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import inspect
 import json
@@ -35,24 +36,26 @@ _WHILE_EXECUTING = ("drop", "defer")
 _RENEWER = LockRenewer()
 # Releases at the end of a run: sent without waiting for their reply.
 _RELEASES = DeferredRelease()
-_RELEASE_HOOKS: list[bool] = []
+
+
+@functools.cache
+def _read_releases_at_shutdown() -> None:
+    """Read the last replies before a worker, a pool process or the interpreter ends."""
+    signals.worker_process_shutdown.connect(
+        _RELEASES.collect_all, weak=False, dispatch_uid="celeryredis.unique.releases.process"
+    )
+    signals.worker_shutdown.connect(
+        _RELEASES.collect_all, weak=False, dispatch_uid="celeryredis.unique.releases.worker"
+    )
+    atexit.register(_RELEASES.collect_all)
 
 
 def _deferred_release(lock: TokenLock) -> None:
     """Send ``lock``'s release without waiting for it (see :class:`DeferredRelease`).
 
-    The first call in a process makes sure the last replies are read before a worker, a
-    pool process or the interpreter ends (never at import).
+    The first call in a process sets up the reads at shutdown (never at import).
     """
-    if not _RELEASE_HOOKS:
-        _RELEASE_HOOKS.append(True)
-        signals.worker_process_shutdown.connect(
-            _RELEASES.collect_all, weak=False, dispatch_uid="celeryredis.unique.releases.process"
-        )
-        signals.worker_shutdown.connect(
-            _RELEASES.collect_all, weak=False, dispatch_uid="celeryredis.unique.releases.worker"
-        )
-        atexit.register(_RELEASES.collect_all)
+    _read_releases_at_shutdown()
     _RELEASES.release(lock)
 
 
