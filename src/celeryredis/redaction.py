@@ -126,8 +126,23 @@ def is_sensitive(name: str, words: Iterable[str] = DEFAULT_SENSITIVE_NAMES) -> b
         >>> is_sensitive("db_Password"), is_sensitive("user_id")
         (True, False)
     """
+    if isinstance(words, tuple):  # the usual case: sensitive_words() gives a tuple
+        try:
+            return _is_sensitive_cached(name, words)
+        except TypeError:  # an unhashable word: not cacheable
+            pass
     lowered = name.lower()
     return any(word.lower() in lowered for word in words)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_sensitive_cached(name: str, words: tuple[str, ...]) -> bool:
+    lowered = name.lower()
+    return any(word.lower() in lowered for word in words)
+
+
+# Argument values that hold no secret of their own and have nothing to redact inside.
+_SCALARS = frozenset({int, float, bool, type(None)})
 
 
 def redact_value(value: Any, words: Sequence[str] = DEFAULT_SENSITIVE_NAMES) -> Any:
@@ -275,6 +290,8 @@ def redact_call(
             new_args.append(REDACTED)
             sensitive_at.append(index)
             secrets += _secret_strings(value)
+        elif type(value) in _SCALARS:
+            new_args.append(value)
         else:
             new_args.append(redact_value(value, words))
             secrets += _nested_secrets(value, words)
@@ -283,6 +300,8 @@ def redact_call(
         if is_sensitive(key, words):
             new_kwargs[key] = REDACTED
             secrets += _secret_strings(value)
+        elif type(value) in _SCALARS:
+            new_kwargs[key] = value
         else:
             new_kwargs[key] = redact_value(value, words)
             secrets += _nested_secrets(value, words)
