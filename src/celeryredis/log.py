@@ -37,6 +37,7 @@ __all__ = [
     "bind_task_secrets",
     "configure_logging",
     "current_task_context",
+    "drop_celery_success_line",
     "enter_task_context",
     "exit_task_context",
     "install_record_factory",
@@ -118,6 +119,47 @@ def _bound_secrets() -> tuple[str, ...]:
             values = ()
         _THREAD_SECRETS.values = values
     return values
+
+
+# The task id whose success line from Celery's tracer this thread's filter drops.
+_DROP_SUCCESS = threading.local()
+#: The logger Celery's tracer writes its ``Task ...[id] succeeded in ...`` line to.
+CELERY_TRACE_LOGGER = "celery.app.trace"
+
+
+class _CelerySuccessDuplicate(logging.Filter):
+    """Drop Celery's success line of a task whose own ``succeeded`` record says it all.
+
+    Celery's tracer logs the line right after ``on_success`` returns, in the same thread,
+    with its values as the record's ``data`` attribute (``extra={"data": ...}``): the
+    record is matched by that task id, once.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        task_id = getattr(_DROP_SUCCESS, "task_id", None)
+        if task_id is None:
+            return True
+        data = getattr(record, "data", None)
+        if isinstance(data, dict) and data.get("id") == task_id and "return_value" in data:
+            _DROP_SUCCESS.task_id = None
+            return False
+        return True
+
+
+_success_filter = _CelerySuccessDuplicate()
+
+
+def drop_celery_success_line(task_id: str) -> None:
+    """Have Celery's coming ``succeeded in`` line for ``task_id`` dropped in this thread.
+
+    :class:`celeryredis.Task` calls it from ``on_success`` once its own ``succeeded``
+    record (which carries the same runtime and return value) was written, so a success is
+    one log line, not two. Any other record of Celery's logger passes.
+    """
+    trace_logger = logging.getLogger(CELERY_TRACE_LOGGER)
+    if _success_filter not in trace_logger.filters:
+        trace_logger.addFilter(_success_filter)
+    _DROP_SUCCESS.task_id = task_id
 
 
 def redact_exc_info(exc_info: Any, secrets: Iterable[str] = ()) -> str:

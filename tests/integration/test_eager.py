@@ -286,7 +286,7 @@ def test_eager_semantics_of_each_base(
     counter: ConnectionCounter, caplog: pytest.LogCaptureFixture
 ) -> None:
     host = _host(f"redis://127.0.0.1:{counter.port}/0", task_always_eager=True)
-    caplog.set_level(logging.INFO, logger="celeryredis")
+    caplog.set_level(logging.DEBUG, logger="celeryredis")  # `started` is a DEBUG record
 
     # RetryTask: retries run inline (Celery ignores an eager retry's countdown), the
     # exhausted hook runs once, the lifecycle records are there.
@@ -366,7 +366,7 @@ def test_eager_redis_setting_lets_the_bases_use_redis(
         return str(self.delay(depth + 1).state)
 
     caplog.clear()
-    caplog.set_level(logging.INFO, logger="celeryredis")
+    caplog.set_level(logging.DEBUG, logger="celeryredis")  # `started` is a DEBUG record
     assert exclusive_any.delay(0).get() == "IGNORED"
     assert runs == [0]
     started = [r for r in caplog.records if getattr(r, "event", None) == "started"]

@@ -290,3 +290,48 @@ def test_a_traced_attempt_runs_under_the_tracers_request_only(app: Celery) -> No
 
     job.apply(args=(1,), task_id="t-1")
     assert seen == [(1, 1, (1,), "t-1"), (0, 2, (0,), "t-1")]
+
+
+def test_a_success_is_one_line_and_started_is_a_debug_record(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At INFO a success is our ``succeeded`` record alone: Celery's own line is dropped.
+
+    ``started`` (with the redacted argument summary) is a DEBUG record; failures carry
+    the summary themselves. Celery's line stays for tasks not of our bases.
+    """
+    import celery
+
+    @app.task(shared=False)
+    def pay(invoice: int, api_key: str) -> dict[str, int]:
+        if invoice < 0:
+            raise ValueError(f"bad invoice {invoice} for {api_key}")
+        return {"invoice": invoice}
+
+    @app.task(shared=False, base=celery.Task)
+    def plain(invoice: int) -> int:
+        return invoice
+
+    caplog.set_level(logging.INFO)
+    pay.apply(args=(7, "sk-live-123"), task_id="t-pay")
+    plain.apply(args=(7,), task_id="t-plain")
+    lines = [(r.name, r.getMessage()) for r in caplog.records]
+    ours = [(name, text) for name, text in lines if "t-pay" in text]
+    assert len(ours) == 1, lines
+    name, text = ours[0]
+    assert name == "celeryredis.task"
+    assert text.startswith(f"task {pay.name}[t-pay] succeeded in ")
+    assert text.endswith("s: {'invoice': 7}")
+    assert [n for n, t in lines if "t-plain" in t] == ["celery.app.trace"]
+
+    pay.apply(args=(-1, "sk-live-123"), task_id="t-fail")
+    (failed,) = [r for r in caplog.records if getattr(r, "event", None) == "failed"]
+    assert failed.args_summary == "(-1, '***')"  # type: ignore[attr-defined]
+    assert "sk-live-123" not in failed.exc_message  # type: ignore[attr-defined]
+
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="celeryredis.task")
+    pay.apply(args=(8, "sk-live-123"), task_id="t-debug")
+    events = [getattr(r, "event", None) for r in caplog.records if r.name == "celeryredis.task"]
+    assert events == ["started", "succeeded"]
+    assert caplog.records[0].args_summary == "(8, '***')"  # type: ignore[attr-defined]

@@ -6,8 +6,9 @@ fields as ``extra`` attributes:
 =================== ======== ==============================================================
 event               level    when
 =================== ======== ==============================================================
-started             INFO     the worker starts an attempt (``before_start``)
-succeeded           INFO     the attempt returned (``on_success``)
+started             DEBUG    the worker starts an attempt (``before_start``)
+succeeded           INFO     the attempt returned (``on_success``); in place of Celery's
+                             own ``succeeded in`` line, with the same runtime and value
 retrying            WARNING  the attempt raised ``Retry`` (``on_retry``); with ``delay_s``
 failed              ERROR    the attempt failed for good (``on_failure``; for a hard time
                              limit Celery runs it in the worker's main process)
@@ -21,7 +22,8 @@ revoked             WARNING  the task was revoked (``task_revoked``, see
 Fields: ``event``, ``task_id``, ``task_name``, ``queue``, ``retries``,
 ``duration_s`` (monotonic clock; for a hard time limit, the limit), ``worker``,
 ``parent_id``, ``root_id``; ``args_summary`` (redacted and size-capped) on
-``started``; ``exc_type`` and ``exc_message`` (plus the traceback as the record's
+``started``, ``retrying``, ``failed`` and ``rejected``; ``return_value`` on
+``succeeded``; ``exc_type`` and ``exc_message`` (plus the traceback as the record's
 ``exc_text``) on ``failed``, ``retrying`` and ``rejected``.
 
 While the body runs, every log record carries ``task_id`` and ``task_name``
@@ -53,6 +55,7 @@ from typing import Any, ClassVar
 import celery
 from celery.exceptions import Reject
 from celery.result import AsyncResult
+from celery.utils.saferepr import saferepr
 
 from celeryredis._backend_guard import guard_backend
 from celeryredis._errors import (
@@ -68,6 +71,7 @@ from celeryredis.exceptions import PublishError, ResultNotStoredError
 from celeryredis.log import (
     bind_task_secrets,
     current_task_context,
+    drop_celery_success_line,
     enter_task_context,
     exit_task_context,
     redact_exc_info,
@@ -96,6 +100,7 @@ __all__ = ["AppRetryBudget", "Task", "emit", "lifecycle_logger", "remember_routi
 
 #: The logger every lifecycle record goes to.
 lifecycle_logger = logging.getLogger("celeryredis.task")
+_SCALAR_RESULTS = frozenset({int, float, bool, type(None)})
 
 # Routing data of requests seen by this (main) process, by task id: a hard time limit
 # runs on_failure in the main process with an empty self.request (see signals.py).
@@ -399,12 +404,14 @@ class Task(celery.Task[Any, Any]):
             return self.run(*args, **kwargs)
         except Reject as exc:
             requeue = bool(getattr(exc, "requeue", False))
+            summary, secrets = self._summary_and_secrets(args, kwargs)
             self._log(
                 "rejected",
                 logging.WARNING,
                 exc=exc,
-                secrets=self._secrets(args, kwargs),
+                secrets=secrets,
                 requeue=requeue,
+                args_summary=summary,
             )
             if not requeue:  # Celery calls no failure hook for Reject
                 self._dead_letter("rejected", exc, task_id, args, kwargs)
@@ -426,17 +433,22 @@ class Task(celery.Task[Any, Any]):
         return True
 
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Log ``started`` and start the attempt's clock."""
+        """Log ``started`` (at DEBUG) and start the attempt's clock."""
         self.request.celeryredis_started = time.monotonic()  # type: ignore[attr-defined]
-        if not lifecycle_logger.isEnabledFor(logging.INFO):
+        if not lifecycle_logger.isEnabledFor(logging.DEBUG):
             # Computed only if a record of this thread is redacted: most attempts log
-            # nothing at this level. No argument summary either (_log() would drop it).
+            # nothing that needs them. No argument summary either (_log() would drop it).
             bind_task_secrets(functools.partial(self._secrets, args, kwargs))
             return
+        summary, secrets = self._summary_and_secrets(args, kwargs)
+        bind_task_secrets(secrets)
+        self._log("started", logging.DEBUG, args_summary=summary)
+
+    def _summary_and_secrets(self, args: Any, kwargs: Any) -> tuple[str, tuple[str, ...]]:
+        """The redacted ``args_summary`` of a call and its secret values, in one redaction."""
         try:
             call = redact_call(args, kwargs, words=self._sensitive_words(), func=self.run)
         except Exception:  # odd argument shapes: as _secrets() and summarize_call() do
-            bind_task_secrets(())
             summary = summarize_call(
                 args,
                 kwargs,
@@ -444,16 +456,21 @@ class Task(celery.Task[Any, Any]):
                 func=self.run,
                 max_chars=self.args_summary_max,
             )
-        else:  # one redaction serves the secrets and the summary
-            bind_task_secrets(call.secrets)
-            summary = summarize_redacted(call, self.args_summary_max)
-        self._log("started", logging.INFO, args_summary=summary)
+            return summary, ()
+        return summarize_redacted(call, self.args_summary_max), call.secrets
 
     def on_success(
         self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
-        """Log ``succeeded``."""
-        self._log("succeeded", logging.INFO)
+        """Log ``succeeded``, in place of Celery's own ``succeeded in`` line."""
+        if lifecycle_logger.isEnabledFor(logging.INFO):
+            # As Celery's line shows it (saferepr, capped); a scalar's repr is the same.
+            if type(retval) in _SCALAR_RESULTS:
+                shown = repr(retval)
+            else:
+                shown = saferepr(retval, self.resultrepr_maxsize)
+            if self._log("succeeded", logging.INFO, return_value=shown):
+                drop_celery_success_line(task_id)
         super().on_success(retval, task_id, args, kwargs)
 
     def on_retry(
@@ -473,8 +490,14 @@ class Task(celery.Task[Any, Any]):
         elif isinstance(when, datetime):
             aware = when if when.tzinfo else when.replace(tzinfo=timezone.utc)
             delay = max(0.0, (aware - datetime.now(timezone.utc)).total_seconds())
+        summary, secrets = self._summary_and_secrets(args, kwargs)
         self._log(
-            "retrying", logging.WARNING, exc=exc, secrets=self._secrets(args, kwargs), delay_s=delay
+            "retrying",
+            logging.WARNING,
+            exc=exc,
+            secrets=secrets,
+            delay_s=delay,
+            args_summary=summary,
         )
         self._count("retries")
         super().on_retry(exc, task_id, args, kwargs, einfo)
@@ -488,13 +511,15 @@ class Task(celery.Task[Any, Any]):
         einfo: Any,
     ) -> None:
         """Log ``failed`` (once per attempt) and dead-letter the task."""
+        summary, secrets = self._summary_and_secrets(args, kwargs)
         self._log(
             "failed",
             logging.ERROR,
             exc=exc,
             task_id=task_id,
             einfo=einfo,
-            secrets=self._secrets(args, kwargs),
+            secrets=secrets,
+            args_summary=summary,
         )
         reason = getattr(self.request, "celeryredis_reason", None) or self._failure_reason(exc)
         if reason is not None:
@@ -611,15 +636,16 @@ class Task(celery.Task[Any, Any]):
         einfo: Any = None,
         secrets: Sequence[str] = (),
         **more: Any,
-    ) -> None:
+    ) -> bool:
+        """Emit the record of ``event``; whether it was emitted (level, once per attempt)."""
         if not lifecycle_logger.isEnabledFor(level):
-            return
+            return False
         fields = self.lifecycle_fields(task_id)
         receipt = fields.pop("receipt", None)
         if fields.get("task_id") is None or not _first_time(
             fields["task_id"], receipt, fields.get("retries") or 0, event
         ):
-            return
+            return False
         if event == "failed" and fields.get("duration_s") is None:
             # SoftTimeLimitExceeded() raised outside the body has no args at all.
             limit = (getattr(exc, "args", ()) or (None,))[0] if exc is not None else None
@@ -636,6 +662,7 @@ class Task(celery.Task[Any, Any]):
         elif exc is not None and event == "failed":
             exc_info = (type(exc), exc, exc.__traceback__)
         emit(level, fields, exc_info, secrets=secrets)
+        return True
 
 
 @functools.lru_cache(maxsize=1024)
@@ -726,6 +753,9 @@ def emit(
     if "exc_type" in fields:
         message += ": %s: %s"
         values += (fields["exc_type"], fields["exc_message"])
+    if "return_value" in fields:  # succeeded: what Celery's own success line shows
+        message += " in %ss: %s"
+        values += (fields.get("duration_s"), fields["return_value"])
     if fields.get("note"):
         message += " (%s)"
         values += (fields["note"],)
