@@ -10,10 +10,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Per-stage budgets in seconds (CI runs the whole of `make test` under 28 minutes).
+# Per-stage budgets in seconds (CI runs the whole of `make test` under 28 minutes; the
+# suite took 1,078 s of its 1,380 on a contended 2-core machine on 2026-12-02).
 SETUP_BUDGET ?= 420
 LINT_BUDGET ?= 180
-TEST_BUDGET ?= 1200
+TEST_BUDGET ?= 1380
 # `make faults` (not part of CI): every scenario twice, Celery's defaults and production.
 FAULTS_BUDGET ?= 1800
 DOCS_BUDGET ?= 180
