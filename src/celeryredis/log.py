@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import IO, Any
 
 from celeryredis.exceptions import ConfigurationError
-from celeryredis.redaction import redact_text
+from celeryredis.redaction import redact_text, same_kind
 
 __all__ = [
     "TEXT_FORMAT",
@@ -123,8 +123,8 @@ def _bound_secrets() -> tuple[str, ...]:
 
 # The task id whose success line from Celery's tracer this thread's filter drops.
 _DROP_SUCCESS = threading.local()
-#: The logger Celery's tracer writes its ``Task ...[id] succeeded in ...`` line to.
-CELERY_TRACE_LOGGER = "celery.app.trace"
+# The logger Celery's tracer writes its ``Task ...[id] succeeded in ...`` line to.
+_CELERY_TRACE_LOGGER = "celery.app.trace"
 
 
 class _CelerySuccessDuplicate(logging.Filter):
@@ -156,9 +156,7 @@ def drop_celery_success_line(task_id: str) -> None:
     record (which carries the same runtime and return value) was written, so a success is
     one log line, not two. Any other record of Celery's logger passes.
     """
-    trace_logger = logging.getLogger(CELERY_TRACE_LOGGER)
-    if _success_filter not in trace_logger.filters:
-        trace_logger.addFilter(_success_filter)
+    logging.getLogger(_CELERY_TRACE_LOGGER).addFilter(_success_filter)  # a no-op once there
     _DROP_SUCCESS.task_id = task_id
 
 
@@ -201,7 +199,7 @@ def _redact_extra(value: Any, secrets: tuple[str, ...], depth: int = 0) -> Any:
     if isinstance(value, Mapping):
         return {k: _redact_extra(v, secrets, depth + 1) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(_redact_extra(v, secrets, depth + 1) for v in value)
+        return same_kind(value, (_redact_extra(v, secrets, depth + 1) for v in value))
     return value
 
 

@@ -141,8 +141,25 @@ def _is_sensitive_cached(name: str, words: tuple[str, ...]) -> bool:
     return any(word.lower() in lowered for word in words)
 
 
-# Argument values that hold no secret of their own and have nothing to redact inside.
-_SCALARS = frozenset({int, float, bool, type(None)})
+#: Values that hold no secret of their own and have nothing to redact inside.
+SCALAR_TYPES: Final = frozenset({int, float, bool, type(None)})
+
+
+def same_kind(value: list[Any] | tuple[Any, ...], items: Iterable[Any]) -> Any:
+    """``items`` as a sequence of ``value``'s type (a named tuple stays one).
+
+    A list or tuple subclass whose constructor does not take one iterable becomes a
+    plain list or tuple.
+    """
+    kind = type(value)
+    if kind is list or kind is tuple:
+        return kind(items)
+    items = list(items)
+    make = getattr(kind, "_make", None)  # collections.namedtuple and typing.NamedTuple
+    try:
+        return make(items) if callable(make) else kind(items)
+    except TypeError:
+        return tuple(items) if isinstance(value, tuple) else items
 
 
 def redact_value(value: Any, words: Sequence[str] = DEFAULT_SENSITIVE_NAMES) -> Any:
@@ -156,7 +173,7 @@ def redact_value(value: Any, words: Sequence[str] = DEFAULT_SENSITIVE_NAMES) -> 
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
-        return type(value)(redact_value(v, words) for v in value)
+        return same_kind(value, (redact_value(v, words) for v in value))
     if isinstance(value, str):
         return redact_text(value)
     return value
@@ -179,7 +196,7 @@ def redact_setting(name: str, value: Any, words: Sequence[str] = DEFAULT_SENSITI
     if isinstance(value, Mapping):
         return {k: redact_setting(f"{name}.{k}", v, words) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return type(value)(redact_setting(name, v, words) for v in value)
+        return same_kind(value, (redact_setting(name, v, words) for v in value))
     return value
 
 
@@ -290,7 +307,7 @@ def redact_call(
             new_args.append(REDACTED)
             sensitive_at.append(index)
             secrets += _secret_strings(value)
-        elif type(value) in _SCALARS:
+        elif type(value) in SCALAR_TYPES:
             new_args.append(value)
         else:
             new_args.append(redact_value(value, words))
@@ -300,7 +317,7 @@ def redact_call(
         if is_sensitive(key, words):
             new_kwargs[key] = REDACTED
             secrets += _secret_strings(value)
-        elif type(value) in _SCALARS:
+        elif type(value) in SCALAR_TYPES:
             new_kwargs[key] = value
         else:
             new_kwargs[key] = redact_value(value, words)

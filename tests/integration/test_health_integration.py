@@ -90,7 +90,7 @@ def _probe_fails_within(app: Any, name: str, deadline: float) -> float:
 
 def _polled_lately(part: Any) -> bool:
     age = part.details.get("poll_age_s")
-    return bool(part.status == "ok" and (age is None or age < 2 * INTERVAL))
+    return bool(part.status == "ok" and age is not None and age < 2 * INTERVAL)
 
 
 def test_worker_probe_follows_sigstop_sigcont_and_kill(

@@ -335,3 +335,24 @@ def test_a_success_is_one_line_and_started_is_a_debug_record(
     events = [getattr(r, "event", None) for r in caplog.records if r.name == "celeryredis.task"]
     assert events == ["started", "succeeded"]
     assert caplog.records[0].args_summary == "(8, '***')"  # type: ignore[attr-defined]
+
+
+def test_named_tuple_arguments_are_redacted_and_summarized(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A named tuple (as an eager call passes it) keeps its type through redaction."""
+    from collections import namedtuple
+
+    login = namedtuple("login", "user password")
+    call = redact_call((login("ann", "hunter22"),), {})
+    assert call.args == (login("ann", "hunter22"),)  # a field name is not an argument name
+    assert type(call.args[0]) is login
+
+    @app.task(shared=False)
+    def sign_in(who: Any) -> None:
+        raise ValueError("refused")
+
+    caplog.set_level(logging.INFO)
+    sign_in.apply(args=(login("ann", "x"),), task_id="t-nt")
+    (failed,) = [r for r in caplog.records if getattr(r, "event", None) == "failed"]
+    assert failed.args_summary == "(login(user='ann', password='x'))"  # type: ignore[attr-defined]

@@ -77,10 +77,10 @@ from celeryredis.log import (
     redact_exc_info,
 )
 from celeryredis.redaction import (
+    SCALAR_TYPES,
     redact_call,
     redact_text,
     sensitive_words,
-    summarize_call,
     summarize_redacted,
 )
 from celeryredis.registry import setting
@@ -100,7 +100,6 @@ __all__ = ["AppRetryBudget", "Task", "emit", "lifecycle_logger", "remember_routi
 
 #: The logger every lifecycle record goes to.
 lifecycle_logger = logging.getLogger("celeryredis.task")
-_SCALAR_RESULTS = frozenset({int, float, bool, type(None)})
 
 # Routing data of requests seen by this (main) process, by task id: a hard time limit
 # runs on_failure in the main process with an empty self.request (see signals.py).
@@ -448,15 +447,8 @@ class Task(celery.Task[Any, Any]):
         """The redacted ``args_summary`` of a call and its secret values, in one redaction."""
         try:
             call = redact_call(args, kwargs, words=self._sensitive_words(), func=self.run)
-        except Exception:  # odd argument shapes: as _secrets() and summarize_call() do
-            summary = summarize_call(
-                args,
-                kwargs,
-                words=self._sensitive_words(),
-                func=self.run,
-                max_chars=self.args_summary_max,
-            )
-            return summary, ()
+        except Exception as exc:  # odd argument shapes: only URL passwords are hidden then
+            return f"<arguments not shown: {type(exc).__name__}>", ()
         return summarize_redacted(call, self.args_summary_max), call.secrets
 
     def on_success(
@@ -465,7 +457,7 @@ class Task(celery.Task[Any, Any]):
         """Log ``succeeded``, in place of Celery's own ``succeeded in`` line."""
         if lifecycle_logger.isEnabledFor(logging.INFO):
             # As Celery's line shows it (saferepr, capped); a scalar's repr is the same.
-            if type(retval) in _SCALAR_RESULTS:
+            if type(retval) in SCALAR_TYPES:
                 shown = repr(retval)
             else:
                 shown = saferepr(retval, self.resultrepr_maxsize)
