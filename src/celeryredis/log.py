@@ -37,13 +37,14 @@ __all__ = [
     "bind_task_secrets",
     "configure_logging",
     "current_task_context",
-    "drop_celery_success_line",
     "enter_task_context",
     "exit_task_context",
+    "flush_success_record",
     "install_record_factory",
     "install_redaction",
     "redact_exc_info",
     "task_context",
+    "write_success_record",
 ]
 
 #: The text format :func:`configure_logging` uses when ``json=False``.
@@ -121,43 +122,97 @@ def _bound_secrets() -> tuple[str, ...]:
     return values
 
 
-# The task id whose success line from Celery's tracer this thread's filter drops.
-_DROP_SUCCESS = threading.local()
+# The lifecycle record this thread writes in place of Celery's coming success line:
+# (task id, logger, message, arguments, fields, pathname), or None.
+_PENDING_SUCCESS = threading.local()
 # The logger Celery's tracer writes its ``Task ...[id] succeeded in ...`` line to.
 _CELERY_TRACE_LOGGER = "celery.app.trace"
 
 
-class _CelerySuccessDuplicate(logging.Filter):
-    """Drop Celery's success line of a task whose own ``succeeded`` record says it all.
+class _CelerySuccessLine(logging.Filter):
+    """Make Celery's success line of a task whose ``succeeded`` record is pending that record.
 
     Celery's tracer logs the line right after ``on_success`` returns, in the same thread,
-    with its values as the record's ``data`` attribute (``extra={"data": ...}``): the
-    record is matched by that task id, once.
+    with its values as the record's ``data`` attribute (``extra={"data": ...}``). The
+    record of that task id becomes the pending record — its logger, message and fields,
+    Celery's ``data`` removed — goes to that logger's handlers, and is dropped from
+    Celery's: one record made, not two.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        task_id = getattr(_DROP_SUCCESS, "task_id", None)
-        if task_id is None:
+        pending = getattr(_PENDING_SUCCESS, "value", None)
+        if pending is None:
             return True
         data = getattr(record, "data", None)
-        if isinstance(data, dict) and data.get("id") == task_id and "return_value" in data:
-            _DROP_SUCCESS.task_id = None
-            return False
-        return True
+        if not (isinstance(data, dict) and data.get("id") == pending[0]):
+            return True
+        if "return_value" not in data:
+            return True
+        _PENDING_SUCCESS.value = None
+        _, logger, message, args, fields, pathname = pending
+        attributes = record.__dict__
+        del attributes["data"]
+        attributes.update(fields)
+        record.name, record.msg, record.args = logger.name, message, args
+        record.pathname, record.filename, record.module = pathname, *_file_and_module(pathname)
+        attributes.update(lineno=0, funcName=None)  # as emit()'s records: no caller
+        logger.handle(record)
+        return False
 
 
-_success_filter = _CelerySuccessDuplicate()
+_success_filter = _CelerySuccessLine()
+_celery_trace_logger = logging.getLogger(_CELERY_TRACE_LOGGER)  # getLogger takes a lock
+_FILES: dict[str, tuple[str, str]] = {}
 
 
-def drop_celery_success_line(task_id: str) -> None:
-    """Have Celery's coming ``succeeded in`` line for ``task_id`` dropped in this thread.
+def _file_and_module(pathname: str) -> tuple[str, str]:
+    """A record's ``filename`` and ``module`` for ``pathname``, as ``LogRecord`` makes them."""
+    known = _FILES.get(pathname)
+    if known is None:
+        probe = logging.LogRecord("", logging.INFO, pathname, 0, "", None, None)
+        known = _FILES[pathname] = (probe.filename, probe.module)
+    return known
 
-    :class:`celeryredis.Task` calls it from ``on_success`` once its own ``succeeded``
-    record (which carries the same runtime and return value) was written, so a success is
-    one log line, not two. Any other record of Celery's logger passes.
+
+def write_success_record(
+    task_id: str,
+    logger: logging.Logger,
+    *,
+    message: str,
+    args: tuple[Any, ...],
+    fields: Mapping[str, Any],
+    pathname: str,
+) -> None:
+    """Write an INFO record of ``logger`` with ``fields``, as Celery's success line of ``task_id``.
+
+    :class:`celeryredis.Task` calls it from ``on_success``: Celery's tracer logs its own
+    ``Task ...[id] succeeded in ...`` line next, in this thread; that record is made this
+    record (``logger``'s name, ``message % args``, the ``fields`` as attributes) instead
+    of being written as Celery's, so a success is one log line and one record made.
+    Call :func:`flush_success_record` after Celery's line (``after_return``): the record
+    is written there if Celery's line did not come (its logger off at INFO). A record
+    still pending from an earlier task of this thread is written first.
     """
-    logging.getLogger(_CELERY_TRACE_LOGGER).addFilter(_success_filter)  # a no-op once there
-    _DROP_SUCCESS.task_id = task_id
+    flush_success_record()
+    _celery_trace_logger.addFilter(_success_filter)  # a no-op once there
+    _PENDING_SUCCESS.value = (task_id, logger, message, args, fields, pathname)
+
+
+def flush_success_record(task_id: str | None = None) -> None:
+    """Write the pending record of :func:`write_success_record` now, if it is still pending.
+
+    With ``task_id``, only that task's record.
+    """
+    pending = getattr(_PENDING_SUCCESS, "value", None)
+    if pending is None or (task_id is not None and pending[0] != task_id):
+        return
+    _PENDING_SUCCESS.value = None
+    _, logger, message, args, fields, pathname = pending
+    record = logging.getLogRecordFactory()(
+        logger.name, logging.INFO, pathname, 0, message, args, None
+    )
+    record.__dict__.update(fields)
+    logger.handle(record)
 
 
 def redact_exc_info(exc_info: Any, secrets: Iterable[str] = ()) -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_SENSITIVE_NAMES",
     "REDACTED",
     "RedactedCall",
+    "call_secrets",
     "is_sensitive",
     "redact_call",
     "redact_setting",
@@ -303,33 +304,92 @@ def redact_call(
     sensitive_at: list[int] = []
     new_args: list[Any] = []
     for index, (name, value) in enumerate(zip(names, args, strict=True)):
-        if index in forced or (name is not None and is_sensitive(name, words)):
+        sensitive = index in forced or (name is not None and is_sensitive(name, words))
+        secrets += _value_secrets(sensitive, value, words)
+        if sensitive:
             new_args.append(REDACTED)
             sensitive_at.append(index)
-            secrets += _secret_strings(value)
-        elif type(value) in SCALAR_TYPES:
-            new_args.append(value)
         else:
-            new_args.append(redact_value(value, words))
-            secrets += _nested_secrets(value, words)
+            new_args.append(_shown(value, words))
     new_kwargs: dict[str, Any] = {}
     for key, value in kwargs.items():
-        if is_sensitive(key, words):
-            new_kwargs[key] = REDACTED
-            secrets += _secret_strings(value)
-        elif type(value) in SCALAR_TYPES:
-            new_kwargs[key] = value
-        else:
-            new_kwargs[key] = redact_value(value, words)
-            secrets += _nested_secrets(value, words)
+        sensitive = is_sensitive(key, words)
+        secrets += _value_secrets(sensitive, value, words)
+        new_kwargs[key] = REDACTED if sensitive else _shown(value, words)
     red_args = tuple(new_args)
     return RedactedCall(
         red_args,
         new_kwargs,
         red_args != args or new_kwargs != kwargs,
-        tuple(dict.fromkeys(s for s in secrets if s and s != REDACTED)),
+        _distinct_secrets(secrets),
         tuple(sensitive_at),
     )
+
+
+def call_secrets(
+    args: Sequence[Any] | None,
+    kwargs: Mapping[str, Any] | None,
+    *,
+    words: Sequence[str] = DEFAULT_SENSITIVE_NAMES,
+    func: Callable[..., Any] | None = None,
+) -> tuple[str, ...]:
+    """``redact_call(args, kwargs, words=words, func=func).secrets``, without the view.
+
+    For a log filter that needs only the values to hide: it builds no redacted copy of
+    the arguments, and a call of numbers, booleans and ``None`` under names that are not
+    sensitive costs a loop over them.
+
+    Example:
+        >>> def connect(host, password): ...
+        >>> call_secrets(("db", "hunter22"), {"port": 1}, func=connect)
+        ('hunter22',)
+    """
+    secrets: list[str] = []
+    if args:
+        sensitive_at = _sensitive_positions(func, words)
+        for index, value in enumerate(args):
+            sensitive = index in sensitive_at
+            if sensitive or type(value) not in SCALAR_TYPES:
+                secrets += _value_secrets(sensitive, value, words)
+    if kwargs:
+        for key, value in kwargs.items():
+            sensitive = is_sensitive(key, words)
+            if sensitive or type(value) not in SCALAR_TYPES:
+                secrets += _value_secrets(sensitive, value, words)
+    return _distinct_secrets(secrets) if secrets else ()
+
+
+def _sensitive_positions(func: Callable[..., Any] | None, words: Sequence[str]) -> frozenset[int]:
+    """Indexes of ``func``'s positional parameters whose names are sensitive."""
+    if func is None:
+        return frozenset()
+    try:
+        return _sensitive_positions_cached(func, tuple(words))
+    except TypeError:  # an unhashable callable: no names, as in _parameter_names
+        return frozenset()
+
+
+@functools.lru_cache(maxsize=1024)
+def _sensitive_positions_cached(func: Callable[..., Any], words: tuple[str, ...]) -> frozenset[int]:
+    return frozenset(i for i, n in enumerate(_positional_names(func)) if is_sensitive(n, words))
+
+
+def _value_secrets(sensitive: bool, value: Any, words: Sequence[str]) -> list[str]:
+    """The secrets one argument holds: all of it when its name is sensitive, else nested."""
+    if sensitive:
+        return _secret_strings(value)
+    if type(value) in SCALAR_TYPES:
+        return []
+    return _nested_secrets(value, words)
+
+
+def _shown(value: Any, words: Sequence[str]) -> Any:
+    """A not-sensitive argument as it may be shown."""
+    return value if type(value) in SCALAR_TYPES else redact_value(value, words)
+
+
+def _distinct_secrets(secrets: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(s for s in secrets if s and s != REDACTED))
 
 
 def summarize_call(

@@ -20,6 +20,7 @@ from celeryredis.deadletter import _publisher_hidden, iso_utc
 from celeryredis.log import RedactingFilter, bind_task_secrets, configure_logging
 from celeryredis.redaction import (
     REDACTED,
+    call_secrets,
     redact_call,
     redact_setting,
     redact_text,
@@ -72,6 +73,38 @@ def test_redact_call_returns_the_view_the_positions_and_the_values() -> None:
     assert call.changed
     assert SECRET not in repr(call)
     assert SECRET not in summarize_call(("db1", SECRET), {}, func=connect)
+
+
+class _Unhashable:
+    __hash__ = None  # type: ignore[assignment]
+
+    def __call__(self, password: str) -> None: ...
+
+
+def _connect(host: str, db_password: str, pin: int = 0, *rest: Any, **options: Any) -> None: ...
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "func", "words"),
+    [
+        ((1, 2.5, None, True), {}, _connect, None),
+        (("db1", SECRET), {}, _connect, None),
+        (("db1", 12345678), {}, _connect, None),
+        (("db1", "x", 4321), {}, _connect, ("pin",)),
+        (("db1", "x", 0, {"api_key": "k-123456"}, ["a", {"Secret": 99999}]), {}, _connect, None),
+        ((), {"password": SECRET, "n": 5, "opts": {"token": ("t-1234", "t-5678")}}, None, None),
+        (("u", "p-123456"), {}, _Unhashable(), None),
+        ((b"bytes", SECRET), {"credential": b"raw-bytes"}, _connect, None),
+        (None, None, _connect, None),
+    ],
+)
+def test_call_secrets_are_the_secrets_of_redact_call(
+    args: Any, kwargs: Any, func: Any, words: tuple[str, ...] | None
+) -> None:
+    """The log filter's cheaper path finds exactly what redact_call's view hides."""
+    vocabulary = sensitive_words({}, words or ())
+    expected = redact_call(args, kwargs, words=vocabulary, func=func).secrets
+    assert call_secrets(args, kwargs, words=vocabulary, func=func) == expected
 
 
 def test_the_publishers_redacted_reprs_say_what_to_hide() -> None:

@@ -337,6 +337,57 @@ def test_a_success_is_one_line_and_started_is_a_debug_record(
     assert caplog.records[0].args_summary == "(8, '***')"  # type: ignore[attr-defined]
 
 
+def test_a_success_makes_one_record_from_celerys_line(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Celery's success line is turned into our ``succeeded`` record: one record made.
+
+    The record is ``celeryredis.task``'s, with our fields and message and without
+    Celery's ``data`` extra. When Celery's line does not come (its logger off at INFO),
+    ``after_return`` writes the record itself.
+    """
+    made: list[str] = []
+    previous = logging.getLogRecordFactory()
+
+    def counting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        made.append(record.name)
+        return record
+
+    @app.task(shared=False)
+    def greet(name: str, token: str) -> str:
+        return f"hello {name}, {token}"
+
+    caplog.set_level(logging.INFO)
+    logging.setLogRecordFactory(counting)
+    try:
+        greet.apply(args=("ann", "tok-secret-1"), task_id="t-one")
+    finally:
+        logging.setLogRecordFactory(previous)
+    assert made == ["celery.app.trace"], made  # Celery's record, made once, and no other
+    (record,) = [r for r in caplog.records if "t-one" in r.getMessage()]
+    assert record.name == "celeryredis.task"
+    assert record.event == "succeeded"  # type: ignore[attr-defined]
+    assert record.task_id == "t-one"  # type: ignore[attr-defined]
+    assert record.return_value == "'hello ann, ***'"  # type: ignore[attr-defined]
+    assert not hasattr(record, "data")
+    assert record.filename == "base.py"
+    assert record.getMessage().endswith("s: 'hello ann, ***'")
+
+    caplog.clear()
+    trace_logger = logging.getLogger("celery.app.trace")
+    level = trace_logger.level
+    trace_logger.setLevel(logging.WARNING)  # not caplog.set_level: it sets its handler's too
+    try:
+        greet.apply(args=("bob", "tok-secret-2"), task_id="t-alone")
+    finally:
+        trace_logger.setLevel(level)
+    lines = [(r.name, r.getMessage()) for r in caplog.records if "t-alone" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert lines[0][0] == "celeryredis.task"
+    assert lines[0][1].endswith("s: 'hello bob, ***'")
+
+
 def test_named_tuple_arguments_are_redacted_and_summarized(
     app: Celery, caplog: pytest.LogCaptureFixture
 ) -> None:

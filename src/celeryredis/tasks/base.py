@@ -71,13 +71,15 @@ from celeryredis.exceptions import PublishError, ResultNotStoredError
 from celeryredis.log import (
     bind_task_secrets,
     current_task_context,
-    drop_celery_success_line,
     enter_task_context,
     exit_task_context,
+    flush_success_record,
     redact_exc_info,
+    write_success_record,
 )
 from celeryredis.redaction import (
     SCALAR_TYPES,
+    call_secrets,
     redact_call,
     redact_text,
     sensitive_words,
@@ -244,15 +246,17 @@ class Task(celery.Task[Any, Any]):
             eager = bool(getattr(self.request, "is_eager", False))
         return not eager or bool(setting(conf, "celeryredis_eager_redis"))
 
-    def _worker_cache(self) -> dict[str, Any] | None:
+    def _worker_cache(self, request: Any = None) -> dict[str, Any] | None:
         """Values a worker run needs every time (client, keys, limiters), kept per process.
 
         None in an eager run (``apply()``, ``task_always_eager``) and outside a task: those
         read the app's configuration afresh. A worker's configuration does not change
         while it runs, and reading ``app.conf`` through the settings layer on every task
-        costs more than the rest of a task base's own work.
+        costs more than the rest of a task base's own work. ``request``: the current
+        ``self.request``, when the caller has it already.
         """
-        request = self.request
+        if request is None:
+            request = self.request
         if request.id is None or getattr(request, "is_eager", False):
             return None
         pid = os.getpid()
@@ -299,8 +303,8 @@ class Task(celery.Task[Any, Any]):
 
     # -- publishing ------------------------------------------------------------------------
 
-    def _sensitive_words(self) -> tuple[str, ...]:
-        cache = self._worker_cache()
+    def _sensitive_words(self, request: Any = None) -> tuple[str, ...]:
+        cache = self._worker_cache(request)
         if cache is None:
             return sensitive_words(self.app.conf, self.sensitive_names)
         words: tuple[str, ...] | None = cache.get("sensitive_words")
@@ -308,13 +312,13 @@ class Task(celery.Task[Any, Any]):
             words = cache["sensitive_words"] = sensitive_words(self.app.conf, self.sensitive_names)
         return words
 
-    def _secrets(self, args: Any, kwargs: Any) -> tuple[str, ...]:
+    def _secrets(self, args: Any, kwargs: Any, request: Any = None) -> tuple[str, ...]:
         """The values of this call's sensitive arguments, to hide in exception texts."""
         try:
-            call = redact_call(args, kwargs, words=self._sensitive_words(), func=self.run)
+            words = self._sensitive_words(request)
+            return call_secrets(args, kwargs, words=words, func=self.run)
         except Exception:  # odd argument shapes: only URL passwords are hidden then
             return ()
-        return call.secrets
 
     def apply_async(
         self,
@@ -433,11 +437,12 @@ class Task(celery.Task[Any, Any]):
 
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """Log ``started`` (at DEBUG) and start the attempt's clock."""
-        self.request.celeryredis_started = time.monotonic()  # type: ignore[attr-defined]
+        request = self.request
+        request.celeryredis_started = time.monotonic()  # type: ignore[attr-defined]
         if not lifecycle_logger.isEnabledFor(logging.DEBUG):
             # Computed only if a record of this thread is redacted: most attempts log
             # nothing that needs them. No argument summary either (_log() would drop it).
-            bind_task_secrets(functools.partial(self._secrets, args, kwargs))
+            bind_task_secrets(functools.partial(self._secrets, args, kwargs, request))
             return
         summary, secrets = self._summary_and_secrets(args, kwargs)
         bind_task_secrets(secrets)
@@ -461,9 +466,31 @@ class Task(celery.Task[Any, Any]):
                 shown = repr(retval)
             else:
                 shown = saferepr(retval, self.resultrepr_maxsize)
-            if self._log("succeeded", logging.INFO, return_value=shown):
-                drop_celery_success_line(task_id)
+            fields = self._fields("succeeded", return_value=shown)
+            if fields is not None:
+                message, values = _message(fields)
+                write_success_record(
+                    task_id,
+                    lifecycle_logger,
+                    message=message,
+                    args=values,
+                    fields=fields,
+                    pathname=__file__,
+                )
         super().on_success(retval, task_id, args, kwargs)
+
+    def after_return(  # noqa: PLR0917 - Celery's hook
+        self,
+        status: str,
+        retval: Any,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
+        """Write ``succeeded`` now if Celery's success line, which carries it, did not come."""
+        flush_success_record(task_id)
+        super().after_return(status, retval, task_id, args, kwargs, einfo)
 
     def on_retry(
         self,
@@ -632,12 +659,33 @@ class Task(celery.Task[Any, Any]):
         """Emit the record of ``event``; whether it was emitted (level, once per attempt)."""
         if not lifecycle_logger.isEnabledFor(level):
             return False
+        fields = self._fields(event, exc=exc, task_id=task_id, secrets=secrets, **more)
+        if fields is None:
+            return False
+        exc_info = None
+        if einfo is not None and getattr(einfo, "exc_info", None):
+            exc_info = einfo.exc_info
+        elif exc is not None and event == "failed":
+            exc_info = (type(exc), exc, exc.__traceback__)
+        emit(level, fields, exc_info, secrets=secrets)
+        return True
+
+    def _fields(
+        self,
+        event: str,
+        *,
+        exc: BaseException | None = None,
+        task_id: str | None = None,
+        secrets: Sequence[str] = (),
+        **more: Any,
+    ) -> dict[str, Any] | None:
+        """The fields of ``event``'s record; None when it was written already (once per attempt)."""
         fields = self.lifecycle_fields(task_id)
         receipt = fields.pop("receipt", None)
         if fields.get("task_id") is None or not _first_time(
             fields["task_id"], receipt, fields.get("retries") or 0, event
         ):
-            return False
+            return None
         if event == "failed" and fields.get("duration_s") is None:
             # SoftTimeLimitExceeded() raised outside the body has no args at all.
             limit = (getattr(exc, "args", ()) or (None,))[0] if exc is not None else None
@@ -648,13 +696,7 @@ class Task(celery.Task[Any, Any]):
             fields["exc_type"] = type(exc).__name__
             fields["exc_message"] = redact_text(str(exc), secrets)
         fields.update(more)
-        exc_info = None
-        if einfo is not None and getattr(einfo, "exc_info", None):
-            exc_info = einfo.exc_info
-        elif exc is not None and event == "failed":
-            exc_info = (type(exc), exc, exc.__traceback__)
-        emit(level, fields, exc_info, secrets=secrets)
-        return True
+        return fields
 
 
 @functools.lru_cache(maxsize=1024)
@@ -729,17 +771,8 @@ class _StoredResult(AsyncResult):  # type: ignore[type-arg]
     wait = get
 
 
-def emit(
-    level: int, fields: dict[str, Any], exc_info: Any = None, *, secrets: Sequence[str] = ()
-) -> None:
-    """Send one lifecycle record with ``fields`` as record attributes.
-
-    The traceback of ``exc_info`` is attached as the record's ``exc_text``, with URL
-    passwords and ``secrets`` (the values of sensitive arguments) shown as ``***``,
-    instead of as ``exc_info``: a formatter would print the exception's own text.
-    """
-    if not lifecycle_logger.isEnabledFor(level):
-        return
+def _message(fields: Mapping[str, Any]) -> tuple[str, tuple[Any, ...]]:
+    """A lifecycle record's message and its arguments."""
     message = "task %s[%s] %s"
     values: tuple[Any, ...] = (fields["task_name"], fields["task_id"], fields["event"])
     if "exc_type" in fields:
@@ -751,6 +784,21 @@ def emit(
     if fields.get("note"):
         message += " (%s)"
         values += (fields["note"],)
+    return message, values
+
+
+def emit(
+    level: int, fields: dict[str, Any], exc_info: Any = None, *, secrets: Sequence[str] = ()
+) -> None:
+    """Send one lifecycle record with ``fields`` as record attributes.
+
+    The traceback of ``exc_info`` is attached as the record's ``exc_text``, with URL
+    passwords and ``secrets`` (the values of sensitive arguments) shown as ``***``,
+    instead of as ``exc_info``: a formatter would print the exception's own text.
+    """
+    if not lifecycle_logger.isEnabledFor(level):
+        return
+    message, values = _message(fields)
     # Built through the record factory (so records carry the task context) and then
     # given the fields; Logger.makeRecord(extra=...) would refuse task_id/task_name,
     # which the factory may already have set.
