@@ -211,19 +211,6 @@ def _positional_names(func: Callable[..., Any]) -> tuple[str, ...]:
     return tuple(p.name for p in params if p.kind in kinds)
 
 
-def _parameter_names(func: Callable[..., Any] | None, count: int) -> list[str | None]:
-    names: list[str | None] = [None] * count
-    if func is None:
-        return names
-    try:
-        positional = _positional_names(func)
-    except TypeError:  # an unhashable callable
-        return names
-    for index in range(min(count, len(positional))):
-        names[index] = positional[index]
-    return names
-
-
 def _secret_strings(value: Any) -> list[str]:
     """Every scalar inside a sensitive value, as text (to find it again in free text)."""
     if isinstance(value, Mapping):
@@ -298,24 +285,31 @@ def redact_call(
     """
     args = tuple(args or ())
     kwargs = dict(kwargs or {})
-    names = _parameter_names(func, len(args))
+    named = _sensitive_positions(func, words)
     forced = set(positions)
     secrets: list[str] = []
     sensitive_at: list[int] = []
     new_args: list[Any] = []
-    for index, (name, value) in enumerate(zip(names, args, strict=True)):
-        sensitive = index in forced or (name is not None and is_sensitive(name, words))
-        secrets += _value_secrets(sensitive, value, words)
-        if sensitive:
+    for index, value in enumerate(args):
+        if index in named or index in forced:
             new_args.append(REDACTED)
             sensitive_at.append(index)
+            secrets += _secret_strings(value)
+        elif type(value) in SCALAR_TYPES:
+            new_args.append(value)
         else:
-            new_args.append(_shown(value, words))
+            new_args.append(redact_value(value, words))
+            secrets += _nested_secrets(value, words)
     new_kwargs: dict[str, Any] = {}
     for key, value in kwargs.items():
-        sensitive = is_sensitive(key, words)
-        secrets += _value_secrets(sensitive, value, words)
-        new_kwargs[key] = REDACTED if sensitive else _shown(value, words)
+        if is_sensitive(key, words):
+            new_kwargs[key] = REDACTED
+            secrets += _secret_strings(value)
+        elif type(value) in SCALAR_TYPES:
+            new_kwargs[key] = value
+        else:
+            new_kwargs[key] = redact_value(value, words)
+            secrets += _nested_secrets(value, words)
     red_args = tuple(new_args)
     return RedactedCall(
         red_args,
@@ -365,7 +359,7 @@ def _sensitive_positions(func: Callable[..., Any] | None, words: Sequence[str]) 
         return frozenset()
     try:
         return _sensitive_positions_cached(func, tuple(words))
-    except TypeError:  # an unhashable callable: no names, as in _parameter_names
+    except TypeError:  # an unhashable callable: its parameters are not matched by name
         return frozenset()
 
 
@@ -381,11 +375,6 @@ def _value_secrets(sensitive: bool, value: Any, words: Sequence[str]) -> list[st
     if type(value) in SCALAR_TYPES:
         return []
     return _nested_secrets(value, words)
-
-
-def _shown(value: Any, words: Sequence[str]) -> Any:
-    """A not-sensitive argument as it may be shown."""
-    return value if type(value) in SCALAR_TYPES else redact_value(value, words)
 
 
 def _distinct_secrets(secrets: Iterable[str]) -> tuple[str, ...]:
