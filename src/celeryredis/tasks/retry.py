@@ -187,12 +187,14 @@ class RetryTask(Task):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run the attempt; turn a retryable failure into a retry or exhaustion."""
-        request = self.request
-        if request.id is None or request.called_directly:
-            return super().__call__(*args, **kwargs)
         try:
             return super().__call__(*args, **kwargs)
         except Exception as exc:
+            # Read only on failure (a request lookup per success is not free); the body's
+            # own calls have popped what they pushed, so this is the attempt's request.
+            request = self.request
+            if request.id is None or request.called_directly:
+                raise
             retries = request.retries or 0
             if not self._retryable(exc, retries + 1):
                 raise
