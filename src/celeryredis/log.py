@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import logging
 import sys
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import PurePath
 from typing import IO, Any
 
 from celeryredis.exceptions import ConfigurationError
@@ -39,6 +41,7 @@ __all__ = [
     "current_task_context",
     "enter_task_context",
     "exit_task_context",
+    "fields_record",
     "flush_success_record",
     "install_record_factory",
     "install_redaction",
@@ -144,9 +147,7 @@ class _CelerySuccessLine(logging.Filter):
         if pending is None:
             return True
         data = getattr(record, "data", None)
-        if not (isinstance(data, dict) and data.get("id") == pending[0]):
-            return True
-        if "return_value" not in data:
+        if not (isinstance(data, dict) and data.get("id") == pending[0] and "return_value" in data):
             return True
         _PENDING_SUCCESS.value = None
         _, logger, message, args, fields, pathname = pending
@@ -162,16 +163,33 @@ class _CelerySuccessLine(logging.Filter):
 
 _success_filter = _CelerySuccessLine()
 _celery_trace_logger = logging.getLogger(_CELERY_TRACE_LOGGER)  # getLogger takes a lock
-_FILES: dict[str, tuple[str, str]] = {}
 
 
+@functools.lru_cache(maxsize=16)
 def _file_and_module(pathname: str) -> tuple[str, str]:
     """A record's ``filename`` and ``module`` for ``pathname``, as ``LogRecord`` makes them."""
-    known = _FILES.get(pathname)
-    if known is None:
-        probe = logging.LogRecord("", logging.INFO, pathname, 0, "", None, None)
-        known = _FILES[pathname] = (probe.filename, probe.module)
-    return known
+    path = PurePath(pathname)
+    return path.name, path.stem
+
+
+def fields_record(
+    logger: logging.Logger,
+    level: int,
+    message: str,
+    args: tuple[Any, ...],
+    fields: Mapping[str, Any],
+    *,
+    pathname: str,
+) -> logging.LogRecord:
+    """A record of ``logger`` made by the record factory, with ``fields`` as attributes.
+
+    Through the factory, so it carries the task context; then given the fields, because
+    ``Logger.makeRecord(extra=...)`` would refuse ``task_id``/``task_name``, which the
+    factory may already have set. No caller: line 0 of ``pathname``.
+    """
+    record = logging.getLogRecordFactory()(logger.name, level, pathname, 0, message, args, None)
+    record.__dict__.update(fields)
+    return record
 
 
 def write_success_record(
@@ -208,11 +226,7 @@ def flush_success_record(task_id: str | None = None) -> None:
         return
     _PENDING_SUCCESS.value = None
     _, logger, message, args, fields, pathname = pending
-    record = logging.getLogRecordFactory()(
-        logger.name, logging.INFO, pathname, 0, message, args, None
-    )
-    record.__dict__.update(fields)
-    logger.handle(record)
+    logger.handle(fields_record(logger, logging.INFO, message, args, fields, pathname=pathname))
 
 
 def redact_exc_info(exc_info: Any, secrets: Iterable[str] = ()) -> str:

@@ -339,17 +339,17 @@ def call_secrets(
         ('hunter22',)
     """
     secrets: list[str] = []
-    if args:
-        sensitive_at = _sensitive_positions(func, words)
-        for index, value in enumerate(args):
-            sensitive = index in sensitive_at
-            if sensitive or type(value) not in SCALAR_TYPES:
-                secrets += _value_secrets(sensitive, value, words)
-    if kwargs:
-        for key, value in kwargs.items():
-            sensitive = is_sensitive(key, words)
-            if sensitive or type(value) not in SCALAR_TYPES:
-                secrets += _value_secrets(sensitive, value, words)
+    named = _sensitive_positions(func, words) if args else frozenset()
+    for index, value in enumerate(args or ()):
+        if index in named:
+            secrets += _secret_strings(value)
+        elif type(value) not in SCALAR_TYPES:
+            secrets += _nested_secrets(value, words)
+    for key, value in (kwargs or {}).items():
+        if is_sensitive(key, words):
+            secrets += _secret_strings(value)
+        elif type(value) not in SCALAR_TYPES:
+            secrets += _nested_secrets(value, words)
     return _distinct_secrets(secrets) if secrets else ()
 
 
@@ -366,15 +366,6 @@ def _sensitive_positions(func: Callable[..., Any] | None, words: Sequence[str]) 
 @functools.lru_cache(maxsize=1024)
 def _sensitive_positions_cached(func: Callable[..., Any], words: tuple[str, ...]) -> frozenset[int]:
     return frozenset(i for i, n in enumerate(_positional_names(func)) if is_sensitive(n, words))
-
-
-def _value_secrets(sensitive: bool, value: Any, words: Sequence[str]) -> list[str]:
-    """The secrets one argument holds: all of it when its name is sensitive, else nested."""
-    if sensitive:
-        return _secret_strings(value)
-    if type(value) in SCALAR_TYPES:
-        return []
-    return _nested_secrets(value, words)
 
 
 def _distinct_secrets(secrets: Iterable[str]) -> tuple[str, ...]:

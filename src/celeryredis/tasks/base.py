@@ -73,6 +73,7 @@ from celeryredis.log import (
     current_task_context,
     enter_task_context,
     exit_task_context,
+    fields_record,
     flush_success_record,
     redact_exc_info,
     write_success_record,
@@ -799,13 +800,7 @@ def emit(
     if not lifecycle_logger.isEnabledFor(level):
         return
     message, values = _message(fields)
-    # Built through the record factory (so records carry the task context) and then
-    # given the fields; Logger.makeRecord(extra=...) would refuse task_id/task_name,
-    # which the factory may already have set.
-    record = logging.getLogRecordFactory()(
-        lifecycle_logger.name, level, __file__, 0, message, values, None
-    )
-    record.__dict__.update(fields)
+    record = fields_record(lifecycle_logger, level, message, values, fields, pathname=__file__)
     if exc_info:
         record.exc_text = redact_exc_info(exc_info, secrets)
     lifecycle_logger.handle(record)
