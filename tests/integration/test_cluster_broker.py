@@ -8,6 +8,7 @@ is read from Redis, not inferred from results.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -282,6 +283,65 @@ def test_priorities_come_out_in_kombus_order(kombu_conn: Any) -> None:
     assert got == [0, 5, 9]
 
 
+def test_a_broadcast_subscription_no_node_takes_is_taken_again_later(
+    redis_cluster_factory: Any,
+) -> None:
+    """A consumer whose broadcast node died, and that no node would take, lives on.
+
+    Every master is SIGKILLed, so no replica can take over (they need the masters'
+    votes) and every try to subscribe again is refused. The transport's wait must go on
+    without the subscription: it raised ``AttributeError``, which stopped a worker in a
+    failover run, and afterwards it never subscribed again, so remote control
+    (``revoke``, ``ping``) was deaf for good. Once the masters are back, a broadcast
+    reaches the consumer again.
+    """
+    from kombu import Connection, Consumer, Exchange, Producer, Queue
+
+    from celeryredis.transport import cluster_broker_url
+
+    cluster = redis_cluster_factory(node_timeout_ms=1000)
+    url = cluster_broker_url(cluster.url)
+    exchange = Exchange("bcast", type="fanout")
+    got: list[Any] = []
+
+    def broadcast_arrives(consuming: Any, n: int) -> bool:
+        with Connection(url) as producing:
+            Producer(producing.default_channel, exchange=exchange).publish({"n": n})
+        deadline = time.monotonic() + 1.0
+        while {"n": n} not in got and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                consuming.drain_events(timeout=0.2)
+        return {"n": n} in got
+
+    with Connection(url) as consuming:
+        channel = consuming.default_channel
+        Consumer(
+            channel,
+            [Queue("bcast-q", exchange, auto_delete=True)],
+            callbacks=[lambda body, message: got.append(body)],
+            no_ack=True,
+        ).consume()
+        assert broadcast_arrives(consuming, 1)
+
+        masters = list(cluster.masters)
+        for port in masters:
+            cluster.kill(port)
+        channel.wait_sources(0.1)  # what the transport's wait calls: finds the loss
+        deadline = time.monotonic() + 1.5  # several tries to subscribe again, all refused
+        while time.monotonic() < deadline:
+            with pytest.raises(TimeoutError):
+                consuming.drain_events(timeout=0.2)
+
+        for port in masters:
+            cluster.node(port).restart()
+        cluster.wait_ok(timeout=30)
+        n = 2
+        deadline = time.monotonic() + 30
+        while not broadcast_arrives(consuming, n):
+            assert time.monotonic() < deadline, "no broadcast arrived after the masters came back"
+            n += 1
+
+
 # --- a master SIGKILLed mid-drain ----------------------------------------------------------
 
 FAILOVER_APP = """
@@ -310,6 +370,50 @@ def tick(n):
     counts.hincrby("runs", str(n), 1)
     time.sleep(0.005)
 """
+
+
+def _tick_arg(raw: bytes) -> int | None:
+    """The ``n`` of a stored ``tick(n)`` message (a list entry or an unacked entry)."""
+    import base64
+    import json
+
+    try:
+        message = json.loads(raw)
+        if isinstance(message, list):  # an unacked entry: [message, exchange, routing key]
+            message = message[0]
+        args = json.loads(base64.b64decode(message["body"]))[0]
+        return int(args[0])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+
+
+def _where_are_they(
+    cluster: LocalRedisCluster, queue: str, acknowledged: list[int], counts: Any, worker: Any
+) -> str:
+    """What a failed wait reports: the publishes that did not run and where they are."""
+    ran = {int(k) for k in counts.hkeys("runs")}
+    missing = sorted(set(acknowledged) - ran)
+    keys = queue_keys("", queue)
+    found: dict[str, list[int]] = {}
+    client = cluster.client()
+    try:
+        entries: dict[str, list[bytes]] = {k: client.lrange(k, 0, -1) for k in keys["lists"]}
+        entries["unacked"] = list(client.hvals(keys["unacked"]))
+        entries["poison"] = client.lrange(keys["poison"], 0, -1)
+        index = client.zcard(keys["index"])
+    finally:
+        client.close()
+    for where, raws in entries.items():
+        for raw in raws:
+            n = _tick_arg(raw)
+            if n in missing:
+                found.setdefault(where, []).append(n)
+    return (
+        f"{len(missing)} of {len(acknowledged)} acknowledged publishes did not run within "
+        f"60 s: {missing[:40]}; found in {found} (index entries: {index}, unacked: "
+        f"{len(entries['unacked'])}); worker alive: {worker.returncode is None}; "
+        f"worker log tail:\n{worker.log_text()[-4000:]}"
+    )
 
 
 def test_a_master_killed_mid_drain_loses_no_acknowledged_publish(
@@ -374,7 +478,11 @@ def test_a_master_killed_mid_drain_loses_no_acknowledged_publish(
                 ran = {int(k) for k in counts.hkeys("runs")}
                 return set(acknowledged) <= ran
 
-            wait_for(all_ran, 60, "every acknowledged publish to run")
+            deadline = time.monotonic() + 60
+            while not all_ran() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not all_ran():
+                pytest.fail(_where_are_they(cluster, queue, acknowledged, counts, worker))
             recovered_after = time.monotonic() - killed_at
             runs = {int(k): int(v) for k, v in counts.hgetall("runs").items()}
             lost = sorted(set(acknowledged) - set(runs))

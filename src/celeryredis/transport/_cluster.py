@@ -99,6 +99,8 @@ _BINDING_SEP: Final = DEFAULT_SEP
 _RECORD_REFRESH: Final = 10.0
 #: The longest one wait blocks (the loop re-checks its channels at least this often).
 _WAIT_CAP: Final = 1.0
+#: Seconds between two tries to take a lost broadcast subscription again.
+_RESUBSCRIBE_EVERY: Final = 0.5
 #: Errors after which the consumer refreshes the slot map and fetches again.
 _RETRY_ERRORS: Final = (redis.ConnectionError, redis.TimeoutError, *CLUSTER_ERRORS)
 
@@ -311,6 +313,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         self._no_ack_queues: set[str] = set()
         self._single = False  # basic_get: fetch one message, buffer none
         self._pubsub: Any = None
+        self._resubscribe_at = float("-inf")  # a lost subscription is taken again from then
         self._client: RedisCluster | None = None
         self._scripts: dict[str, Any] = {}
         self._leases = LeaseRenewer(self, "celeryredis-cluster-lease")
@@ -723,8 +726,10 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         return buffer.popleft()
 
     def _read_pubsub(self) -> None:
+        """Buffer the broadcasts received; take a lost subscription again (see below)."""
         pubsub = self._pubsub
         if pubsub is None:
+            self._resubscribe()
             return
         try:
             while True:
@@ -741,22 +746,36 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         except _RETRY_ERRORS as exc:
             # The node went away: subscribe again on a node that answers (messages
             # published meanwhile are lost, as with kombu's Redis fanout).
-            channels = [
-                self._fanout_channel(e) for q, e in self._fanout.items() if q in self._active_queues
-            ]
             self._refresh(exc)
-            try:
-                pubsub.close()
-            except Exception:
-                logger.debug("celeryredis: closing a lost subscription failed", exc_info=True)
             self._pubsub = None
-            try:
-                self._pubsub = self._new_pubsub()
-                if channels:
-                    self._pubsub.subscribe(*channels)
-            except _RETRY_ERRORS:
-                self._pubsub = None
-                logger.debug("celeryredis: resubscribe failed; retrying", exc_info=True)
+            _close_quietly(pubsub, "a lost subscription")
+            self._resubscribe_at = float("-inf")  # at once
+            self._resubscribe()
+
+    def _resubscribe(self) -> None:
+        """Subscribe the consumed fanout queues' channels again, on a node that answers.
+
+        The node picked may refuse (a dead master stays in the slot map until its
+        replica takes over): then no subscription is left, and the next read tries
+        again, at most every :data:`_RESUBSCRIBE_EVERY` seconds.
+        """
+        channels = [
+            self._fanout_channel(e) for q, e in self._fanout.items() if q in self._active_queues
+        ]
+        now = time.monotonic()
+        if not channels or now < self._resubscribe_at:
+            return
+        self._resubscribe_at = now + _RESUBSCRIBE_EVERY
+        pubsub = None
+        try:
+            pubsub = self._new_pubsub()
+            pubsub.subscribe(*channels)
+        except _RETRY_ERRORS as exc:
+            self._refresh(exc)
+            if pubsub is not None:
+                _close_quietly(pubsub, "a refused subscription")
+            return
+        self._pubsub = pubsub
 
     # --- held messages and acks -------------------------------------------------------
 
@@ -926,11 +945,11 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         ``polling_interval``; a wake-up already read means at once.
         """
         sockets: list[Any] = []
-        if self._pubsub is not None:
-            self._read_pubsub()
+        if self._pubsub is not None or self._fanout:
+            self._read_pubsub()  # may lose the subscription, or take it again
             if any(self._fanout_buffers.get(q) for q in self._active_queues if q in self._fanout):
                 return sockets, 0.0
-            sock = _socket_of(self._pubsub)
+            sock = None if self._pubsub is None else _socket_of(self._pubsub)
             if sock is not None:
                 sockets.append(sock)
         queues = self._consumed()
@@ -1015,10 +1034,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         if exc is not None:
             self._refresh(exc)
         for pubsub in self._wake_pubsubs.values():
-            try:
-                pubsub.close()
-            except Exception:
-                logger.debug("celeryredis: closing a wake-up connection failed", exc_info=True)
+            _close_quietly(pubsub, "a wake-up connection")
         self._wake_pubsubs.clear()
         self._wake_node.clear()
         self._wake_part.clear()
@@ -1040,10 +1056,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         self.slot_freed.close()
         self._drop_wake(None)
         if self._pubsub is not None:
-            try:
-                self._pubsub.close()
-            except Exception:
-                logger.debug("celeryredis: closing the subscription failed", exc_info=True)
+            _close_quietly(self._pubsub, "the subscription")
         if self._client is not None:
             try:
                 self._client.close()
@@ -1059,6 +1072,14 @@ class Channel(virtual.Channel):  # type: ignore[misc]
                     self.settle(tag, payload)
                 except Exception:
                     logger.warning("celeryredis: could not requeue %s at close", tag, exc_info=True)
+
+
+def _close_quietly(pubsub: Any, what: str) -> None:
+    """Close a subscription's connection; a failure is only logged (at DEBUG)."""
+    try:
+        pubsub.close()
+    except Exception:
+        logger.debug("celeryredis: closing %s failed", what, exc_info=True)
 
 
 def _socket_of(pubsub: Any) -> Any:
