@@ -293,7 +293,7 @@ def test_a_broadcast_subscription_no_node_takes_is_taken_again_later(
     without the subscription: it raised ``AttributeError``, which stopped a worker in a
     failover run, and afterwards it never subscribed again, so remote control
     (``revoke``, ``ping``) was deaf for good. Once the masters are back, a broadcast
-    reaches the consumer again.
+    reaches the consumer again, also when another fanout queue was consumed first.
     """
     from kombu import Connection, Consumer, Exchange, Producer, Queue
 
@@ -301,12 +301,12 @@ def test_a_broadcast_subscription_no_node_takes_is_taken_again_later(
 
     cluster = redis_cluster_factory(node_timeout_ms=1000)
     url = cluster_broker_url(cluster.url)
-    exchange = Exchange("bcast", type="fanout")
+    exchange, second = Exchange("bcast", type="fanout"), Exchange("bcast2", type="fanout")
     got: list[Any] = []
 
-    def broadcast_arrives(consuming: Any, n: int) -> bool:
+    def broadcast_arrives(consuming: Any, n: int, to: Any = exchange) -> bool:
         with Connection(url) as producing:
-            Producer(producing.default_channel, exchange=exchange).publish({"n": n})
+            Producer(producing.default_channel, exchange=to).publish({"n": n})
         deadline = time.monotonic() + 1.0
         while {"n": n} not in got and time.monotonic() < deadline:
             with contextlib.suppress(TimeoutError):
@@ -335,11 +335,19 @@ def test_a_broadcast_subscription_no_node_takes_is_taken_again_later(
         for port in masters:
             cluster.node(port).restart()
         cluster.wait_ok(timeout=30)
+        # A fanout queue consumed now subscribes all of them again, not only its own.
+        Consumer(
+            channel,
+            [Queue("bcast-q2", second, auto_delete=True)],
+            callbacks=[lambda body, message: got.append(body)],
+            no_ack=True,
+        ).consume()
         n = 2
         deadline = time.monotonic() + 30
         while not broadcast_arrives(consuming, n):
             assert time.monotonic() < deadline, "no broadcast arrived after the masters came back"
             n += 1
+        assert broadcast_arrives(consuming, n + 1, to=second)
 
 
 # --- a master SIGKILLed mid-drain ----------------------------------------------------------

@@ -707,10 +707,17 @@ class Channel(virtual.Channel):  # type: ignore[misc]
     # --- fanout (PUBLISH/SUBSCRIBE on one node) ----------------------------------------
 
     def _subscribe(self, exchange: str) -> None:
-        pubsub = self._pubsub
-        if pubsub is None:
-            pubsub = self._pubsub = self._new_pubsub()
-        pubsub.subscribe(self._fanout_channel(exchange))
+        channels = {self._fanout_channel(exchange)}
+        if self._pubsub is None:  # the first subscription, or one lost: all channels
+            channels.update(self._fanout_channels())
+            self._pubsub = self._new_pubsub()
+        self._pubsub.subscribe(*channels)
+
+    def _fanout_channels(self) -> list[str]:
+        """The channels of the fanout queues this channel consumes."""
+        return [
+            self._fanout_channel(e) for q, e in self._fanout.items() if q in self._active_queues
+        ]
 
     def _new_pubsub(self) -> Any:
         nodes = self.client.get_primaries() or self.client.get_nodes()
@@ -759,9 +766,7 @@ class Channel(virtual.Channel):  # type: ignore[misc]
         replica takes over): then no subscription is left, and the next read tries
         again, at most every :data:`_RESUBSCRIBE_EVERY` seconds.
         """
-        channels = [
-            self._fanout_channel(e) for q, e in self._fanout.items() if q in self._active_queues
-        ]
+        channels = self._fanout_channels()
         now = time.monotonic()
         if not channels or now < self._resubscribe_at:
             return
