@@ -150,7 +150,8 @@ PRIVATE_API: Final[tuple[tuple[str, str, str, str, str], ...]] = (
         "AbstractConnection",
         "_sock",
         "instance",
-        "cluster transport: select() on the wake-up sockets",
+        "cluster transport: select() on the wake-up sockets; reliable transport: "
+        "fetch ahead only on a connected poll connection",
     ),
 )
 

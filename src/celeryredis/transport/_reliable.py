@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -37,6 +38,8 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.sentinel
+from celery.signals import task_postrun
+from celery.worker import state as worker_state
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 
@@ -76,6 +79,8 @@ _CLAIM_SECONDS: Final = 10.0
 # fetches from there sends them, before the messages' leases run out.
 _ORPHANED_ACKS: dict[tuple[Any, ...], set[str]] = {}
 _ORPHANED_LOCK = threading.Lock()
+#: ``now``: (channel, payload, pid) while a channel delivers the last message of a fetch.
+_DELIVERING = threading.local()
 
 
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
@@ -116,7 +121,8 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
             super().ack(delivery_tag)
             return
         channel.release(delivery_tag)
-        channel.queue_ack(delivery_tag)
+        if not channel.acked_ahead(delivery_tag):
+            channel.queue_ack(delivery_tag)
         if channel.closed:
             channel.orphan_pending_acks()
         virtual.QoS.ack(self, delivery_tag)
@@ -202,6 +208,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._no_ack_queues: set[str] = set()
         self._wait_next = False
         self._in_flight: tuple[str, list[str], list[str], int] | None = None
+        self._acked_ahead: set[str] = set()  # acks fetch_ahead sent before Celery's ack
         self._use_eval = False
         self._shas: dict[str, str] = {}
         # (queues, no-ack flags, lease offset, script SHA) -> the fetch command's fixed
@@ -367,7 +374,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             (b"*%d\r\n" % total, head_bytes, _resp((count,)), rest_bytes, _resp((len(acks), *acks)))
         )
 
-    def _brpop_start(self, timeout: float | None = None) -> None:
+    def _brpop_start(self, timeout: float | None = None, *, count: int | None = None) -> None:
         if not self.reliable:
             super()._brpop_start(timeout)
             return
@@ -389,7 +396,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             command: list[Any] = ["BLMOVE", key, key, "RIGHT", "RIGHT", wait or 0]
             self._in_flight = ("wait", list(queues), [], 0)
         else:
-            count = self._batch_size()
+            count = self._batch_size() if count is None else count
             if self._use_eval:
                 command = self._fetch_command(queues, count, acks)
             else:
@@ -408,6 +415,47 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._in_flight = None
             self._in_poll = None
             raise
+
+    def fetch_ahead(self, tag: str) -> bool:
+        """Ack ``tag``, whose task just succeeded, and send the next fetch now.
+
+        Called at ``task_postrun`` when the task ran inside this channel's delivery (the
+        solo pool runs it there): Celery would ack it a moment later, and the fetch would
+        go out on the event loop's next pass; sent now, its round trip overlaps the rest
+        of Celery's work for the task. The fetch asks for the slots the ack frees, so
+        the prefetch window is kept. Returns whether the fetch was sent.
+        """
+        if self._in_flight is not None or self._in_poll or self.closed:
+            return False
+        if not self.active_queues or "can_consume" in self.qos.__dict__:
+            return False  # worker_disable_prefetch: the pool decides, not the window
+        estimate = self.qos.can_consume_max_estimate()
+        if estimate is None or self.client.connection._sock is None:
+            return False  # no window to keep; or a poll connection kombu must register
+        with self._lock:
+            held = tag in self._held  # not with early acks: Celery acked it at receipt
+            if held:
+                self._held.discard(tag)
+                self._acked_ahead.add(tag)
+                self._pending_acks.add(tag)
+        count = min(int(estimate) + int(held), int(self.fetch_batch_max))
+        try:
+            if count <= 0:
+                return False
+            self._brpop_start(count=count)
+        except BaseException:
+            with self._lock:
+                self._acked_ahead.discard(tag)
+            raise
+        return True
+
+    def acked_ahead(self, tag: str) -> bool:
+        """True (once) when :meth:`fetch_ahead` already sent ``tag``'s ack."""
+        with self._lock:
+            if tag in self._acked_ahead:
+                self._acked_ahead.discard(tag)
+                return True
+            return False
 
     def _abandon_in_flight(self) -> None:
         """The last command's reply will never be read: send its acks again later."""
@@ -462,11 +510,13 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 self._wait_next = True
                 raise Empty()
             self._wait_next = len(reply) // 2 < count
-            self._deliver_batch(queues, reply)
-            return True
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
+        # Delivered after the poll is marked idle: a task run inside the delivery (solo
+        # pool) may send the next fetch itself (fetch_ahead), which must stay in flight.
+        self._deliver_batch(queues, reply)
+        return True
 
     def _deliver_batch(self, queues: Sequence[str], reply: Sequence[Any]) -> None:
         batch: list[tuple[str, dict[str, Any]]] = []
@@ -484,13 +534,18 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             if queue not in self._no_ack_queues:
                 with self._lock:
                     self._recorded.add(tag)
+        last = len(batch) - 1
         for position, (queue, payload) in enumerate(batch):
             self._queue_cycle.rotate(queue)
+            if position == last and queue not in self._no_ack_queues:
+                _DELIVERING.now = (self, payload, os.getpid())
             try:
                 deliver(self.connection, payload, queue)
             except BaseException:
                 self._restore_rest(batch[position + 1 :])
                 raise
+            finally:
+                _DELIVERING.now = None
 
     def _poison_unacked(self, raw: Any) -> None:
         client = self._scripts_client
@@ -843,3 +898,33 @@ class SentinelTransport(Transport):
 
     Channel = SentinelChannel
     default_port = kombu_redis.SentinelTransport.default_port
+
+
+def _fetch_ahead(
+    sender: Any = None, task_id: str | None = None, state: str | None = None, **_: Any
+) -> None:
+    """At ``task_postrun``, send the next fetch when the solo pool's task succeeded.
+
+    The task ran inside the delivery of its own message (the solo pool runs it there),
+    so :meth:`Channel.fetch_ahead` acks it and fetches at once. Anything else passes:
+    another thread or process than the delivery's (thread and prefork pools), an eager
+    call inside the task (another id), a task that did not succeed (Celery decides
+    between ack, reject and requeue), a worker stopping.
+    """
+    now = getattr(_DELIVERING, "now", None)
+    if now is None or state != "SUCCESS":
+        return
+    channel, payload, pid = now
+    headers = payload.get("headers") or {}
+    if pid != os.getpid() or task_id is None or headers.get("id") != task_id:
+        return
+    if sender is not None and getattr(sender.request, "is_eager", False):
+        return
+    stopping = (getattr(worker_state, name, None) for name in ("should_stop", "should_terminate"))
+    if any(flag is not None for flag in stopping):
+        return
+    _DELIVERING.now = None  # once per delivery
+    channel.fetch_ahead(str(payload["properties"]["delivery_tag"]))
+
+
+task_postrun.connect(_fetch_ahead, weak=False, dispatch_uid="celeryredis.transport.fetch_ahead")
