@@ -313,14 +313,17 @@ def test_a_broadcast_subscription_no_node_takes_is_taken_again_later(
                 consuming.drain_events(timeout=0.2)
         return {"n": n} in got
 
-    with Connection(url) as consuming:
-        channel = consuming.default_channel
+    def consume(channel: Any, name: str, source: Any) -> None:
         Consumer(
             channel,
-            [Queue("bcast-q", exchange, auto_delete=True)],
+            [Queue(name, source, auto_delete=True)],
             callbacks=[lambda body, message: got.append(body)],
             no_ack=True,
         ).consume()
+
+    with Connection(url) as consuming:
+        channel = consuming.default_channel
+        consume(channel, "bcast-q", exchange)
         assert broadcast_arrives(consuming, 1)
 
         masters = list(cluster.masters)
@@ -336,12 +339,7 @@ def test_a_broadcast_subscription_no_node_takes_is_taken_again_later(
             cluster.node(port).restart()
         cluster.wait_ok(timeout=30)
         # A fanout queue consumed now subscribes all of them again, not only its own.
-        Consumer(
-            channel,
-            [Queue("bcast-q2", second, auto_delete=True)],
-            callbacks=[lambda body, message: got.append(body)],
-            no_ack=True,
-        ).consume()
+        consume(channel, "bcast-q2", second)
         n = 2
         deadline = time.monotonic() + 30
         while not broadcast_arrives(consuming, n):
