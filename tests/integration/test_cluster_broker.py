@@ -484,10 +484,9 @@ def test_a_master_killed_mid_drain_loses_no_acknowledged_publish(
                 ran = {int(k) for k in counts.hkeys("runs")}
                 return set(acknowledged) <= ran
 
-            deadline = time.monotonic() + 60
-            while not all_ran() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if not all_ran():
+            try:
+                wait_for(all_ran, 60, "every acknowledged publish to run")
+            except pytest.fail.Exception:
                 pytest.fail(_where_are_they(cluster, queue, acknowledged, counts, worker))
             recovered_after = time.monotonic() - killed_at
             runs = {int(k): int(v) for k, v in counts.hgetall("runs").items()}
