@@ -6,9 +6,9 @@ pool, for each variant in turn, the order rotating every repetition. A variant i
 ``stock`` or ``reliable``, optionally ``@/path/to/src`` to run the worker on another copy
 of the package (``git archive`` a commit's ``src`` there to compare two versions of the
 code side by side). Besides the drain rate (first completion to last) it reads the CPU
-time the worker (main process and pool children, reaped ones included) and
-redis-server used over the same span, per task: on a machine other jobs load, CPU per
-task moves less than rates do.
+time the worker (main process and pool children, reaped ones included), its main
+process alone and redis-server used over the same span, per task: on a machine other
+jobs load, CPU per task moves less than rates do.
 
 Usage: python benchmarks/ab_transport.py [--n 1500] [--runs 5] [--pool prefork]
        [--config production] [--base celeryredis.Task] [--variants stock,reliable]
@@ -53,6 +53,11 @@ def cpu_seconds(pid: int, children: bool = True) -> float:
     return total
 
 
+def _cpu(worker_pid: int, server_pid: int) -> tuple[float, float, float]:
+    """CPU seconds of the worker (with its pool children), its main process, redis-server."""
+    return cpu_seconds(worker_pid), cpu_seconds(worker_pid, children=False), cpu_seconds(server_pid)
+
+
 def _drain(
     bench: BenchApp,
     client: redis.Redis,
@@ -61,8 +66,8 @@ def _drain(
     *,
     extra: dict[str, str],
     variant: str,
-) -> tuple[tuple[float, int, float, float], tuple[float, int, float, float]]:
-    """(monotonic time, tasks done, worker CPU s, redis CPU s) at first and last completion."""
+) -> tuple[tuple[float, int, float, float, float], tuple[float, int, float, float, float]]:
+    """(time, tasks done, worker, main process and redis CPU s) at first and last completion."""
     worker = bench.worker(
         opts.config,
         pool=opts.pool,
@@ -71,17 +76,17 @@ def _drain(
         extra_env=extra,
     )
     try:
-        first: tuple[float, int, float, float] | None = None
+        first: tuple[float, int, float, float, float] | None = None
         deadline = time.monotonic() + 600
         while True:
             done = int(client.get("bench:done") or 0)
             now = time.monotonic()
             if done and first is None:
-                first = (now, done, cpu_seconds(worker.pid), cpu_seconds(server_pid))
+                first = (now, done, *_cpu(worker.pid, server_pid))
             if done >= opts.n or now > deadline:
                 break
             time.sleep(0.005)
-        last = (now, done, cpu_seconds(worker.pid), cpu_seconds(server_pid))
+        last = (now, done, *_cpu(worker.pid, server_pid))
     finally:
         worker.stop()
     if first is None or done < opts.n or last[1] == first[1]:
@@ -101,6 +106,7 @@ def main() -> int:
     variants = opts.variants.split(",")
     rates: dict[str, list[float]] = {v: [] for v in variants}
     worker_cpu: dict[str, list[float]] = {v: [] for v in variants}
+    main_cpu: dict[str, list[float]] = {v: [] for v in variants}
     redis_cpu: dict[str, list[float]] = {v: [] for v in variants}
     with RedisServer() as server, tempfile.TemporaryDirectory() as tmp:
         url = server.url_for(0)
@@ -120,10 +126,12 @@ def main() -> int:
                 tasks = last[1] - first[1]
                 rates[variant].append(tasks / (last[0] - first[0]))
                 worker_cpu[variant].append((last[2] - first[2]) / tasks * 1e6)
-                redis_cpu[variant].append((last[3] - first[3]) / tasks * 1e6)
+                main_cpu[variant].append((last[3] - first[3]) / tasks * 1e6)
+                redis_cpu[variant].append((last[4] - first[4]) / tasks * 1e6)
                 print(
                     f"run {rep + 1} {variant:24} {rates[variant][-1]:7,.0f} tasks/s  "
-                    f"worker CPU {worker_cpu[variant][-1]:6,.0f} µs/task  "
+                    f"worker CPU {worker_cpu[variant][-1]:6,.0f} µs/task "
+                    f"(main process {main_cpu[variant][-1]:6,.0f})  "
                     f"redis CPU {redis_cpu[variant][-1]:5,.0f} µs/task",
                     flush=True,
                 )
@@ -137,7 +145,8 @@ def main() -> int:
             f"{variant:24} {statistics.median(rate):7,.0f} ({min(rate):,.0f}–{max(rate):,.0f}) "
             f"tasks/s; / {variants[0]} per run: median {statistics.median(per_run):.2f} "
             f"({min(per_run):.2f}–{max(per_run):.2f}) [{' '.join(f'{r:.2f}' for r in per_run)}]; "
-            f"worker CPU {statistics.median(worker_cpu[variant]):,.0f} µs/task, "
+            f"worker CPU {statistics.median(worker_cpu[variant]):,.0f} µs/task "
+            f"(main process {statistics.median(main_cpu[variant]):,.0f}), "
             f"redis CPU {statistics.median(redis_cpu[variant]):,.0f} µs/task (medians)"
         )
     return 0
