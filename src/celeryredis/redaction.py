@@ -64,8 +64,15 @@ DEFAULT_SENSITIVE_NAMES: Final = (
 #: "secret" would blank out every occurrence of that character).
 MIN_SECRET_CHARS: Final = 4
 
-# user:password@ in anything that looks like a URL, parsable or not.
+# user:password@ in a URL with a scheme ("redis://user:pw@h"; a password may start with "/").
 _USERINFO_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s;]*:)[^@\s;]*(?P<at>@)")
+# Then what is left, parsable or not ("redis//:pw@h", "redis:/:pw@h", ":pw@h", a raw "@"
+# in a password): from a colon not followed by "//" to the last "@" of the same token
+# (never across white space, a quote or ";", the separator of sentinel URL lists). A
+# user name without a password ("redis://user@h") stays shown. It starts with a literal,
+# so it costs a fraction of the first.
+_LOOSE_USERINFO_RE = re.compile(r""":(?!//)[^\s'";]*@""")
+_LOOSE_MASK = f":{REDACTED}@"
 
 _repr = reprlib.Repr()
 _repr.maxstring = 80
@@ -91,7 +98,7 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
         'login failed for ***'
     """
     if "@" in text:  # every URL password is followed by one (a per-record cost: skip the regex)
-        text = _USERINFO_RE.sub(_mask_userinfo, text)
+        text = _LOOSE_USERINFO_RE.sub(_LOOSE_MASK, _USERINFO_RE.sub(_mask_userinfo, text))
     if secrets:
         found = {s for s in secrets if len(s) >= MIN_SECRET_CHARS}
         for secret in sorted(found, key=len, reverse=True):

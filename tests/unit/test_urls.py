@@ -132,6 +132,11 @@ def test_password_never_in_repr_or_str(url: str) -> None:
         f"redis://app:{SECRET}@h/0?bogus=1",
         f"rediscluster://:{SECRET}@h:7000/2",
         f"rediscluster://app:{SECRET}@h:7000,h2:bad",
+        # Malformed: no "://", so no scheme to anchor on (found by a new-user trial).
+        f"redis//:{SECRET}@127.0.0.1:6555/0",
+        f"redis:/:{SECRET}@127.0.0.1:6555/0",
+        f":{SECRET}@127.0.0.1:6555",
+        f"redis//app:{SECRET}@h/0",
     ],
 )
 def test_password_never_in_error_messages(url: str) -> None:
@@ -145,6 +150,34 @@ def test_redact_text_handles_several_urls() -> None:
     text = f"broker redis://a:{SECRET}@h/0 and backend rediss://:{SECRET}@h2/1 done"
     assert redact_text(text) == "broker redis://a:***@h/0 and backend rediss://:***@h2/1 done"
     assert redact_url(None) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (f"'redis//:{SECRET}@h:1/0' is not valid", "'redis//:***@h:1/0' is not valid"),
+        (f"redis:/:{SECRET}@h", "redis:***@h"),
+        (f"x :{SECRET}@h:1", "x :***@h:1"),
+        (f"redis://:p@{SECRET}@h/0", "redis://:***@h/0"),  # a raw "@" in the password
+        (f"redis://u:/{SECRET}@h", "redis://u:***@h"),
+        (f"redis://u://{SECRET}@h", "redis://u:***@h"),
+        (
+            f"sentinel://:{SECRET}@a:1;sentinel://:{SECRET}@b:2",
+            "sentinel://:***@a:1;sentinel://:***@b:2",
+        ),
+        (
+            f'{{"url":"redis://u:{SECRET}@h/0","to":"a@b"}}',
+            '{"url":"redis://u:***@h/0","to":"a@b"}',
+        ),
+        # No password: nothing to hide, and a log line's times and node names stay.
+        ("redis://user@h:1/0", "redis://user@h:1/0"),
+        ("[2026-12-02 22:00:01,123: WARNING/MainProcess] celery@vm ready.", None),
+    ],
+)
+def test_redact_text_hides_passwords_of_urls_that_do_not_parse(
+    text: str, shown: str | None
+) -> None:
+    assert redact_text(text) == (text if shown is None else shown)
 
 
 @given(st.text(max_size=80))
