@@ -17,7 +17,13 @@ from typing import Any
 
 from celeryredis.presets import DERIVED, LIBRARY_SETTINGS, PRESETS, Preset
 from celeryredis.registry import SETTINGS
-from celeryredis.validation import CHECKS, MODES, derive_visibility_timeout, normalise_modes
+from celeryredis.validation import (
+    CHECKS,
+    MODES,
+    UNWAIVABLE,
+    derive_visibility_timeout,
+    normalise_modes,
+)
 
 VT_KEY = "broker_transport_options.visibility_timeout"
 
@@ -145,6 +151,12 @@ def checks_page() -> str:
         f"  `validate={example!r}`;",
         "- or in the settings below, which a preset or the host's own configuration can",
         f"  carry too: `celeryredis_validate_checks={per_check!r}`.",
+        "",
+        "No mode waives "
+        + ", ".join(f"`{c}`" for c in UNWAIVABLE)
+        + " (`validation.UNWAIVABLE`): "
+        + "; ".join(UNWAIVABLE.values())
+        + '. Setting it to another mode is refused, and `validate="warn"` leaves it an error.',
         "",
         "| setting | default | meaning |",
         "|---|---|---|",

@@ -32,6 +32,7 @@ __all__ = [
     "BACKEND_TRANSPORT_OPTIONS",
     "CHECKS",
     "MODES",
+    "UNWAIVABLE",
     "Check",
     "Finding",
     "Mode",
@@ -49,6 +50,19 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Mode = Literal["error", "warn", "ignore"]
+
+#: Checks whose findings no mode turns into a warning: what they refuse cannot be run
+#: at all. With no broker URL Celery connects to its own default broker,
+#: ``amqp://guest@localhost:5672//``, so ``validate="warn"`` would only trade the error
+#: for a confusing one later, from whatever listens there.
+UNWAIVABLE: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "broker-url": (
+            "with no broker URL Celery would connect to its own default, "
+            "amqp://guest@localhost:5672//"
+        ),
+    }
+)
 Severity = Literal["error", "warning"]
 
 #: The accepted validation modes.
@@ -685,7 +699,8 @@ CHECKS: Final[Mapping[str, Check]] = MappingProxyType(
             Check(
                 "broker-url",
                 "error",
-                "A broker URL must be set; there is no silent localhost default.",
+                "A broker URL must be set; there is no silent localhost default. No mode "
+                "waives it.",
                 "A worker or a test would reach whatever Redis listens on localhost:6379.",
                 _check_broker_url,
             ),
@@ -775,7 +790,8 @@ def normalise_modes(validate: Any, per_check: Any = None) -> tuple[Mode, Mapping
         The default mode and the per-check overrides.
 
     Raises:
-        ConfigurationError: An unknown mode or check id.
+        ConfigurationError: An unknown mode or check id, or a check of
+            ``UNWAIVABLE`` set to another mode than ``"error"``.
     """
     overrides: dict[str, Any] = {}
     if isinstance(validate, Mapping):
@@ -797,6 +813,12 @@ def normalise_modes(validate: Any, per_check: Any = None) -> tuple[Mode, Mapping
                 setting="celeryredis_validate_checks",
             )
         _check_mode(f"validate[{check_id!r}]", mode)
+        if check_id in UNWAIVABLE and mode != "error":
+            raise ConfigurationError(
+                f"validation check {check_id!r} cannot be set to {mode!r}: "
+                f"{UNWAIVABLE[check_id]}; fix what it reports instead",
+                setting="celeryredis_validate_checks",
+            )
     return default, MappingProxyType(overrides)
 
 
@@ -821,7 +843,8 @@ def enforce(
     Raises:
         ConfigurationError: When at least one finding's mode is ``"error"`` and
             its severity is ``"error"`` (or its mode was set to ``"error"``
-            explicitly). The message lists all of them, one per line.
+            explicitly), or a finding's check is in ``UNWAIVABLE`` (whatever
+            the mode). The message lists all of them, one per line.
     """
     default, overrides = normalise_modes(validate, per_check)
     errors: list[Finding] = []
@@ -829,6 +852,9 @@ def enforce(
     for finding in findings:
         mode = overrides.get(finding.check_id, default)
         explicit = finding.check_id in overrides
+        if finding.check_id in UNWAIVABLE:
+            errors.append(finding)
+            continue
         if mode == "ignore":
             continue
         if mode == "error" and (finding.severity == "error" or explicit):
@@ -839,9 +865,15 @@ def enforce(
         logger.warning("%s: %s", context, finding)
     if errors:
         lines = "\n".join(f"  - {f}" for f in errors)
+        fatal = sorted({f.check_id for f in errors if f.check_id in UNWAIVABLE})
+        unwaivable = "; ".join(f"no mode waives [{c}]: {UNWAIVABLE[c]}" for c in fatal)
+        if len(fatal) == len({f.check_id for f in errors}):
+            hint = f"Fix it: {unwaivable}."
+        else:
+            hint = "Fix them, or set validate='warn' (or {check_id: 'warn'}) to accept the risk"
+            hint += f"; {unwaivable}." if fatal else "."
         raise ConfigurationError(
-            f"{context}: {len(errors)} configuration problem(s):\n{lines}\n"
-            "Fix them, or set validate='warn' (or {check_id: 'warn'}) to accept the risk.",
+            f"{context}: {len(errors)} configuration problem(s):\n{lines}\n{hint}",
             setting=errors[0].settings[0] if errors[0].settings else None,
             check_ids=[f.check_id for f in errors],
         )

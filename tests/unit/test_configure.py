@@ -15,7 +15,7 @@ from celery import Celery, shared_task
 from celery import Task as CeleryTask
 
 import celeryredis
-from celeryredis import ConfigurationError, configure, explain
+from celeryredis import ConfigurationError, configure, explain, make_app
 from celeryredis.presets import known_settings
 from celeryredis.validation import run_checks, settings_view
 from celeryredis.worker import app_findings
@@ -193,6 +193,42 @@ def test_missing_broker_url_is_an_error_that_lists_the_sources() -> None:
     eager.config_from_object(type("S", (), {"task_always_eager": True}))
     configure(eager)
     assert eager.conf.broker_url is None  # an eager-only host needs none
+
+
+@pytest.mark.parametrize(
+    "validate",
+    ["warn", "ignore", {"*": "warn"}, {"*": "ignore", "soft-limit-not-below-hard": "warn"}],
+)
+def test_no_mode_waives_a_missing_broker_url(validate: Any) -> None:
+    # With no URL Celery would fall back to its own amqp://guest@localhost:5672// default.
+    with pytest.raises(ConfigurationError) as excinfo:
+        make_app("nourl", validate=validate)
+    text = str(excinfo.value)
+    assert "[broker-url]" in text
+    assert "no mode waives [broker-url]" in text
+    assert "validate='warn'" not in text  # the hint does not offer what would not work
+    app = Celery("nourl_configured")
+    configure(app, validate=validate)
+    with pytest.raises(ConfigurationError, match=r"no mode waives \[broker-url\]"):
+        app.conf.get("broker_url")
+
+
+@pytest.mark.parametrize("mode", ["warn", "ignore"])
+def test_setting_the_broker_url_check_to_another_mode_is_refused(mode: str) -> None:
+    for kwargs in (
+        {"validate": {"broker-url": mode}},
+        {"celeryredis_validate_checks": {"broker-url": mode}},
+    ):
+        with pytest.raises(ConfigurationError, match=rf"'broker-url' cannot be set to '{mode}'"):
+            make_app("t", broker_url=URL, **kwargs)
+
+
+def test_other_problems_keep_their_waiver_hint_beside_a_missing_url() -> None:
+    with pytest.raises(ConfigurationError) as excinfo:
+        make_app("t", validate="error", task_soft_time_limit=400, task_time_limit=300)
+    last = str(excinfo.value).splitlines()[-1]
+    assert last.startswith("Fix them, or set validate='warn'")
+    assert "no mode waives [broker-url]" in last
 
 
 # --- the default task class --------------------------------------------------------------
