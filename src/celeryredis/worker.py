@@ -28,6 +28,7 @@ from celery.worker.consumer import Consumer as _CeleryConsumer
 from redis.exceptions import RedisClusterException
 
 from celeryredis import _kombu_compat
+from celeryredis._errors import fails_fast, permanent_errback
 from celeryredis._prefork import PreforkReapStep
 from celeryredis.connection import Client, new_redis
 from celeryredis.deadletter import DeadLetterError, DeadLetterQueue, dead_letter_message
@@ -125,6 +126,12 @@ class Consumer(_CeleryConsumer):
 
     - A message whose body cannot be decoded is dead-lettered. Celery only logs and
       acks such a message (``Consumer.on_decode_error``) and fires no signal.
+    - A broker that refuses the worker for good (a wrong or missing password, an ACL
+      that forbids what the worker needs, a TLS certificate that fails verification:
+      what :mod:`celeryredis._errors` calls permanent) stops it at once with the cause
+      and the fix, instead of Celery's "Trying again in 2.00 seconds... (1/None)"
+      without end. Only for a broker URL with one host: with several (Sentinel,
+      failover alternates) kombu tries the next one, which may accept.
     - A Redis restart no longer kills the worker. After a lost connection Celery
       calls ``connection.collect()`` and then ``connection.close()``; closing the
       channel tries to put its delivered-but-unacked messages back, which needs a
@@ -135,6 +142,19 @@ class Consumer(_CeleryConsumer):
       made quiet: those messages stay in kombu's ``unacked`` record and are
       restored after the visibility timeout, as for a crashed worker.
     """
+
+    def ensure_connected(self, conn: Any) -> Any:
+        """Celery's connection retries, ended at once by an error retrying cannot fix."""
+        if fails_fast(self.app.conf.broker_url):
+            ensure = conn.ensure_connection
+
+            def ensure_connection(errback: Any = None, *args: Any, **kwargs: Any) -> Any:
+                # Celery passes its own errback (the "Trying again" log line); ours
+                # raises RedisRefusedError for a permanent error, else calls it.
+                return ensure(permanent_errback(errback), *args, **kwargs)
+
+            conn.ensure_connection = ensure_connection
+        return super().ensure_connected(conn)
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         """Make the lost connection's ``close()`` unable to stop the worker, then recover."""

@@ -146,6 +146,48 @@ def test_a_stopped_server_still_gets_the_retry_budget(
     assert elapsed > PERMANENT_BOUND
 
 
+WORKER_APP = """
+import os
+
+from celeryredis import make_app
+
+app = make_app("refused", broker_url=os.environ["REFUSED_URL"], preset=os.environ["REFUSED_PRESET"])
+
+
+@app.task(shared=False)
+def add(x, y):
+    return x + y
+"""
+
+
+@pytest.mark.parametrize(("preset", "pool"), [("production", "prefork"), ("throughput", "solo")])
+@pytest.mark.parametrize("kind", ["wrong_password", "no_password"])
+def test_a_worker_the_broker_refuses_for_good_stops_at_once_with_the_fix(
+    kind: str,
+    preset: str,
+    pool: str,
+    locked: RedisServer,
+    redis_server_factory: Callable[..., RedisServer],
+    tls_dir: Path,
+    tmp_path: Path,
+    celery_worker_process: Callable[..., Any],
+) -> None:
+    # Celery's own loop retries such a connection without end ("Trying again in 2.00
+    # seconds... (1/None)" under the presets' unlimited broker_connection_max_retries).
+    url = _case(kind, locked, redis_server_factory, tls_dir)
+    (tmp_path / "refusedapp.py").write_text(WORKER_APP)
+    env = {"REFUSED_URL": url, "REFUSED_PRESET": preset}
+    worker = celery_worker_process("refusedapp", redis_url=url, env=env, pool=pool, cwd=tmp_path)
+    code = worker.wait_exit(timeout=60)  # start-up included; refused at the first try
+    log = worker.log_text()
+    assert code != 0, log
+    assert re.search(CASES[kind], log), log
+    assert "retrying will not help" in log
+    assert "Trying again" not in log  # not one retry
+    assert USER_PW not in log
+    assert ADMIN_PW not in log
+
+
 def test_enqueue_many_and_health_name_a_permanent_error_at_once(locked: RedisServer) -> None:
     app = make_app(
         "errors-bulk", broker_url=f"redis://127.0.0.1:{locked.port}/0", preset="production"
