@@ -54,10 +54,14 @@ import redis
 
 from celeryredis import RateLimitedTask, RetryTask, UniqueTask, make_app
 
-# A host project's app: production preset, with limits that suit a short demo.
+# A host project's app: production preset, with limits that suit a short demo. Every key
+# it writes starts with "celeryredis-demo:" (the tour deletes them all at the end), so a
+# Redis of your own keeps nothing of the demo and the demo reads nothing of yours.
 app = make_app(
     "demo_app",
     preset="production",
+    broker_transport_options={"global_keyprefix": "celeryredis-demo:"},
+    result_backend_transport_options={"global_keyprefix": "celeryredis-demo:"},
     task_time_limit=60,
     task_soft_time_limit=50,
     celeryredis_eta_horizon=30,

@@ -342,6 +342,34 @@ def test_demo_json_prints_its_summary_and_check_report_on_stdout(tmp_path: Path)
     assert "throwaway redis-server" in proc.stderr  # the tour itself went to stderr
 
 
+def test_demo_on_a_redis_of_your_own_leaves_only_your_keys(
+    redis_server_factory: Any, tmp_path: Path
+) -> None:
+    server = redis_server_factory()
+    url = f"{server.url.rsplit('/', 1)[0]}/3"
+    client = redis.Redis.from_url(url)
+    client.set("yours:key", "kept")
+    client.lpush("celeryredis:dlq", "yours")  # an unprefixed dead-letter queue of your own
+    env = {k: v for k, v in os.environ.items() if k != "CELERY_BROKER_URL"}
+    env["REDIS_URL"] = url
+    proc = subprocess.run(
+        [sys.executable, "-m", "celeryredis.cli", "demo", "--json"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Using the Redis configured in $REDIS_URL" in proc.stderr
+    # Its dead-letter step saw its own queue only, and every key it wrote is gone.
+    assert json.loads(proc.stdout)["check"]["status"] == "ok"
+    assert sorted(client.keys("*")) == [b"celeryredis:dlq", b"yours:key"]
+    assert client.lrange("celeryredis:dlq", 0, -1) == [b"yours"]
+    client.close()
+
+
 def test_check_tolerates_an_acl_user_without_info_or_config(
     redis_server_factory: Any, opsapp: Any
 ) -> None:
