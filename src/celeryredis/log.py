@@ -41,6 +41,7 @@ __all__ = [
     "current_task_context",
     "enter_task_context",
     "exit_task_context",
+    "failure_record_written",
     "fields_record",
     "flush_success_record",
     "install_record_factory",
@@ -163,6 +164,44 @@ class _CelerySuccessLine(logging.Filter):
 
 _success_filter = _CelerySuccessLine()
 _celery_trace_logger = logging.getLogger(_CELERY_TRACE_LOGGER)  # getLogger takes a lock
+
+
+# The task id whose ``failed`` record this thread has just written, or None.
+_LOGGED_FAILURE = threading.local()
+
+
+class _CeleryFailureLine(logging.Filter):
+    """Drop Celery's failure line of a task whose ``failed`` record was just written.
+
+    Celery's tracer runs ``on_failure`` (where :class:`celeryredis.Task` writes
+    ``failed``: the exception, its redacted traceback and the task's fields) and then
+    logs its own ``Task ...[id] raised unexpected: ...`` line with the same traceback,
+    in the same thread, with its values as the record's ``data``. That line of that
+    task id is dropped: one record per failure, not two ERROR records with two
+    tracebacks (two events in an error tracker that reads the log).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        task_id = getattr(_LOGGED_FAILURE, "value", None)
+        if task_id is None:
+            return True
+        data = getattr(record, "data", None)
+        if isinstance(data, dict) and data.get("id") == task_id and "exc" in data:
+            _LOGGED_FAILURE.value = None
+            return False
+        return True
+
+
+_failure_filter = _CeleryFailureLine()
+
+
+def failure_record_written(task_id: str) -> None:
+    """Say that this thread wrote ``task_id``'s ``failed`` record; Celery's line is dropped.
+
+    :class:`celeryredis.Task` calls it from ``on_failure`` after writing the record.
+    """
+    _celery_trace_logger.addFilter(_failure_filter)  # a no-op once there
+    _LOGGED_FAILURE.value = task_id
 
 
 @functools.lru_cache(maxsize=16)

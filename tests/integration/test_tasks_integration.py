@@ -185,6 +185,13 @@ def test_non_retryable_error_fails_once_with_traceback(
     assert "Traceback" in failed["exc_info"]
     assert client.get("exhausted:tasksapp.broken") is None
     assert int(client.get("mixin:on_failure")) == 1
+    # One record per failure: Celery's own "raised unexpected" line, with the same
+    # traceback, is not written beside ours.
+    assert not [
+        r
+        for r in _records(worker)
+        if r.get("name") == "celery.app.trace" and result.id in r["message"]
+    ]
 
 
 def test_exhausted_retries_call_the_hook_once(tasks_env: tuple[Any, Any, redis.Redis]) -> None:

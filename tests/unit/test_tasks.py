@@ -328,6 +328,14 @@ def test_a_success_is_one_line_and_started_is_a_debug_record(
     (failed,) = [r for r in caplog.records if getattr(r, "event", None) == "failed"]
     assert failed.args_summary == "(-1, '***')"  # type: ignore[attr-defined]
     assert "sk-live-123" not in failed.exc_message  # type: ignore[attr-defined]
+    # A failure is one record too: Celery's "raised unexpected" line is dropped for it,
+    # and kept for a task not of our bases.
+    # (eager: ours are `failed` and `dead_letter_skipped`)
+    assert {r.name for r in caplog.records if "t-fail" in r.getMessage()} == {"celeryredis.task"}
+    plain.apply(args=("x",), task_id="t-plain-fail", kwargs={"bogus": 1})
+    assert [r.name for r in caplog.records if "t-plain-fail" in r.getMessage()] == [
+        "celery.app.trace"
+    ]
 
     caplog.clear()
     caplog.set_level(logging.DEBUG, logger="celeryredis.task")

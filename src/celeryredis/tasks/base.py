@@ -73,6 +73,7 @@ from celeryredis.log import (
     current_task_context,
     enter_task_context,
     exit_task_context,
+    failure_record_written,
     fields_record,
     flush_success_record,
     redact_exc_info,
@@ -532,7 +533,7 @@ class Task(celery.Task[Any, Any]):
     ) -> None:
         """Log ``failed`` (once per attempt) and dead-letter the task."""
         summary, secrets = self._summary_and_secrets(args, kwargs)
-        self._log(
+        if self._log(
             "failed",
             logging.ERROR,
             exc=exc,
@@ -540,7 +541,8 @@ class Task(celery.Task[Any, Any]):
             einfo=einfo,
             secrets=secrets,
             args_summary=summary,
-        )
+        ):
+            failure_record_written(task_id)  # Celery's own failure line is not written
         reason = getattr(self.request, "celeryredis_reason", None) or self._failure_reason(exc)
         if reason is not None:
             self._dead_letter(reason, exc, task_id, args, kwargs, einfo=einfo)
