@@ -323,8 +323,11 @@ def test_heartbeat_key_lives_three_intervals(
     assert check_health(module.app).part("workers").details["lost"] == []
 
 
-def test_demo_json_prints_its_summary_and_check_report_on_stdout(tmp_path: Path) -> None:
+def _demo_json(tmp_path: Path, redis_url: str | None = None) -> tuple[dict[str, Any], str]:
+    """``celeryredis demo --json`` on ``redis_url`` (a throwaway server if None): (JSON, tour)."""
     env = {k: v for k, v in os.environ.items() if k not in {"CELERY_BROKER_URL", "REDIS_URL"}}
+    if redis_url is not None:
+        env["REDIS_URL"] = redis_url
     proc = subprocess.run(
         [sys.executable, "-m", "celeryredis.cli", "demo", "--json"],
         env=env,
@@ -335,11 +338,15 @@ def test_demo_json_prints_its_summary_and_check_report_on_stdout(tmp_path: Path)
         check=False,
     )
     assert proc.returncode == 0, proc.stderr
-    result = json.loads(proc.stdout)
+    return json.loads(proc.stdout), proc.stderr
+
+
+def test_demo_json_prints_its_summary_and_check_report_on_stdout(tmp_path: Path) -> None:
+    result, tour = _demo_json(tmp_path)
     assert len(result["summary"]) == 7
     assert result["check_exit_code"] == 0
     assert result["check"]["status"] == "ok"
-    assert "throwaway redis-server" in proc.stderr  # the tour itself went to stderr
+    assert "throwaway redis-server" in tour  # the tour itself went to stderr
 
 
 def test_demo_on_a_redis_of_your_own_leaves_only_your_keys(
@@ -350,21 +357,10 @@ def test_demo_on_a_redis_of_your_own_leaves_only_your_keys(
     client = redis.Redis.from_url(url)
     client.set("yours:key", "kept")
     client.lpush("celeryredis:dlq", "yours")  # an unprefixed dead-letter queue of your own
-    env = {k: v for k, v in os.environ.items() if k != "CELERY_BROKER_URL"}
-    env["REDIS_URL"] = url
-    proc = subprocess.run(
-        [sys.executable, "-m", "celeryredis.cli", "demo", "--json"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "Using the Redis configured in $REDIS_URL" in proc.stderr
+    result, tour = _demo_json(tmp_path, url)
+    assert "Using the Redis configured in $REDIS_URL" in tour
     # Its dead-letter step saw its own queue only, and every key it wrote is gone.
-    assert json.loads(proc.stdout)["check"]["status"] == "ok"
+    assert result["check"]["status"] == "ok"
     assert sorted(client.keys("*")) == [b"celeryredis:dlq", b"yours:key"]
     assert client.lrange("celeryredis:dlq", 0, -1) == [b"yours"]
     client.close()
