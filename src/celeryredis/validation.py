@@ -44,6 +44,7 @@ __all__ = [
     "required_visibility_timeout",
     "run_checks",
     "settings_view",
+    "unknown_namespaced_settings",
     "uses_reliable_transport",
 ]
 
@@ -490,6 +491,56 @@ def settings_view(conf: Mapping[str, Any], known: Iterable[str]) -> dict[str, An
     return view
 
 
+def unknown_namespaced_settings(conf: Mapping[str, Any], known: Iterable[str]) -> list[Finding]:
+    """Findings for the keys of the host's configuration under its namespace nobody knows.
+
+    Under a namespace (Django's ``CELERY_``) a misspelt setting such as
+    ``CELERY_TASK_TIME_LIMT`` is ignored by Celery without a word. Every key of the
+    host's own configuration with the namespace's prefix must name a Celery or
+    ``celeryredis_*`` setting (or an old name, which its own check reports). Without a
+    namespace the host's mapping also holds whatever else its module defines, so
+    nothing is judged there (``make_app()`` and ``configure()`` refuse a misspelt
+    keyword at once).
+
+    Args:
+        conf: ``app.conf``.
+        known: The plain setting names accepted.
+    """
+    prefix = getattr(conf, "prefix", None)
+    maps = getattr(conf, "maps", None)
+    if not isinstance(prefix, str) or not prefix or not maps:
+        return []
+    prefix = prefix.upper()
+    names = sorted(set(known))
+    table = old_setting_names()
+    findings: list[Finding] = []
+    seen: set[str] = set()
+    for mapping in list(maps)[:-1]:
+        if getattr(mapping, "celeryredis_layer", False):
+            continue
+        for key in list(mapping):
+            if not isinstance(key, str) or key in seen or not key.upper().startswith(prefix):
+                continue
+            seen.add(key)
+            rest = key[len(prefix) :]
+            if rest.lower() in names or rest.upper() in table:
+                continue
+            close = difflib.get_close_matches(rest.lower(), names, n=1, cutoff=0.6)
+            hint = f"did you mean {prefix + close[0].upper()!r}? " if close else ""
+            findings.append(
+                Finding(
+                    "unknown-setting",
+                    "error",
+                    f"{key!r} in the app's configuration is not a Celery or celeryredis "
+                    f"setting under the {prefix!r} namespace, and Celery would ignore it "
+                    f"without a word; {hint}(if it belongs to another library, set "
+                    "celeryredis_validate_checks={'unknown-setting': 'warn'})",
+                    (key,),
+                )
+            )
+    return findings
+
+
 def _check_restore_sweep(conf: Mapping[str, Any]) -> Iterable[Finding]:
     if uses_reliable_transport(conf):
         return  # The reliable transport sweeps every celeryredis_lease_sweep_interval.
@@ -623,7 +674,11 @@ def _check_durable_publish(conf: Mapping[str, Any]) -> Iterable[Finding]:
 
 
 def _per_task_only(conf: Mapping[str, Any]) -> Iterable[Finding]:
-    """Checks evaluated per task class (``celeryredis_findings``) have no settings part."""
+    """No settings part: checks run per task class or on the app itself.
+
+    Per task class: ``celeryredis_findings``; on the app:
+    :func:`celeryredis.worker.app_findings`.
+    """
     return ()
 
 
@@ -703,6 +758,15 @@ CHECKS: Final[Mapping[str, Check]] = MappingProxyType(
                 "waives it.",
                 "A worker or a test would reach whatever Redis listens on localhost:6379.",
                 _check_broker_url,
+            ),
+            Check(
+                "unknown-setting",
+                "error",
+                "Every key of the host's configuration under its namespace (Django's "
+                "CELERY_) names a Celery or celeryredis setting.",
+                "Celery ignores a misspelt namespaced setting without a word: "
+                "CELERY_TASK_TIME_LIMT leaves the time limit at its default.",
+                _per_task_only,
             ),
             Check(
                 "task-class",

@@ -45,7 +45,13 @@ from celeryredis.transport import (
     is_cluster_broker,
     recorded_partitions,
 )
-from celeryredis.validation import Finding, enforce, run_checks, settings_view
+from celeryredis.validation import (
+    Finding,
+    enforce,
+    run_checks,
+    settings_view,
+    unknown_namespaced_settings,
+)
 
 __all__ = ["Consumer", "HeartbeatStep", "PoisonStep", "ValidationStep", "install"]
 
@@ -89,7 +95,14 @@ class ValidationStep(bootsteps.StartStopStep):
 
 
 def app_findings(app: Celery) -> list[Finding]:
-    """Checks of the app itself (not of its settings): its default task class."""
+    """Checks of the app itself, not of its settings' values.
+
+    The keys of its host configuration under a namespace, and its default task class.
+    """
+    return unknown_namespaced_settings(app.conf, known_settings()) + _task_class_findings(app)
+
+
+def _task_class_findings(app: Celery) -> list[Finding]:
     from kombu.utils.imports import symbol_by_name  # noqa: PLC0415
 
     try:

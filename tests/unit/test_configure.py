@@ -61,6 +61,32 @@ def test_namespaced_host_gives_no_finding_at_worker_start() -> None:
     assert app.conf.result_backend == URL
 
 
+def test_a_misspelt_namespaced_setting_is_refused_with_the_right_name() -> None:
+    # Celery ignores CELERY_TASK_TIME_LIMT without a word: the limit stays the preset's.
+    app = Celery("typo")
+    app.config_from_object(
+        _settings_class(CELERY_TASK_TIME_LIMT=60, CELERY_WORKER_CONCURENCY=4), namespace="CELERY"
+    )
+    configure(app)
+    with pytest.raises(ConfigurationError) as excinfo:
+        app.conf.get("task_time_limit")
+    text = str(excinfo.value)
+    assert "[unknown-setting] 'CELERY_TASK_TIME_LIMT'" in text
+    assert "did you mean 'CELERY_TASK_TIME_LIMIT'?" in text
+    assert "did you mean 'CELERY_WORKER_CONCURRENCY'?" in text
+    # Another library's CELERY_ setting: waived for that check alone, reported as a warning.
+    other = Celery("other_lib")
+    other.config_from_object(_settings_class(CELERY_ONCE={"backend": "x"}), namespace="CELERY")
+    configure(other, celeryredis_validate_checks={"unknown-setting": "warn"})
+    assert other.conf.task_time_limit == 600
+    assert [f.check_id for f in _worker_start_findings(other)] == ["unknown-setting"]
+    # Without a namespace the host's mapping holds whatever its module defines: not judged.
+    plain = Celery("plain")
+    plain.config_from_object(type("S", (), {"broker_url": URL, "os": object(), "helper": 1}))
+    configure(plain)
+    assert _worker_start_findings(plain) == []
+
+
 def test_old_names_under_a_namespace_are_still_found() -> None:
     app = Celery("old")
     app.config_from_object(_settings_class(CELERY_CELERYD_CONCURRENCY=4), namespace="CELERY")

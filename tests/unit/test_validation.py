@@ -57,7 +57,7 @@ def _conf(**kwargs: Any) -> Any:
 
 PER_TASK = {"task-retry-backoff"}  # evaluated per task class: tests/unit/test_tasks.py
 # Checks of the app rather than of a settings mapping: tests/unit/test_configure.py.
-APP_LEVEL = {"broker-url", "task-class"}
+APP_LEVEL = {"broker-url", "task-class", "unknown-setting"}
 
 
 def test_every_check_has_a_bad_case() -> None:
