@@ -142,6 +142,11 @@ def test_a_stopped_server_still_gets_the_retry_budget(
     assert info.value.permanent is False
     assert info.value.kind == "unreachable"
     assert "Retry later" in str(info.value)
+    # It says which Redis did not answer (a test that reached the wrong one shows it):
+    # with results on, the result backend's subscribe comes first.
+    assert f"the result backend's Redis (result_backend {url}): Redis did not answer" in str(
+        info.value
+    )
     # It waited out the retries (the production preset's budget is ~11 s), not failed at once.
     assert elapsed > PERMANENT_BOUND
 

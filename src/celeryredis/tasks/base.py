@@ -726,18 +726,20 @@ def _with_permanent_errback(policy: Mapping[str, Any] | None) -> dict[str, Any]:
 def publish_error(app: Any, name: str, exc: BaseException, elapsed: float) -> PublishError:
     """The :class:`PublishError` for ``exc``: a permanent refusal's cause and fix, or the wait."""
     diagnosis = classify(exc)
+    # Celery's result backend gives up on its subscribe with a bare RuntimeError.
+    where = refused_by(exc) or ("result backend" if isinstance(exc, RuntimeError) else "broker")
+    setting = "result_backend" if where == "result backend" else "broker_url"
+    # A cluster broker is shown as its rediscluster:// URL, not kombu's one-per-node form.
+    url = redact_url(redis_url_of_broker(str(app.conf.get(setting) or ""))) or "unset"
     if diagnosis.permanent:
-        where = refused_by(exc) or ("result backend" if isinstance(exc, RuntimeError) else "broker")
-        setting = "result_backend" if where == "result backend" else "broker_url"
-        # A cluster broker is shown as its rediscluster:// URL, not kombu's one-per-node form.
-        url = redact_url(redis_url_of_broker(str(app.conf.get(setting) or ""))) or "unset"
         message = (
             f"could not publish task {name!r}: the {where}'s Redis ({setting} {url}) refused "
             f"the app: {describe(diagnosis, setting)}. The task was not sent."
         )
     else:
         message = (
-            f"could not publish task {name!r}: {diagnosis.cause} for {elapsed:.1f} s "
+            f"could not publish task {name!r}: the {where}'s Redis ({setting} {url}): "
+            f"{diagnosis.cause} for {elapsed:.1f} s "
             f"({diagnosis.detail}); the task was not sent. Retry later, or lengthen "
             "task_publish_retry_policy and result_backend_transport_options['retry_policy'] "
             "to wait longer"

@@ -185,8 +185,8 @@ class LocalRedisCluster:
     def _node_client(self, port: int) -> redis.Redis:
         return redis.Redis(host="127.0.0.1", port=port, password=self.password, socket_timeout=2)
 
-    def _cluster_nodes(self) -> list[tuple[int, list[str]]]:
-        """``(port, flags)`` per node, as the first running node sees it."""
+    def _cluster_nodes(self) -> list[tuple[int, list[str], bool]]:
+        """``(port, flags, serves slots)`` per node, as the first running node sees it."""
         for node in self.nodes:
             if not node.is_running():
                 continue
@@ -198,18 +198,26 @@ class LocalRedisCluster:
             finally:
                 client.close()
             return [
-                (int(address.split("@", 1)[0].rsplit(":", 1)[1]), str(row["flags"]).split(","))
+                (
+                    int(address.split("@", 1)[0].rsplit(":", 1)[1]),
+                    str(row["flags"]).split(","),
+                    bool(row.get("slots")),
+                )
                 for address, row in table.items()
             ]
         raise RedisServerError("no running node answered CLUSTER NODES")
 
     @property
     def masters(self) -> list[int]:
-        """Ports of the nodes that are masters now and not failed, sorted."""
+        """Ports of the nodes that are masters now, not failed and serving slots, sorted.
+
+        Serving slots: right after ``--cluster create`` a node's table can still flag a
+        node that is becoming a replica as a master (with no slots) until gossip reaches it.
+        """
         return sorted(
             port
-            for port, flags in self._cluster_nodes()
-            if "master" in flags and "fail" not in flags and "fail?" not in flags
+            for port, flags, slots in self._cluster_nodes()
+            if "master" in flags and "fail" not in flags and "fail?" not in flags and slots
         )
 
     def master_for(self, key: str) -> int:
@@ -282,7 +290,26 @@ class LocalRedisCluster:
                 f"{(create.stdout + create.stderr)[-2000:]}"
             )
         self.wait_ok(self.start_timeout)
+        self._wait_roles(self.start_timeout)
         return self
+
+    def _wait_roles(self, timeout: float) -> None:
+        """Wait until the node :attr:`masters` asks sees every replica as a replica.
+
+        ``cluster_state:ok`` comes before gossip has told every node which of the others
+        ``--cluster create`` made replicas.
+        """
+        deadline = time.monotonic() + timeout
+        replicas = self.master_count * self.replica_count
+        while time.monotonic() < deadline:
+            nodes = self._cluster_nodes()
+            if (
+                len(self.masters) == self.master_count
+                and sum("slave" in flags for _port, flags, _slots in nodes) == replicas
+            ):
+                return
+            time.sleep(0.05)
+        raise RedisServerError(f"the cluster's roles did not settle within {timeout} s")
 
     def _tls_args(self, certs: Path | None, port: int) -> list[str]:
         """A node's TLS arguments (``port``: its TLS port, whose bus port is free)."""
@@ -368,7 +395,7 @@ class LocalRedisCluster:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             pending = []
-            for port, flags in self._cluster_nodes():
+            for port, flags, _slots in self._cluster_nodes():
                 if "slave" not in flags or "fail" in flags:
                     continue
                 client = self._node_client(port)
