@@ -47,6 +47,16 @@ def _settings_class(**extra: Any) -> type:
     return type("Settings", (), attrs)
 
 
+def _refused_on_load(settings: type) -> str:
+    """The message of the ConfigurationError a configured Django-like app raises on load."""
+    app = Celery("refused")
+    app.config_from_object(settings, namespace="CELERY")
+    configure(app)
+    with pytest.raises(ConfigurationError) as excinfo:
+        app.conf.get("task_time_limit")
+    return str(excinfo.value)
+
+
 def test_namespaced_host_gives_no_finding_at_worker_start() -> None:
     """The issue's repro: 13 old-setting-names findings before; none now."""
     settings = type("S", (), {"CELERY_BROKER_URL": URL})
@@ -63,14 +73,7 @@ def test_namespaced_host_gives_no_finding_at_worker_start() -> None:
 
 def test_a_misspelt_namespaced_setting_is_refused_with_the_right_name() -> None:
     # Celery ignores CELERY_TASK_TIME_LIMT without a word: the limit stays the preset's.
-    app = Celery("typo")
-    app.config_from_object(
-        _settings_class(CELERY_TASK_TIME_LIMT=60, CELERY_WORKER_CONCURENCY=4), namespace="CELERY"
-    )
-    configure(app)
-    with pytest.raises(ConfigurationError) as excinfo:
-        app.conf.get("task_time_limit")
-    text = str(excinfo.value)
+    text = _refused_on_load(_settings_class(CELERY_TASK_TIME_LIMT=60, CELERY_WORKER_CONCURENCY=4))
     assert "[unknown-setting] 'CELERY_TASK_TIME_LIMT'" in text
     assert "did you mean 'CELERY_TASK_TIME_LIMIT'?" in text
     assert "did you mean 'CELERY_WORKER_CONCURRENCY'?" in text
@@ -197,14 +200,9 @@ def test_explain_loads_the_configuration_of_an_app_configured_on_load() -> None:
 
 
 def test_findings_name_where_each_value_came_from() -> None:
-    app = Celery("src")
-    app.config_from_object(
-        type("S", (), {"CELERY_BROKER_URL": URL, "CELERY_TASK_TIME_LIMIT": 120}), namespace="CELERY"
+    text = _refused_on_load(
+        type("S", (), {"CELERY_BROKER_URL": URL, "CELERY_TASK_TIME_LIMIT": 120})
     )
-    configure(app)
-    with pytest.raises(ConfigurationError) as excinfo:
-        app.conf.get("task_time_limit")
-    text = str(excinfo.value)
     assert "task_soft_time_limit=1740 from preset:production" in text
     assert "task_time_limit=120 from app config" in text
 
