@@ -19,7 +19,7 @@ import difflib
 import functools
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Final, Literal
@@ -469,26 +469,39 @@ def settings_view(conf: Mapping[str, Any], known: Iterable[str]) -> dict[str, An
         finalize()  # an app.conf not loaded yet answers no `in` test until Celery loads it
     view = {name: conf.get(name) for name in known if name in conf}
     table = old_setting_names()
+    names = frozenset(known)
+    prefix, keys = _host_keys(conf)
+    for mapping, key in keys:
+        if prefix:
+            rest = key[len(prefix) :]
+            if rest.lower() not in names and rest.upper() in table:
+                view.setdefault(rest.upper(), mapping[key])
+        elif key in table and key not in names:
+            view.setdefault(key, mapping[key])
+    return view
+
+
+def _host_keys(conf: Any) -> tuple[str, Iterator[tuple[Any, str]]]:
+    """The namespace prefix (upper case, "" for none) and the host's own string keys.
+
+    The keys of every layer of ``app.conf`` but Celery's defaults and celeryredis's
+    layer (of ``conf`` itself for a plain mapping); under a namespace, only those with
+    its prefix.
+    """
     prefix = getattr(conf, "prefix", None)
     prefix = prefix.upper() if isinstance(prefix, str) else ""
     maps = getattr(conf, "maps", None)
     sources: list[Any] = list(maps)[:-1] if maps else [conf]
-    names = frozenset(known)
-    for mapping in sources:
-        if getattr(mapping, "celeryredis_layer", False):
-            continue
-        for key in list(mapping):
-            if not isinstance(key, str):
+
+    def keys() -> Iterator[tuple[Any, str]]:
+        for mapping in sources:
+            if getattr(mapping, "celeryredis_layer", False):
                 continue
-            if prefix:
-                if not key.upper().startswith(prefix):
-                    continue
-                rest = key[len(prefix) :]
-                if rest.lower() not in names and rest.upper() in table:
-                    view.setdefault(rest.upper(), mapping[key])
-            elif key in table and key not in names:
-                view.setdefault(key, mapping[key])
-    return view
+            for key in list(mapping):
+                if isinstance(key, str) and key.upper().startswith(prefix):
+                    yield mapping, key
+
+    return prefix, keys()
 
 
 def unknown_namespaced_settings(conf: Mapping[str, Any], known: Iterable[str]) -> list[Finding]:
@@ -506,38 +519,31 @@ def unknown_namespaced_settings(conf: Mapping[str, Any], known: Iterable[str]) -
         conf: ``app.conf``.
         known: The plain setting names accepted.
     """
-    prefix = getattr(conf, "prefix", None)
-    maps = getattr(conf, "maps", None)
-    if not isinstance(prefix, str) or not prefix or not maps:
+    prefix, keys = _host_keys(conf)
+    if not prefix or not getattr(conf, "maps", None):
         return []
-    prefix = prefix.upper()
-    names = sorted(set(known))
+    names = frozenset(known)
     table = old_setting_names()
     findings: list[Finding] = []
     seen: set[str] = set()
-    for mapping in list(maps)[:-1]:
-        if getattr(mapping, "celeryredis_layer", False):
+    for _mapping, key in keys:
+        rest = key[len(prefix) :]
+        if key in seen or rest.lower() in names or rest.upper() in table:
             continue
-        for key in list(mapping):
-            if not isinstance(key, str) or key in seen or not key.upper().startswith(prefix):
-                continue
-            seen.add(key)
-            rest = key[len(prefix) :]
-            if rest.lower() in names or rest.upper() in table:
-                continue
-            close = difflib.get_close_matches(rest.lower(), names, n=1, cutoff=0.6)
-            hint = f"did you mean {prefix + close[0].upper()!r}? " if close else ""
-            findings.append(
-                Finding(
-                    "unknown-setting",
-                    "error",
-                    f"{key!r} in the app's configuration is not a Celery or celeryredis "
-                    f"setting under the {prefix!r} namespace, and Celery would ignore it "
-                    f"without a word; {hint}(if it belongs to another library, set "
-                    "celeryredis_validate_checks={'unknown-setting': 'warn'})",
-                    (key,),
-                )
+        seen.add(key)
+        close = difflib.get_close_matches(rest.lower(), sorted(names), n=1, cutoff=0.6)
+        hint = f"did you mean {prefix + close[0].upper()!r}? " if close else ""
+        findings.append(
+            Finding(
+                "unknown-setting",
+                "error",
+                f"{key!r} in the app's configuration is not a Celery or celeryredis "
+                f"setting under the {prefix!r} namespace, and Celery would ignore it "
+                f"without a word; {hint}(if it belongs to another library, set "
+                "celeryredis_validate_checks={'unknown-setting': 'warn'})",
+                (key,),
             )
+        )
     return findings
 
 
