@@ -41,6 +41,7 @@ __all__ = [
     "require_supported",
     "set_exit_poll",
     "wrap_process_exit",
+    "wrap_result_meta",
 ]
 
 #: The installed Celery's version as a tuple of ints, e.g. ``(5, 7, 0)``.
@@ -73,6 +74,12 @@ PRIVATE_API: Final[tuple[tuple[str, str, str], ...]] = (
         "instance attribute",
         "DeadLetterQueue.replay: drop a result message Celery buffered for a task id that "
         "is published again",
+    ),
+    (
+        "celery.backends.base.BaseBackend._get_result_meta",
+        "method",
+        "_backend_guard.redact_stored_arguments: wrapped on the backend instance, so the "
+        "result_extended meta stores a view of the request with sensitive arguments as ***",
     ),
     (
         "celery.backends.redis.RedisBackend._set",
@@ -229,6 +236,20 @@ def discard_buffered_result(backend: Any, task_id: str) -> None:
     dropped = buffered.pop(task_id, None)
     if dropped is not None and hasattr(buffered, "total"):
         buffered.total -= len(dropped)
+
+
+def wrap_result_meta(backend: Any, wrap: Any) -> bool:
+    """Replace ``backend``'s ``_get_result_meta`` on the instance with ``wrap(original)``.
+
+    Celery builds every stored state's meta there (``result_extended`` adds the
+    request's ``args``/``kwargs``, read from ``request``). False (nothing done) on a
+    backend without it.
+    """
+    original = getattr(backend, "_get_result_meta", None)
+    if original is None:
+        return False
+    backend._get_result_meta = wrap(original)
+    return True
 
 
 def prefork_pool(task_pool: Any) -> Any:

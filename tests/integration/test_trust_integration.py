@@ -247,6 +247,39 @@ def test_retry_records_carry_the_task_id_and_no_secret(
     assert SECRET not in entry.exception_message + entry.traceback
 
 
+def test_stored_results_show_sensitive_arguments_as_stars_and_retries_keep_them(
+    redis_url: str, inprocess_worker: Any
+) -> None:
+    app = make_app("storedargs", broker_url=redis_url, result_backend=redis_url, preset="testing")
+    client = app.backend.client
+
+    @app.task(base=RetryTask, shared=False, max_retries=2, retry_backoff=0.1, retry_jitter=False)
+    def login(user: str, password: str, *, api_key: str = "") -> str:
+        client.rpush("seen", f"{password}|{api_key}")
+        if client.llen("seen") == 1:
+            raise ConnectionError("first attempt")
+        return user
+
+    @app.task(shared=False)
+    def refuse(user: str, password: str) -> None:
+        raise ValueError("refused")
+
+    inprocess_worker(app, pool="solo")
+    ok = login.delay("ann", SECRET, api_key=SECRET)
+    assert ok.get(timeout=30) == "ann"
+    # The task and its retry ran with the real values; the stored states hold none.
+    assert client.lrange("seen", 0, -1) == [f"{SECRET}|{SECRET}".encode()] * 2
+    assert (ok.args, ok.kwargs, ok.name) == (["ann", "***"], {"api_key": "***"}, login.name)
+    failed = refuse.delay("bob", SECRET)
+    wait_for(lambda: failed.state == "FAILURE", 30, "the stored failure")
+    assert failed.args == ["bob", "***"]
+    for result in (ok, failed):
+        stored = client.get(app.backend.get_key_for_task(result.id))
+        assert stored is not None
+        assert b'"***"' in stored
+        assert SECRET.encode() not in stored
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

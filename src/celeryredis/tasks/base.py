@@ -57,7 +57,7 @@ from celery.exceptions import Reject
 from celery.result import AsyncResult
 from celery.utils.saferepr import saferepr
 
-from celeryredis._backend_guard import guard_backend
+from celeryredis._backend_guard import guard_backend, redact_stored_arguments
 from celeryredis._errors import (
     classify,
     describe,
@@ -438,9 +438,14 @@ class Task(celery.Task[Any, Any]):
         return True
 
     def before_start(self, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        """Log ``started`` (at DEBUG) and start the attempt's clock."""
+        """Log ``started`` (at DEBUG), start the attempt's clock, redact stored arguments.
+
+        The result backend of this thread stores sensitive arguments as ``***`` from
+        the ``STARTED`` state on (``result_extended``; :mod:`celeryredis._backend_guard`).
+        """
         request = self.request
         request.celeryredis_started = time.monotonic()  # type: ignore[attr-defined]
+        redact_stored_arguments(self.backend)
         if not lifecycle_logger.isEnabledFor(logging.DEBUG):
             # Computed only if a record of this thread is redacted: most attempts log
             # nothing that needs them. No argument summary either (_log() would drop it).
