@@ -68,11 +68,14 @@ MIN_SECRET_CHARS: Final = 4
 _USERINFO_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s;]*:)[^@\s;]*(?P<at>@)")
 # Then what is left, parsable or not ("redis//:pw@h", "redis:/:pw@h", ":pw@h", a raw "@"
 # in a password): from a colon not followed by "//" to the last "@" of the same token
-# (never across white space, a quote or ";", the separator of sentinel URL lists). A
-# user name without a password ("redis://user@h") stays shown. It starts with a literal,
-# so it costs a fraction of the first.
+# (never across white space, a quote or ";", the separator of sentinel URL lists), when
+# it reads as a URL's user info (_url_like): a text such as "worker:celery@host" (a
+# label and a Celery node name) stays shown, and so does a user name without a password
+# ("redis://user@h").
+# It starts with a literal, so it costs a fraction of the first.
 _LOOSE_USERINFO_RE = re.compile(r""":(?!//)[^\s'";]*@""")
-_LOOSE_MASK = f":{REDACTED}@"
+_TOKEN_STOPS: Final = frozenset("'\";:")
+_SCHEME_WORD_RE = re.compile(r"(?i)[a-z+]*(?:redis|sentinel|amqp|celery)[a-z+]*")
 
 _repr = reprlib.Repr()
 _repr.maxstring = 80
@@ -98,7 +101,9 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
         'login failed for ***'
     """
     if "@" in text:  # every URL password is followed by one (a per-record cost: skip the regex)
-        text = _LOOSE_USERINFO_RE.sub(_LOOSE_MASK, _USERINFO_RE.sub(_mask_userinfo, text))
+        text = _USERINFO_RE.sub(_mask_userinfo, text)
+        if ":" in text:
+            text = _LOOSE_USERINFO_RE.sub(_mask_loose, text)
     if secrets:
         found = {s for s in secrets if len(s) >= MIN_SECRET_CHARS}
         for secret in sorted(found, key=len, reverse=True):
@@ -108,6 +113,22 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
 
 def _mask_userinfo(match: re.Match[str]) -> str:
     return f"{match.group('head')}{REDACTED}{match.group('at')}"
+
+
+def _mask_loose(match: re.Match[str]) -> str:
+    text, start = match.string, match.start()
+    begin = start
+    while begin and text[begin - 1] not in _TOKEN_STOPS and not text[begin - 1].isspace():
+        begin -= 1
+    pre, info = text[begin:start], match.group(0)[1:-1]
+    url_like = (
+        not pre  # ":pw@h"
+        or "/" in pre  # "redis//:pw@h", what is left after "redis://user:"
+        or "/" in info  # "redis:/:pw@h"
+        or ":" in info  # "redis:user:pw@h"
+        or _SCHEME_WORD_RE.fullmatch(pre) is not None  # "redis:pw@h"
+    )
+    return f":{REDACTED}@" if url_like else match.group(0)
 
 
 def sensitive_words(

@@ -22,6 +22,7 @@ Every ``repr``, ``str`` and error message produced here shows the password as
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -200,8 +201,24 @@ class RedisURL:
 def _fail(url: str, problem: str, *, setting: str | None) -> ConfigurationError:
     what = setting or "Redis URL"
     return ConfigurationError(
-        f"{what} {redact_text(url)!r} is not valid: {problem}", setting=setting
+        f"{what} {_redact_invalid(url)!r} is not valid: {problem}", setting=setting
     )
+
+
+def _redact_invalid(url: str) -> str:
+    """``url`` redacted, knowing that it is meant as a URL.
+
+    All from its user info's first ':' to the last '@' is hidden, with or without a
+    scheme (``user:pw@host``).
+    """
+    text = redact_text(url)
+    at = text.rfind("@")
+    if at < 0:
+        return text
+    start = text.find("://")
+    start = 0 if start < 0 or start > at else start + 3
+    colon = text.find(":", start, at)
+    return text if colon < 0 else f"{text[:colon]}:{REDACTED}{text[at:]}"
 
 
 def _split_userinfo(netloc: str) -> tuple[str | None, str | None, str]:
@@ -214,10 +231,24 @@ def _split_userinfo(netloc: str) -> tuple[str | None, str | None, str]:
 
 def _parse_hostport(url: str, hostport: str, scheme: str, setting: str | None) -> tuple[str, int]:
     if hostport.startswith("["):
-        host, _, rest = hostport[1:].partition("]")
+        host, closed, rest = hostport[1:].partition("]")
+        if not closed:
+            raise _fail(
+                url,
+                f"the IPv6 address {hostport!r} has no closing ']' (e.g. redis://[::1]:6379/0)",
+                setting=setting,
+            )
         port_text = rest[1:] if rest.startswith(":") else rest
         if rest and not rest.startswith(":"):
             raise _fail(url, "the IPv6 address must be followed by ':port'", setting=setting)
+        try:
+            ipaddress.IPv6Address(host.partition("%")[0])
+        except ValueError:
+            raise _fail(
+                url,
+                f"{host!r} in brackets is not an IPv6 address (e.g. redis://[::1]:6379/0)",
+                setting=setting,
+            ) from None
     else:
         host, _, port_text = hostport.partition(":")
     if not host:

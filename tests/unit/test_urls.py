@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from urllib.parse import quote
 
 import pytest
@@ -137,6 +138,9 @@ def test_password_never_in_repr_or_str(url: str) -> None:
         f"redis:/:{SECRET}@127.0.0.1:6555/0",
         f":{SECRET}@127.0.0.1:6555",
         f"redis//app:{SECRET}@h/0",
+        f"redis:{SECRET}@h/0",
+        f"app:{SECRET}@h:6379/0",  # no scheme at all
+        f"redis://:{SECRET}@[::1:6379/0",  # an unclosed IPv6 bracket (a new-user trial)
     ],
 )
 def test_password_never_in_error_messages(url: str) -> None:
@@ -169,9 +173,14 @@ def test_redact_text_handles_several_urls() -> None:
             f'{{"url":"redis://u:{SECRET}@h/0","to":"a@b"}}',
             '{"url":"redis://u:***@h/0","to":"a@b"}',
         ),
+        (f"redis:{SECRET}@h", "redis:***@h"),
+        (f"redis:app:{SECRET}@h", "redis:***@h"),
         # No password: nothing to hide, and a log line's times and node names stay.
         ("redis://user@h:1/0", "redis://user@h:1/0"),
         ("[2026-12-02 22:00:01,123: WARNING/MainProcess] celery@vm ready.", None),
+        # A label before a Celery node name (`check --worker`; found by a new-user trial).
+        ("OK    worker:celery@web-1  consuming", None),
+        ('{"name": "worker:flask1@vm"}', None),
     ],
 )
 def test_redact_text_hides_passwords_of_urls_that_do_not_parse(
@@ -217,3 +226,16 @@ def test_generated_urls_round_trip_and_never_leak(
     else:
         message = ""
     assert "Zq" not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis://[::1:6379/0", "has no closing ']'"),
+        ("redis://[nope]:6379/0", "'nope' in brackets is not an IPv6 address"),
+    ],
+)
+def test_a_malformed_ipv6_host_is_a_configuration_error(url: str, problem: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(problem)):
+        parse_redis_url(url, setting="broker_url")
+    assert parse_redis_url("redis://[::1]:6380/0").hosts == (("::1", 6380),)
