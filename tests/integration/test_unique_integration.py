@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery.exceptions import TaskRevokedError
 
 from celeryredis import DuplicateTaskError
 from celeryredis.locks import DeferredRelease, LockRenewer, TokenLock
@@ -83,6 +84,19 @@ def notify(self, user, text):
           ignore_result=True)
 def exclusive(self, n):
     _run("exclusive", 0.3, self.request.id)
+
+
+@app.task(base=UniqueTask, bind=True, shared=False, unique_mode="while_executing")
+def exclusive_kept(self, n):
+    _run("exclusive_kept", 2.0, self.request.id)
+    return n
+
+
+@app.task(base=UniqueTask, bind=True, shared=False, unique_mode="while_executing",
+          unique_while_executing="defer", unique_defer_delay=0.2)
+def exclusive_deferred(self, n):
+    _run("exclusive_deferred", 2.0, self.request.id)
+    return n
 
 
 BEFORE_RETURN = []
@@ -164,6 +178,31 @@ def test_while_executing_drop_keeps_concurrency_at_one(
     )
     assert int(client.get("max:exclusive")) == 1
     assert dropped() >= 1  # copies that arrived while one ran were dropped
+
+
+def test_a_dropped_copy_ends_revoked_and_a_deferred_one_keeps_its_id(
+    uniq: Any, redis_url: str, tmp_path: Path, celery_worker_process: Any
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    worker = celery_worker_process("uniqapp", cwd=tmp_path, env=_env(redis_url), concurrency=2)
+    worker.wait_ready()
+    # Two copies start together on the two processes: one runs, the other is dropped,
+    # and its caller gets a final state, not STARTED for ever (a new-user trial).
+    kept = [uniq.exclusive_kept.delay(1) for _ in range(2)]
+    wait_for(lambda: all(r.ready() for r in kept), 30, "both copies to end")
+    states = sorted(r.state for r in kept)
+    assert states == ["REVOKED", "SUCCESS"], states
+    dropped = next(r for r in kept if r.state == "REVOKED")
+    with pytest.raises(TaskRevokedError, match=r"dropped: .* runs"):
+        dropped.get(timeout=5)
+    assert client.llen("runs:exclusive_kept") == 1
+    # Deferred copies are published again under their own ids: both callers get results.
+    deferred = [uniq.exclusive_deferred.delay(1) for _ in range(2)]
+    assert [r.get(timeout=30) for r in deferred] == [1, 1]
+    ran = sorted(r.decode() for r in client.lrange("runs:exclusive_deferred", 0, -1))
+    assert ran == sorted(r.id for r in deferred)
+    assert int(client.get("max:exclusive_deferred")) == 1
+    assert "] deferred: " in worker.log_text()
 
 
 def test_lock_of_a_killed_worker_expires_and_the_task_completes(

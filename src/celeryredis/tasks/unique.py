@@ -20,6 +20,7 @@ from celeryredis.connection import get_redis
 from celeryredis.exceptions import ConfigurationError, DuplicateTaskError, LockError
 from celeryredis.keys import lock_key
 from celeryredis.locks import DeferredRelease, LockRenewer, LockState, TokenLock, acquire_many
+from celeryredis.redaction import redact_text
 from celeryredis.stats import count
 from celeryredis.tasks._options import OptionCheck, as_names, as_seconds
 from celeryredis.tasks.base import Task, publish_error
@@ -305,13 +306,43 @@ class UniqueTask(Task):
                 defer = not self.app.conf.task_always_eager
                 if self.unique_while_executing == "defer" and defer:
                     logger.info("task %s[%s] deferred: %s runs", self.name, task_id, state.holder)
-                    self.apply_async(args, kwargs, countdown=self.unique_defer_delay)
+                    # Under its own id, as Celery's retry does: its caller's AsyncResult
+                    # follows the copy that runs.
+                    self.apply_async(
+                        args, kwargs, task_id=task_id, countdown=self.unique_defer_delay
+                    )
                 else:
                     logger.info("task %s[%s] dropped: %s runs", self.name, task_id, state.holder)
                     self._count("duplicate_refusals")
+                    self._store_dropped(request, state.holder)
                 raise Ignore
             _RENEWER.add(lock)
         return super().__call__(*args, **kwargs)
+
+    def _store_dropped(self, request: Any, holder: Any) -> None:
+        """Store the dropped copy as ``REVOKED``, a final state, for its caller.
+
+        Celery stores nothing for a task that raises ``Ignore``; its result would stay
+        ``STARTED`` (``task_track_started``) or ``PENDING``, and ``.get()`` would wait
+        until its timeout. Not when results are ignored, or eager (no result stored).
+        """
+        if getattr(request, "is_eager", False) or self.ignore_result:
+            return
+        if getattr(request, "ignore_result", False):
+            return
+        try:
+            self.backend.mark_as_revoked(
+                request.id,
+                f"dropped: {holder} runs (unique_mode='while_executing')",
+                request=request,
+            )
+        except Exception as exc:  # the copy is dropped all the same
+            logger.warning(
+                "task %s[%s] dropped, and its REVOKED state could not be stored: %s",
+                self.name,
+                request.id,
+                redact_text(str(exc)),
+            )
 
     def unique_release(self, task_id: str, key: str | None) -> None:
         """Release this task's lock (finished, failed for good, or revoked)."""
