@@ -67,7 +67,8 @@ EXIT_CODES: Final = {
     EXIT_NOT_FOUND: "not found: a dead-letter entry id or a task name",
     EXIT_UNAVAILABLE: "Redis could not be reached",
     EXIT_ERROR: "any other error",
-    EXIT_CONFIG: "the app's configuration was refused",
+    EXIT_CONFIG: "the app's configuration was refused, or Redis refused it for good (a wrong "
+    "password or user, a database out of range)",
 }
 
 _DEBUG_KEY = "celeryredis.debug"
@@ -535,7 +536,13 @@ def _summary(entry: DeadLetter) -> tuple[str, ...]:
 
 
 @dlq_command.command("list")
-@click.option("--limit", default=50, show_default=True, help="Most entries to show.")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most entries to show (1 or more).",
+)
 @click.option("--task", default=None, help="Only this task name.")
 @click.option(
     "--since",

@@ -365,7 +365,14 @@ def test_missing_ids_bad_apps_and_typos_have_their_own_codes(
             result = runner.invoke(main, ["--app", app_arg, *args])
             assert result.exit_code == EXIT_USAGE, (app_arg, args, result.output)
             assert says in _one_error_line(result)
-    for args in (["chek"], ["check", "--bogus"], ["dlq", "list", "--since", "10x"], ["dlq"]):
+    for args in (
+        ["chek"],
+        ["check", "--bogus"],
+        ["dlq", "list", "--since", "10x"],
+        ["dlq", "list", "--limit", "0"],
+        ["dlq", "list", "--limit", "-1"],
+        ["dlq"],
+    ):
         result = runner.invoke(main, ["--app", "trustapp", *args])
         if args == ["dlq"]:  # a group alone prints its help, as click does
             continue
