@@ -30,6 +30,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import PurePath
 from typing import IO, Any
 
+from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]
+
 from celeryredis.exceptions import ConfigurationError
 from celeryredis.redaction import redact_text, same_kind
 
@@ -275,6 +277,11 @@ def redact_exc_info(exc_info: Any, secrets: Iterable[str] = ()) -> str:
     """
     if isinstance(exc_info, BaseException):
         exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+    value = exc_info[1]
+    if isinstance(value, ExceptionWithTraceback) and isinstance(value.exc, BaseException):
+        # A prefork child's failure: Celery wraps the exception for the pool's pipe, and
+        # the wrapper's text is the whole traceback again. Show the task's own exception.
+        exc_info = (type(value.exc), value.exc, exc_info[2])
     try:
         text = "".join(traceback.format_exception(*exc_info))
     except Exception:  # a broken exception must not break logging

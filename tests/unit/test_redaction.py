@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from celeryredis import urls
 from celeryredis.cli import EXIT_CODES, CliError, Duration, _json_calls
 from celeryredis.deadletter import _publisher_hidden, iso_utc
-from celeryredis.log import RedactingFilter, bind_task_secrets, configure_logging
+from celeryredis.log import RedactingFilter, bind_task_secrets, configure_logging, redact_exc_info
 from celeryredis.redaction import (
     REDACTED,
     call_secrets,
@@ -260,3 +260,16 @@ def test_every_command_has_version_and_debug() -> None:
     assert result.exit_code == 0
     assert result.output.startswith("celeryredis ")
     assert ".".join(str(n) for n in sys.version_info[:3]) in result.output
+
+
+def test_a_prefork_childs_wrapped_exception_is_shown_once_as_the_task_raised_it() -> None:
+    from billiard.einfo import ExceptionWithTraceback
+
+    try:
+        raise ValueError("boom redis://:Hunter2-wrapped@h/0")
+    except ValueError as exc:
+        wrapped = ExceptionWithTraceback(exc, "Traceback (most recent call last):\n...")
+        text = redact_exc_info((type(wrapped), wrapped, exc.__traceback__))
+    assert text.endswith("ValueError: boom redis://:***@h/0")
+    assert "ExceptionWithTraceback" not in text
+    assert text.count("Traceback (most recent call last)") == 1
