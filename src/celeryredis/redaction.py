@@ -69,7 +69,7 @@ _USERINFO_RE = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s;]*:)[^@\
 # Then what is left, parsable or not ("redis//:pw@h", "redis:/:pw@h", ":pw@h", a raw "@"
 # in a password): from a colon not followed by "//" to the last "@" of the same token
 # (never across white space, a quote or ";", the separator of sentinel URL lists), when
-# it reads as a URL's user info (_url_like): a text such as "worker:celery@host" (a
+# it reads as a URL's user info (_mask_loose): a text such as "worker:celery@host" (a
 # label and a Celery node name) stays shown, and so does a user name without a password
 # ("redis://user@h").
 # It starts with a literal, so it costs a fraction of the first.

@@ -209,9 +209,12 @@ def _redact_invalid(url: str) -> str:
     """``url`` redacted, knowing that it is meant as a URL.
 
     All from its user info's first ':' to the last '@' is hidden, with or without a
-    scheme (``user:pw@host``).
+    scheme (``user:pw@host``), in each ';'-separated part (Sentinel lists).
     """
-    text = redact_text(url)
+    return ";".join(_hide_userinfo(chunk) for chunk in redact_text(url).split(";"))
+
+
+def _hide_userinfo(text: str) -> str:
     at = text.rfind("@")
     if at < 0:
         return text

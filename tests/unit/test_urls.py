@@ -141,6 +141,7 @@ def test_password_never_in_repr_or_str(url: str) -> None:
         f"redis:{SECRET}@h/0",
         f"app:{SECRET}@h:6379/0",  # no scheme at all
         f"redis://:{SECRET}@[::1:6379/0",  # an unclosed IPv6 bracket (a new-user trial)
+        f"sentinel://:{SECRET}@a:1;sentinel//:{SECRET}@b:2",
     ],
 )
 def test_password_never_in_error_messages(url: str) -> None:
