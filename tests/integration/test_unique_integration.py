@@ -114,6 +114,13 @@ def _env(url: str, **extra: str) -> dict[str, str]:
     return {"UNIQ_URL": url, **extra}
 
 
+def _started(start: Any, directory: Path, url: str, concurrency: int) -> tuple[redis.Redis, Any]:
+    """A client of the test's Redis and a ready prefork worker of ``uniqapp``."""
+    worker = start("uniqapp", cwd=directory, env=_env(url), concurrency=concurrency)
+    worker.wait_ready()
+    return redis.Redis.from_url(url), worker
+
+
 @pytest.fixture
 def uniq(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     (tmp_path / "uniqapp.py").write_text(textwrap.dedent(TASKS))
@@ -123,9 +130,7 @@ def uniq(redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any
 def test_until_executed_concurrent_publishers_never_overlap(
     uniq: Any, redis_url: str, tmp_path: Path, celery_worker_process: Any
 ) -> None:
-    client = redis.Redis.from_url(redis_url)
-    worker = celery_worker_process("uniqapp", cwd=tmp_path, env=_env(redis_url), concurrency=4)
-    worker.wait_ready()
+    client, _worker = _started(celery_worker_process, tmp_path, redis_url, 4)
     returned: list[str] = []
     lock = threading.Lock()
 
@@ -164,9 +169,7 @@ def test_duplicate_raise_carries_the_existing_id_and_time_left(uniq: Any) -> Non
 def test_while_executing_drop_keeps_concurrency_at_one(
     uniq: Any, redis_url: str, tmp_path: Path, celery_worker_process: Any
 ) -> None:
-    client = redis.Redis.from_url(redis_url)
-    worker = celery_worker_process("uniqapp", cwd=tmp_path, env=_env(redis_url), concurrency=4)
-    worker.wait_ready()
+    client, worker = _started(celery_worker_process, tmp_path, redis_url, 4)
     for _ in range(20):
         uniq.exclusive.delay(1)
 
@@ -183,9 +186,7 @@ def test_while_executing_drop_keeps_concurrency_at_one(
 def test_a_dropped_copy_ends_revoked_and_a_deferred_one_keeps_its_id(
     uniq: Any, redis_url: str, tmp_path: Path, celery_worker_process: Any
 ) -> None:
-    client = redis.Redis.from_url(redis_url)
-    worker = celery_worker_process("uniqapp", cwd=tmp_path, env=_env(redis_url), concurrency=2)
-    worker.wait_ready()
+    client, worker = _started(celery_worker_process, tmp_path, redis_url, 2)
     # Two copies start together on the two processes: one runs, the other is dropped,
     # and its caller gets a final state, not STARTED for ever (a new-user trial).
     kept = [uniq.exclusive_kept.delay(1) for _ in range(2)]
@@ -446,9 +447,7 @@ def test_cli_lists_and_clears_locks(uniq: Any, redis_url: str, tmp_path: Path) -
 def test_revoke_releases_the_lock(
     uniq: Any, redis_url: str, tmp_path: Path, celery_worker_process: Any
 ) -> None:
-    client = redis.Redis.from_url(redis_url)
-    worker = celery_worker_process("uniqapp", cwd=tmp_path, env=_env(redis_url), concurrency=2)
-    worker.wait_ready()
+    client, _worker = _started(celery_worker_process, tmp_path, redis_url, 2)
     result = uniq.build.delay(99, 20)
     key = uniq.build.unique_lock_key((99, 20), {})
     wait_for(lambda: client.get("running:build") == b"1", 20, "the task to start")
