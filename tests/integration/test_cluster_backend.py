@@ -213,8 +213,12 @@ def test_a_master_killed_during_a_run(
             promoted_after = time.monotonic() - killed_at
             after = [host.add.delay(i, 3) for i in range(60)]
 
-            assert [r.get(timeout=60) for r in after] == [i + 3 for i in range(60)]
-            assert [r.get(timeout=60) for r in during] == [i + 2 for i in range(60)]
+            try:
+                assert [r.get(timeout=60) for r in after] == [i + 3 for i in range(60)]
+                assert [r.get(timeout=60) for r in during] == [i + 2 for i in range(60)]
+            except BaseException:
+                _report_failover_state(cluster, consumer, [*during, *after], worker)
+                raise
             # Results written before the kill: those on the other masters are all there;
             # those on the killed master survive if the replica had them (async replication).
             client = cluster.client()
@@ -237,6 +241,29 @@ def test_a_master_killed_during_a_run(
             )
         finally:
             worker.stop()
+
+
+def _report_failover_state(
+    cluster: LocalRedisCluster, consumer: Any, results: list[Any], worker: WorkerProcess
+) -> None:
+    """Print what a failed failover run needs for its diagnosis (pytest shows it on failure).
+
+    Which results are stored and which are still missing, where the result consumer
+    listens, the cluster's view of itself, and the worker's log tail.
+    """
+    client = cluster.client()
+    try:
+        stored = [r.id for r in results if client.exists(f"celery-task-meta-{{{r.id}}}")]
+        print(f"stored results: {len(stored)} of {len(results)}")
+        print("cluster nodes:\n" + str(client.cluster_nodes()))
+    except Exception as exc:  # a diagnosis must not hide the failure
+        print(f"cluster unreadable: {exc!r}")
+    finally:
+        client.close()
+    pubsub = consumer._pubsub
+    node = pubsub.get_pubsub_node() if pubsub is not None else None
+    print(f"consumer: pubsub on {node and node.name}, subscribed to {len(consumer.subscribed_to)}")
+    print("worker log tail:\n" + "\n".join(worker.log_text().splitlines()[-120:]))
 
 
 def test_health_pings_the_cluster_backend(
