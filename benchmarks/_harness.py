@@ -39,12 +39,15 @@ RESULTS = os.environ.get("BENCH_RESULTS") == "1"  # results stored in the broker
 if CONFIG == "celery-defaults":
     app = celery.Celery("benchapp", broker=URL, backend=URL if RESULTS else None)
 else:
-    # BENCH_TRANSPORT / BENCH_PREFETCH (bench_transport.py) override the preset's values.
+    # BENCH_TRANSPORT / BENCH_PREFETCH (bench_transport.py, ab_transport.py) and
+    # BENCH_RESERVE (ab_transport.py) override the preset's values.
     extra = {}
     if os.environ.get("BENCH_TRANSPORT"):
         extra["celeryredis_transport"] = os.environ["BENCH_TRANSPORT"]
     if os.environ.get("BENCH_PREFETCH"):
         extra["worker_prefetch_multiplier"] = int(os.environ["BENCH_PREFETCH"])
+    if os.environ.get("BENCH_RESERVE"):  # ab_transport.py's "+r<seconds>" variants
+        extra["celeryredis_reserve_seconds"] = float(os.environ["BENCH_RESERVE"])
     app = make_app("benchapp", broker_url=URL, result_backend=URL if RESULTS else None,
                    preset=CONFIG, **extra)
 client = redis.Redis.from_url(URL)

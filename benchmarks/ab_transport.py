@@ -3,12 +3,14 @@
 For A/B runs while working on the transport (not part of ``make bench``): N
 pre-published no-op tasks (one ``INCR`` each) drained by one worker under one preset and
 pool, for each variant in turn, the order rotating every repetition. A variant is
-``stock`` or ``reliable``, optionally ``@/path/to/src`` to run the worker on another copy
-of the package (``git archive`` a commit's ``src`` there to compare two versions of the
-code side by side). Besides the drain rate (first completion to last) it reads the CPU
-time the worker (main process and pool children, reaped ones included), its main
-process alone and redis-server used over the same span, per task: on a machine other
-jobs load, CPU per task moves less than rates do.
+``stock`` or ``reliable``, optionally with ``+p<N>`` (``worker_prefetch_multiplier``) or
+``+r<seconds>`` (``celeryredis_reserve_seconds``; ``+r0``: no reserve) and
+``@/path/to/src`` to run the worker on another copy of the package (``git archive`` a
+commit's ``src`` there to compare two versions of the code side by side). Besides the
+drain rate (first completion to last) it reads the CPU time the worker (main process and
+pool children, reaped ones included), its main process alone and redis-server used over
+the same span, per task: on a machine other jobs load, CPU per task moves less than
+rates do.
 
 Usage: python benchmarks/ab_transport.py [--n 1500] [--runs 5] [--pool prefork]
        [--config production] [--base celeryredis.Task] [--variants stock,reliable]
@@ -115,11 +117,15 @@ def main() -> int:
         for rep in range(opts.runs):
             shift = rep % len(variants)
             for variant in variants[shift:] + variants[:shift]:
-                transport, _, src = variant.partition("@")
+                spec, _, src = variant.partition("@")
+                transport, *options = spec.split("+")
                 client.flushdb()
                 host = bench.load(opts.config, opts.base)
                 enqueue_many(host.noop, ((i,) for i in range(opts.n)))
                 extra = {"BENCH_TRANSPORT": transport}
+                for option in options:  # "p2": prefetch multiplier 2; "r0": no reserve
+                    name = {"p": "BENCH_PREFETCH", "r": "BENCH_RESERVE"}[option[0]]
+                    extra[name] = option[1:]
                 if src:
                     extra["PYTHONPATH"] = src
                 first, last = _drain(bench, client, server.pid, opts, extra=extra, variant=variant)

@@ -61,6 +61,7 @@ __all__ = [
     "PreforkReapStep",
     "compact_timer",
     "freeze_heap",
+    "in_prefork_main",
     "install_reaper",
 ]
 
@@ -73,6 +74,20 @@ _RETRY_DELAYS: Final = (
     *(0.5,) * 10,
 )
 _MARK: Final = "_celeryredis_reaper"
+
+
+#: Set in a prefork pool's main process when the pool is created (:class:`PreforkReapStep`).
+_PREFORK_MAIN: dict[str, bool] = {"now": False}
+
+
+def in_prefork_main() -> bool:
+    """True in a worker's main process whose pool is prefork.
+
+    Tasks run in the children there, so the main process's event loop keeps turning
+    while they run; with the solo pool a task blocks it. The reliable transport's reserve
+    relies on that loop to hand back in time a message no slot took.
+    """
+    return _PREFORK_MAIN["now"]
 
 
 def install_reaper(pool: Any) -> bool:
@@ -186,6 +201,7 @@ class PreforkReapStep(bootsteps.StartStopStep):
         :data:`EXIT_POLL_INTERVAL` and the frozen heap (:func:`freeze_heap`).
         """
         if _is_prefork(getattr(parent, "pool", None)):
+            _PREFORK_MAIN["now"] = True
             _celery_compat.set_exit_poll(EXIT_POLL_INTERVAL)
             freeze_heap()
 

@@ -122,6 +122,7 @@ _RESOLUTION_INPUTS: Final = _RESOLVED | {
     "celeryredis_lease_seconds",
     "celeryredis_lease_sweep_interval",
     "celeryredis_fetch_batch_max",
+    "celeryredis_reserve_seconds",
     "celeryredis_cluster_partitions",
     "celeryredis_durable_publish_timeout",
 }
@@ -573,6 +574,7 @@ _TRANSPORT_OPTIONS: Final = {
     "celeryredis_lease_seconds": "lease_seconds",
     "celeryredis_lease_sweep_interval": "lease_sweep_interval",
     "celeryredis_fetch_batch_max": "fetch_batch_max",
+    "celeryredis_reserve_seconds": "reserve_seconds",
 }
 _DURABLE_OPTIONS: Final = {
     "celeryredis_durable_publish": "durable_publish",

@@ -130,6 +130,15 @@ SETTINGS: Final[Mapping[str, LibrarySetting]] = MappingProxyType(
                 "too).",
             ),
             LibrarySetting(
+                "celeryredis_reserve_seconds",
+                0.25,
+                "float",
+                "Reliable transport, in a worker: each fetch takes one message more than the "
+                "prefetch window, held by the transport (leased, unseen by Celery) and handed "
+                "over the moment a slot frees, without a round trip; if none frees within "
+                "this many seconds it goes back to the head of its queue, unchanged. 0: off.",
+            ),
+            LibrarySetting(
                 "celeryredis_cluster_partitions",
                 {},
                 "dict",

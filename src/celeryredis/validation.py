@@ -95,10 +95,12 @@ def broker_transport_options() -> frozenset[str]:
         "sentinel_kwargs",
         "min_other_sentinels",
         # Read by celeryredis's reliable transport (celeryredis.transport), set from the
-        # celeryredis_lease_seconds / _lease_sweep_interval / _fetch_batch_max settings.
+        # celeryredis_lease_seconds / _lease_sweep_interval / _fetch_batch_max /
+        # _reserve_seconds settings.
         "lease_seconds",
         "lease_sweep_interval",
         "fetch_batch_max",
+        "reserve_seconds",
         # Read by the Redis Cluster transport (transport/_cluster.py); ``partitions`` is
         # set from celeryredis_cluster_partitions.
         "partitions",
@@ -633,6 +635,17 @@ def _check_transport(conf: Mapping[str, Any]) -> Iterable[Finding]:
             " must be from 0.1 s up to celeryredis_lease_seconds (1 is the default): expired "
             "leases are requeued that often.",
             ("celeryredis_lease_sweep_interval", "celeryredis_lease_seconds"),
+        )
+    reserve = _num(setting(conf, "celeryredis_reserve_seconds"))
+    if reserve is None or not 0 <= reserve <= 60:
+        yield Finding(
+            "transport",
+            "error",
+            f"celeryredis_reserve_seconds={conf.get('celeryredis_reserve_seconds')!r} must be "
+            "a number of seconds from 0 (off) to 60 (0.25 is the default): how long a prefork "
+            "worker holds the message it fetched one ahead of its prefetch window before "
+            "putting it back.",
+            ("celeryredis_reserve_seconds",),
         )
     if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= 10_000:
         yield Finding(

@@ -61,6 +61,7 @@ def test_reliable_selects_the_alias_for_consumers_only() -> None:
     assert options["lease_seconds"] == 12
     assert options["lease_sweep_interval"] == 1.0
     assert options["fetch_batch_max"] == 64
+    assert options["reserve_seconds"] == 0.25
     rows = {row.setting: row for row in explain(app)}
     assert rows["celeryredis_transport"].value == "reliable"
     assert "reliable transport" in rows["broker_read_url"].reason
@@ -92,6 +93,14 @@ def test_validation_of_transport_settings() -> None:
         celeryredis_lease_seconds=5,
         celeryredis_lease_sweep_interval=6,
     )
+    assert "transport" in _ids(celeryredis_transport="reliable", celeryredis_reserve_seconds=61)
+    for reserve in (-1, "0.5", True, float("nan")):
+        with pytest.raises(ConfigurationError, match="celeryredis_reserve_seconds"):
+            _ids(celeryredis_transport="reliable", celeryredis_reserve_seconds=reserve)
+    for reserve in (0, 0.25, 60):
+        assert "transport" not in _ids(
+            celeryredis_transport="reliable", celeryredis_reserve_seconds=reserve
+        ), reserve
     assert "transport" not in _ids(celeryredis_transport="reliable")
 
 

@@ -49,6 +49,7 @@ from celeryredis._kombu_compat import (
     replace_poll_start,
     replace_restore_timer,
 )
+from celeryredis._prefork import in_prefork_main
 from celeryredis._scripts import source
 from celeryredis.exceptions import NotDurableError
 from celeryredis.keys import POISON_NAME
@@ -70,7 +71,13 @@ _MIN_REDIS: Final = (6, 2)
 _SENTINEL_URL_SCHEMES: Final = ("sentinel", "celeryredissentinel")
 #: Seconds a new Sentinel channel keeps asking the sentinels for a reachable master.
 MASTER_WAIT: Final = 10.0
-_SCRIPTS: Final = ("transport_fetch", "transport_renew", "transport_claim", "transport_restore")
+_SCRIPTS: Final = (
+    "transport_fetch",
+    "transport_renew",
+    "transport_claim",
+    "transport_restore",
+    "transport_unfetch",
+)
 _CHUNK: Final = 1000
 _CLAIM_SECONDS: Final = 10.0
 
@@ -110,6 +117,25 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         virtual.QoS.append(self, message, delivery_tag)
         channel.hold(delivery_tag)
 
+    def can_consume(self) -> bool:
+        """Whether the window has room; with a reserve, also while one is due or pending.
+
+        In a prefork worker's main process it is also True while the reserve is to be
+        filled or a fetch's reply is pending. kombu starts a fetch, and reads a fetch's
+        reply, only while this is True; with a full window it would leave a reply unread
+        in the socket, where the messages it popped have a lease nobody renews. The
+        reliable channel reads it into the reserve instead (renewed, put back after
+        ``reserve_seconds``), and fetches the reserve while every slot is busy.
+        """
+        if super().can_consume():
+            return True
+        channel = self.channel
+        return bool(
+            channel.reliable
+            and channel._reserving
+            and (channel._in_poll or channel._reserve_wanted())
+        )
+
     def ack(self, delivery_tag: str) -> None:
         """Queue the ack; it rides on the next fetch or the lease thread's next call.
 
@@ -121,6 +147,7 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
             super().ack(delivery_tag)
             return
         channel.release(delivery_tag)
+        channel._reserve_paused = False  # a slot frees: fetch a reserve again
         if not channel.acked_ahead(delivery_tag):
             channel.queue_ack(delivery_tag)
         if channel.closed:
@@ -130,6 +157,7 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         """Reject at once, as stock kombu does (requeued messages go first in line)."""
         self.channel.release(delivery_tag)
+        self.channel._reserve_paused = False
         super().reject(delivery_tag, requeue=requeue)
 
     def restore_unacked(self, client: Any = None) -> None:
@@ -183,6 +211,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     fetch_batch_max: int = default("celeryredis_fetch_batch_max")
     #: Seconds between restore sweeps of expired leases.
     lease_sweep_interval: float = default("celeryredis_lease_sweep_interval")
+    #: Seconds a message fetched one ahead of the prefetch window waits for a free slot
+    #: before it goes back to the head of its queue; 0: no message is fetched ahead.
+    reserve_seconds: float = default("celeryredis_reserve_seconds")
 
     #: Replicas each publish waits for (``WAIT``); 0: no wait (asynchronous replication).
     durable_publish: int = default("celeryredis_durable_publish")
@@ -194,6 +225,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         "lease_seconds",
         "fetch_batch_max",
         "lease_sweep_interval",
+        "reserve_seconds",
         "durable_publish",
         "durable_publish_timeout",
     )
@@ -209,6 +241,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._wait_next = False
         self._in_flight: tuple[str, list[str], list[str], int] | None = None
         self._acked_ahead: set[str] = set()  # acks fetch_ahead sent before Celery's ack
+        # Fetched one ahead of the prefetch window, not yet handed to kombu: (queue, raw
+        # payload, decoded payload), and when the first of them was fetched.
+        self._reserve: list[tuple[str, Any, dict[str, Any]]] = []
+        self._reserve_since = 0.0
+        self._reserve_paused = False  # one went back unused: none until a slot frees
         self._use_eval = False
         self._shas: dict[str, str] = {}
         # (queues, no-ack flags, lease offset, script SHA) -> the fetch command's fixed
@@ -324,6 +361,12 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 self._leases.start()
         return super().basic_consume(queue, *args, **kwargs)
 
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        """Stop consuming; a reserved message goes back to its queue first."""
+        if self._reserve:
+            self.return_reserve()
+        return super().basic_cancel(consumer_tag)
+
     def _batch_size(self) -> int:
         qos = self.qos
         if "can_consume" in qos.__dict__:
@@ -383,6 +426,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             return
         self._abandon_in_flight()
         self._adopt_orphaned_acks()
+        free = self._batch_size() if count is None else count
+        due = self._reserve[:free]  # held one ahead: handed over below, no round trip
+        if due:
+            del self._reserve[: len(due)]
+            free -= len(due)
         connection = self.client.connection
         acks: list[str] = []
         with self._lock:
@@ -396,7 +444,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             command: list[Any] = ["BLMOVE", key, key, "RIGHT", "RIGHT", wait or 0]
             self._in_flight = ("wait", list(queues), [], 0)
         else:
-            count = self._batch_size() if count is None else count
+            count = free + self._reserve_wanted()
             if self._use_eval:
                 command = self._fetch_command(queues, count, acks)
             else:
@@ -414,7 +462,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._requeue_acks(acks)
             self._in_flight = None
             self._in_poll = None
+            self._reserve[:0] = due
             raise
+        if due:
+            self._hand_over(due)
 
     def fetch_ahead(self, tag: str) -> bool:
         """Ack ``tag``, whose task just succeeded, and send the next fetch now.
@@ -425,8 +476,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         of Celery's work for the task. The fetch asks for the slots the ack frees, so
         the prefetch window is kept. Returns whether the fetch was sent.
         """
-        if self._in_flight is not None or self._in_poll or self.closed:
-            return False
+        if self._in_flight is not None or self._in_poll or self.closed or self._reserve:
+            return False  # a reserve is handed over on the event loop's next pass
         if not self.active_queues or "can_consume" in self.qos.__dict__:
             return False  # worker_disable_prefetch: the pool decides, not the window
         estimate = self.qos.can_consume_max_estimate()
@@ -518,8 +569,70 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._deliver_batch(queues, reply)
         return True
 
+    @property
+    def _reserving(self) -> bool:
+        """Whether fetches take one message ahead of the prefetch window (see the setting).
+
+        Only on an event loop that can put a reserve back on time: the transport registers
+        one in a prefork pool's main process only (:meth:`Transport.register_with_event_loop`).
+        """
+        return (
+            self.reserve_seconds > 0
+            and self.connection.__dict__.get("_celeryredis_loop") is not None
+            and not self._no_ack_queues
+            and bool(self.qos.prefetch_count)
+            and "can_consume" not in self.qos.__dict__
+        )
+
+    def _reserve_wanted(self) -> int:
+        """1 when the next fetch should take one message ahead of the window, else 0."""
+        return 0 if self._reserve or self._reserve_paused or not self._reserving else 1
+
+    def expire_reserve(self, now: float | None = None) -> int:
+        """Put the reserve back if it waited ``reserve_seconds`` for a slot; how many went."""
+        if not self._reserve:
+            return 0
+        now = time.monotonic() if now is None else now
+        if now - self._reserve_since < float(self.reserve_seconds):
+            return 0
+        self._reserve_paused = True
+        return self.return_reserve()
+
+    def return_reserve(self, *, closing: bool = False) -> int:
+        """Put every reserved message back at the head of its queue; how many went back.
+
+        One that cannot be put back now (Redis unreachable) stays leased and is tried
+        again at the next check; when ``closing``, it is left to its lease, which runs
+        out (nobody renews it) so that the sweep requeues it.
+        """
+        entries, self._reserve = self._reserve, []
+        returned = 0
+        keys = (self._key(self.unacked_key), self._key(self.unacked_index_key))
+        for position, (queue, raw, payload) in enumerate(entries):
+            tag = str(payload["properties"]["delivery_tag"])
+            pri = self._get_message_priority(payload, reverse=False)
+            target = self._key(self._q_for_pri(queue, pri))
+            try:
+                returned += int(self._run_script("transport_unfetch", (*keys, target), [tag, raw]))
+            except Exception:
+                if closing:
+                    logger.warning(
+                        "celeryredis: could not put back a reserved message; it is requeued "
+                        "when its lease expires",
+                        exc_info=True,
+                    )
+                    self.release(tag)
+                    continue
+                self._reserve[:0] = entries[position:]  # try again at the next check
+                logger.debug("celeryredis: reserve not put back yet", exc_info=True)
+                break
+            with self._lock:
+                self._recorded.discard(tag)
+                self._held.discard(tag)
+        return returned
+
     def _deliver_batch(self, queues: Sequence[str], reply: Sequence[Any]) -> None:
-        batch: list[tuple[str, dict[str, Any]]] = []
+        batch: list[tuple[str, Any, dict[str, Any]]] = []
         for i in range(0, len(reply), 2):
             queue = queues[int(reply[i])]
             raw = reply[i + 1]
@@ -530,12 +643,31 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 logger.exception("celeryredis: undecodable message from %r kept as poison", queue)
                 self._poison_unacked(raw)
                 continue
-            batch.append((queue, payload))
+            batch.append((queue, raw, payload))
             if queue not in self._no_ack_queues:
                 with self._lock:
                     self._recorded.add(tag)
+        if self._reserve:  # held from an earlier fetch: it goes first
+            batch[:0] = self._reserve
+            self._reserve = []
+        if self._reserving:
+            estimate = self.qos.can_consume_max_estimate()
+            if estimate is not None and len(batch) > estimate:
+                keep, batch = batch[int(estimate) :], batch[: int(estimate)]
+                self._keep_in_reserve(keep)
+        self._hand_over(batch)
+
+    def _keep_in_reserve(self, entries: list[tuple[str, Any, dict[str, Any]]]) -> None:
+        with self._lock:
+            for _queue, _raw, payload in entries:
+                self._held.add(str(payload["properties"]["delivery_tag"]))
+        self._reserve = entries
+        self._reserve_since = time.monotonic()
+
+    def _hand_over(self, batch: Sequence[tuple[str, Any, dict[str, Any]]]) -> None:
+        """Deliver fetched messages to kombu's consumers, in order."""
         last = len(batch) - 1
-        for position, (queue, payload) in enumerate(batch):
+        for position, (queue, _raw, payload) in enumerate(batch):
             self._queue_cycle.rotate(queue)
             if position == last and queue not in self._no_ack_queues:
                 _DELIVERING.now = (self, payload, os.getpid())
@@ -551,9 +683,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         client = self._scripts_client
         client.lpush(self._key(POISON_KEY), raw)
 
-    def _restore_rest(self, rest: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    def _restore_rest(self, rest: Sequence[tuple[str, Any, dict[str, Any]]]) -> None:
         """Delivery failed mid-batch: requeue the undelivered rest now, not at lease expiry."""
-        for queue, payload in rest:
+        for queue, _raw, payload in rest:
             tag = str(payload["properties"]["delivery_tag"])
             if self.take_recorded(tag):
                 try:
@@ -750,6 +882,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                     pass
                 except Exception:
                     logger.debug("celeryredis: reply lost at close", exc_info=True)
+            if self._reserve:
+                self.return_reserve(closing=True)
             if not self.closed:
                 self.flush_acks()
         super().close()
@@ -767,7 +901,9 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
         """Stock registration, with the restore sweep every ``lease_sweep_interval`` s.
 
         The poll's sockets are added to the loop once, not again on every loop pass
-        (:func:`~celeryredis._kombu_compat.replace_poll_start`).
+        (:func:`~celeryredis._kombu_compat.replace_poll_start`). In a prefork worker's
+        main process the channels may hold a reserve: a timer puts back, every half
+        ``reserve_seconds``, one that waited that long.
         """
         before = set(loop.on_tick)
         super().register_with_event_loop(connection, loop)
@@ -778,6 +914,30 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
             )
         )
         replace_restore_timer(self.cycle, loop, max(interval, 0.1))
+        reserve = float(
+            connection.client.transport_options.get("reserve_seconds", Channel.reserve_seconds)
+        )
+        if reserve > 0 and in_prefork_main():
+            self.__dict__["_celeryredis_loop"] = loop
+            self.__dict__["_celeryredis_reserve_timer"] = loop.call_repeatedly(
+                max(reserve / 2, 0.01), self._expire_reserves
+            )
+
+    def close_connection(self, connection: Any) -> None:
+        """Close as kombu does (each channel puts its reserve back), and stop the timer."""
+        timer = self.__dict__.pop("_celeryredis_reserve_timer", None)
+        if timer is not None:
+            timer.cancel()
+        super().close_connection(connection)
+
+    def _expire_reserves(self) -> None:
+        now = time.monotonic()
+        for channel in list(self.channels):
+            if isinstance(channel, Channel) and channel.reliable and not channel.closed:
+                try:
+                    channel.expire_reserve(now)
+                except Exception:
+                    logger.warning("celeryredis: reserve check failed", exc_info=True)
 
 
 def _resp(args: Sequence[Any]) -> bytes:
