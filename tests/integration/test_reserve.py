@@ -64,6 +64,13 @@ class Consuming:
         self.consumer.consume()
         self.conn.transport.register_with_event_loop(self.conn.connection, self.hub)
 
+    def start_holding_reserve(self, client: redis.Redis) -> None:
+        """Start; return once the first message is delivered and the next one reserved
+        (both leased in ``unacked``)."""
+        self.start()
+        self.run_until(lambda: len(self.got) == 1, 10, "the first message")
+        wait_for(lambda: client.hlen("unacked") == 2, 5, "the reserve to be fetched")
+
     def run_until(self, condition: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while not condition():
@@ -114,10 +121,8 @@ def test_a_freed_slot_gets_the_reserve_while_redis_answers_nothing(
     _publish(server.url, 4)
     consuming = Consuming(server.url, reserve_seconds=30, ack=False)
     try:
-        consuming.start()
-        consuming.run_until(lambda: len(consuming.got) == 1, 10, "the first message")
         # One delivered, one more fetched with it and held: both leased, two left queued.
-        wait_for(lambda: client.hlen("unacked") == 2, 5, "the reserve to be fetched")
+        consuming.start_holding_reserve(client)
         assert client.llen("rsv") == 2
         assert consuming.got == [0]
         # Writes (and so every fetch) wait 3 s from here: only the reserve can arrive now.
@@ -150,9 +155,7 @@ def test_a_reserve_no_slot_takes_goes_back_unchanged_to_the_head_of_its_queue(
     raw = _publish(server.url, 3)
     consuming = Consuming(server.url, reserve_seconds=0.3, ack=False)
     try:
-        consuming.start()
-        consuming.run_until(lambda: len(consuming.got) == 1, 10, "the first message")
-        wait_for(lambda: client.hlen("unacked") == 2, 5, "the reserve to be fetched")
+        consuming.start_holding_reserve(client)
         fetched_at = time.monotonic()
         # The first message is never acked (a long task): the reserve waits, then goes back.
         consuming.run_until(lambda: client.llen("rsv") == 2, 5, "the reserve to go back")
@@ -182,9 +185,7 @@ def test_a_reply_that_finds_the_window_full_is_read_into_the_reserve_and_put_bac
     consuming = Consuming(server.url, reserve_seconds=1.0, ack=False)
     channel = consuming.conn.default_channel
     try:
-        consuming.start()
-        consuming.run_until(lambda: len(consuming.got) == 1, 10, "the first message")
-        consuming.run_until(lambda: bool(channel._reserve), 5, "the reserve")
+        consuming.start_holding_reserve(client)
         consuming.messages[0].ack()
         # 1 goes from the reserve; the fetch sent with it brings 2 while 1 fills the window.
         consuming.run_until(lambda: len(consuming.got) == 2, 5, "the reserve's message")
@@ -213,9 +214,7 @@ def test_closing_puts_the_reserve_back_and_a_consumer_elsewhere_gets_every_messa
     raw = _publish(server.url, 3)
     consuming = Consuming(server.url, reserve_seconds=30, ack=False)
     try:
-        consuming.start()
-        consuming.run_until(lambda: len(consuming.got) == 1, 10, "the first message")
-        wait_for(lambda: client.hlen("unacked") == 2, 5, "the reserve to be fetched")
+        consuming.start_holding_reserve(client)
         assert consuming.conn.default_channel._reserve  # held, not delivered
     finally:
         consuming.close()  # long before the reserve's 30 s are up
