@@ -133,10 +133,11 @@ SETTINGS: Final[Mapping[str, LibrarySetting]] = MappingProxyType(
                 "celeryredis_reserve_seconds",
                 0.25,
                 "float",
-                "Reliable transport, in a worker: each fetch takes one message more than the "
-                "prefetch window, held by the transport (leased, unseen by Celery) and handed "
-                "over the moment a slot frees, without a round trip; if none frees within "
-                "this many seconds it goes back to the head of its queue, unchanged. 0: off.",
+                "Reliable transport, in a prefork worker's main process: each fetch takes one "
+                "message more than the prefetch window, held by the transport (leased, unseen "
+                "by Celery) and handed over when a slot frees, without a round trip; if none "
+                "frees within this many seconds it goes back to the head of its queue, "
+                "unchanged. 0: off.",
             ),
             LibrarySetting(
                 "celeryredis_cluster_partitions",
