@@ -178,18 +178,28 @@ class ClusterResultConsumer(ResultConsumer):  # type: ignore[misc]
             raise redis.ConnectionError(f"Redis Cluster unreachable: {exc}") from exc
 
     def _resubscribe(self) -> None:
+        """Subscribe again on a reachable node, then read what was stored meanwhile.
+
+        In that order: results stored while the connection was down were published to
+        nobody, so they are read; a result stored after the read is published to the new
+        subscription. Celery's version reads first, and a result stored between its read
+        and its subscribe reached nobody, leaving ``get()`` waiting for ever. A result
+        both read and heard is handled once (Celery drops the second).
+        """
         with self._locked():
             self._pubsub = None
+            # The new connection never subscribed to cancelled channels: forget them.
+            self.subscribed_to -= self._pending_unsubscribe
+            self._pending_unsubscribe.clear()
+            pubsub = self.backend.new_pubsub()
             if self.subscribed_to:
-                # Results stored while the connection was down were published to nobody.
+                pubsub.subscribe(*self.subscribed_to)
+            self._pubsub = pubsub
+            if self.subscribed_to:
+                # Ready ones are cancelled on the new connection when the lock is released.
                 for meta in self.backend.mget(list(self.subscribed_to)):
                     if meta:
                         self.on_state_change(self.backend.decode_result(meta), None)
-            self._pubsub = self.backend.new_pubsub()
-            self.subscribed_to -= self._pending_unsubscribe
-            self._pending_unsubscribe.clear()
-            if self.subscribed_to:
-                self._pubsub.subscribe(*self.subscribed_to)
 
 
 class RedisClusterBackend(RedisBackend):

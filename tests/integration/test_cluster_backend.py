@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import textwrap
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -275,3 +276,59 @@ def test_health_pings_the_cluster_backend(
     backend = next(part for part in report.parts if part.name == "backend")
     assert backend.status == "ok", backend
     assert "cluster reachable" in backend.reason
+
+
+def _subscribers(cluster: LocalRedisCluster, channel: bytes) -> int:
+    """Subscribers to ``channel`` over every node (each node counts its own clients)."""
+    count = 0
+    for port in cluster.ports:
+        node = redis.Redis(host="127.0.0.1", port=port, password=cluster.password)
+        try:
+            count += dict(node.pubsub_numsub(channel))[channel]
+        finally:
+            node.close()
+    return count
+
+
+def test_a_result_stored_while_the_consumer_resubscribes_reaches_get(
+    cluster_app: Any, redis_cluster: LocalRedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After its pub/sub connection drops, the consumer subscribes again before it reads.
+
+    A result stored and published between the two would otherwise reach nobody: read too
+    early to be found, published before anyone listened, and ``get()`` would wait for
+    ever. The result is stored exactly in that gap, right after the consumer's read; the
+    subscription must already exist then.
+    """
+    app = cluster_app.app
+    backend = app.backend
+    consumer = backend.result_consumer
+    task_id = str(uuid.uuid4())
+    result = app.AsyncResult(task_id)
+    consumer.consume_from(task_id)
+    key = backend.get_key_for_task(task_id)
+    assert _subscribers(redis_cluster, key) == 1
+    read = backend.mget
+    subscribers_at_read: list[int] = []
+
+    def read_then_store(keys: list[Any]) -> list[Any]:
+        metas = read(keys)
+        if key in keys and not subscribers_at_read:
+            subscribers_at_read.append(_subscribers(redis_cluster, key))
+            backend.store_result(task_id, 42, "SUCCESS")  # SET, then PUBLISH
+        return metas
+
+    monkeypatch.setattr(backend, "mget", read_then_store)
+    killed = 0
+    for port in redis_cluster.ports:
+        node = redis.Redis(host="127.0.0.1", port=port, password=redis_cluster.password)
+        try:
+            killed += node.client_kill_filter(_type="pubsub")
+        finally:
+            node.close()
+    assert killed >= 1  # our consumer's pub/sub connection
+    assert _subscribers(redis_cluster, key) == 0
+    assert result.get(timeout=10) == 42
+    # Subscribed again before the read. (Had it not been, the result could still arrive
+    # by luck: the cluster bus relays a PUBLISH to the other nodes a moment later.)
+    assert subscribers_at_read == [1]
