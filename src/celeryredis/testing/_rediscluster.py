@@ -51,6 +51,12 @@ def find_redis_cli() -> str:
     return found
 
 
+def _text(output: str | bytes | None) -> str:
+    if isinstance(output, bytes):
+        return output.decode(errors="replace")
+    return output or ""
+
+
 def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
@@ -271,27 +277,39 @@ class LocalRedisCluster:
         if self.password:
             env["REDISCLI_AUTH"] = self.password  # not on the command line
         tls_flags = ["--tls", "--cacert", str(self.ca_file)] if self.tls else []
-        create = subprocess.run(  # noqa: S603 - fixed argv, no shell
-            [
-                cli, *tls_flags, "--cluster", "create",
-                *(f"127.0.0.1:{port}" for port in (self.tls_ports if self.tls else self.ports)),
-                "--cluster-replicas", str(self.replica_count),
-                "--cluster-yes",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=self.start_timeout,
-            check=False,
-        )  # fmt: skip
+        try:
+            create = subprocess.run(  # noqa: S603 - fixed argv, no shell
+                [
+                    cli, *tls_flags, "--cluster", "create",
+                    *(f"127.0.0.1:{port}" for port in (self.tls_ports if self.tls else self.ports)),
+                    "--cluster-replicas", str(self.replica_count),
+                    "--cluster-yes",
+                ],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=self.start_timeout,
+                check=False,
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as exc:
+            raise RedisServerError(
+                f"redis-cli --cluster create did not finish within {self.start_timeout} s; "
+                f"its output: {_text(exc.stdout)[-1500:]}{self._node_logs()}"
+            ) from None
         if create.returncode != 0:
             raise RedisServerError(
                 f"redis-cli --cluster create failed ({create.returncode}): "
-                f"{(create.stdout + create.stderr)[-2000:]}"
+                f"{(create.stdout + create.stderr)[-2000:]}{self._node_logs()}"
             )
         self.wait_ok(self.start_timeout)
         self._wait_roles(self.start_timeout)
         return self
+
+    def _node_logs(self) -> str:
+        """Each node's last log lines, for an error about the cluster's creation."""
+        return "".join(
+            f"\n--- node {node.port} (log tail):\n{node._log_tail(8)}" for node in self.nodes
+        )
 
     def _wait_roles(self, timeout: float) -> None:
         """Wait until the node :attr:`masters` asks sees every replica as a replica.
