@@ -227,35 +227,60 @@ class BenchApp:
         )
 
 
-def drain_rate(
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int, children: bool = True) -> float:
+    """CPU seconds of ``pid`` (with its reaped and live children when ``children``)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    total = ticks / TICK
+    if children:
+        total += (int(fields[13]) + int(fields[14])) / TICK
+        try:
+            kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            kids = []
+        total += sum(cpu_seconds(int(kid)) for kid in kids)
+    return total
+
+
+def drain_rate(  # noqa: PLR0917 - each list is an optional extra reading
     client: redis.Redis,
     n: int,
     start: Callable[[], Any],
     stop: Callable[[Any], None],
     polls: list[int] | None = None,
+    cpu: list[float] | None = None,
 ) -> float:
     """Tasks/s from the first completion seen to the last (start-up excluded).
 
     ``start()`` starts a consumer of ``n`` pre-published tasks, each of which does one
     ``INCR bench:done``; ``stop(handle)`` stops it. The number of ``GET`` polls this
-    made is appended to ``polls``.
+    made is appended to ``polls``; the consumer's CPU time per task in µs over the same
+    span (``handle.pid`` and its children, reaped ones included) to ``cpu``.
     """
     client.delete("bench:done")
     handle = start()
     count = 0
     try:
         deadline = time.monotonic() + 600
-        first: tuple[float, int] | None = None
+        first: tuple[float, int, float] | None = None
         while time.monotonic() < deadline:
             done = int(client.get("bench:done") or 0)
             count += 1
             now = time.monotonic()
             if done and first is None:
-                first = (now, done)
+                first = (now, done, cpu_seconds(handle.pid) if cpu is not None else 0.0)
             if done >= n:
                 assert first is not None
                 if now == first[0]:
                     raise RuntimeError("all tasks finished before the first poll")
+                if cpu is not None:
+                    cpu.append((cpu_seconds(handle.pid) - first[2]) / (done - first[1]) * 1e6)
                 return (done - first[1]) / (now - first[0])
             time.sleep(0.005)
         raise RuntimeError(f"drain of {n} tasks did not finish within 600 s")

@@ -6,7 +6,8 @@ N pre-published no-op tasks (one ``INCR`` each) with plain ``celery.Task``, then
 ``production`` preset; the ratio of each pair is taken, so a slow spell of the machine
 lands on both sides of one ratio rather than between them. ``--src`` runs the workers
 on another copy of the package (``git archive`` a commit's ``src`` there) to compare two
-versions of the code in the same way.
+versions of the code in the same way. Each drain also reports the worker's CPU time per
+task (less moved than tasks/s by a busy machine, though not immune to it).
 
 Usage: python benchmarks/ab_bases.py --base celeryredis.UniqueTask [--level WARNING]
        [--pairs 5] [--n 3000] [--pool solo] [--src /tmp/old/src]
@@ -42,6 +43,7 @@ def main() -> int:
     opts = parser.parse_args()
     extra = {"PYTHONPATH": opts.src} if opts.src else {}
     ratios: list[float] = []
+    cpu: dict[str, list[float]] = {PLAIN: [], opts.base: []}
     with tempfile.TemporaryDirectory() as tmp, RedisServer() as server:
         bench = BenchApp(Path(tmp), server.url)
         client = redis.Redis.from_url(server.url)
@@ -62,17 +64,20 @@ def main() -> int:
                         extra_env=extra,
                     )
 
-                rates[base] = drain_rate(client, opts.n, start, lambda w: w.stop())
+                rates[base] = drain_rate(client, opts.n, start, lambda w: w.stop(), cpu=cpu[base])
             ratios.append(rates[opts.base] / rates[PLAIN])
             print(
-                f"pair {pair + 1}: plain {rates[PLAIN]:8,.0f}/s  {opts.base} "
-                f"{rates[opts.base]:8,.0f}/s  ratio {ratios[-1]:.3f}",
+                f"pair {pair + 1}: plain {rates[PLAIN]:8,.0f}/s {cpu[PLAIN][-1]:5,.0f} µs CPU/task"
+                f"  {opts.base} {rates[opts.base]:8,.0f}/s {cpu[opts.base][-1]:5,.0f} µs CPU/task"
+                f"  ratio {ratios[-1]:.3f}",
                 flush=True,
             )
     print(
         f"{opts.base} / plain at {opts.level}, {opts.pool}, {opts.pairs} pairs of "
         f"{opts.n:,} tasks{' (src ' + opts.src + ')' if opts.src else ''}: "
-        f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+        f"{statistics.median(ratios):.3f} ({min(ratios):.3f}-{max(ratios):.3f}); worker CPU "
+        f"per task {statistics.median(cpu[PLAIN]):,.0f} against "
+        f"{statistics.median(cpu[opts.base]):,.0f} µs (medians)"
     )
     return 0
 

@@ -19,7 +19,6 @@ Usage: python benchmarks/ab_transport.py [--n 1500] [--runs 5] [--pool prefork]
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -32,27 +31,7 @@ from celeryredis import enqueue_many
 from celeryredis.testing import RedisServer
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import BenchApp
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int, children: bool = True) -> float:
-    """CPU seconds of ``pid`` (with its reaped and live children when ``children``)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = int(fields[11]) + int(fields[12])
-    total = ticks / TICK
-    if children:
-        total += (int(fields[13]) + int(fields[14])) / TICK
-        try:
-            kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            kids = []
-        total += sum(cpu_seconds(int(kid)) for kid in kids)
-    return total
+from _harness import BenchApp, cpu_seconds
 
 
 def _cpu(worker_pid: int, server_pid: int) -> tuple[float, float, float]:

@@ -9,7 +9,9 @@ to the Celery row of the same kind measured alongside it.
 RQ's default worker forks for every job (about 70 jobs/s here), so the drain uses
 ``rq.worker.SimpleWorker`` (no fork), its fastest worker. Dramatiq runs one process
 with its default 8 threads. Huey (``RedisHuey``, results off) runs its consumer with 2
-worker processes (``-w 2 -k process``), next to Celery's ``-P prefork -c 2``.
+worker processes (``-w 2 -k process``), next to Celery's ``-P prefork -c 2``. Each drain
+also reads the consumer's CPU time per task (its processes, children included, over the
+same span): on 2 cores what a consumer costs per task bounds how fast it can drain.
 
 Usage: python benchmarks/bench_peers.py [--n 5000] [--runs 3]
 """
@@ -99,6 +101,10 @@ class _Process:
             start_new_session=True,
         )
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
     def stop(self) -> None:
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
@@ -129,6 +135,7 @@ def run(url: str, workdir: Path, n: int = 5000, runs: int = 3) -> Section:
     env = {"BENCH_URL": url}
     publish: dict[str, list[float]] = {v: [] for v in PUBLISH}
     drain: dict[str, list[float]] = {v: [] for v in DRAIN}
+    drain_cpu: dict[str, list[float]] = {v: [] for v in DRAIN}
 
     def timed(fn: Callable[[], None]) -> float:
         client.flushdb()
@@ -214,9 +221,15 @@ def run(url: str, workdir: Path, n: int = 5000, runs: int = 3) -> Section:
             client.flushdb()
             fill, start = consumers[variant]
             fill()
-            rate = drain_rate(client, n, start, lambda handle: handle.stop())
+            rate = drain_rate(
+                client, n, start, lambda handle: handle.stop(), cpu=drain_cpu[variant]
+            )
             drain[variant].append(rate)
-            print(f"peers run {rep + 1}: drain {variant:42} {rate:9,.0f}/s", flush=True)
+            print(
+                f"peers run {rep + 1}: drain {variant:42} {rate:9,.0f}/s "
+                f"{drain_cpu[variant][-1]:7,.0f} µs CPU/task",
+                flush=True,
+            )
     client.flushdb()
     section = Section(
         "Peers",
@@ -225,15 +238,19 @@ def run(url: str, workdir: Path, n: int = 5000, runs: int = 3) -> Section:
         "of per-run ratios to the first row of each half (Celery with `celeryredis.Task`, "
         "measured alongside). RQ drains with `SimpleWorker` (its default worker forks per "
         "job); Dramatiq with one process of 8 threads (its default thread count); Huey "
-        "with 2 worker processes (`huey_consumer -w 2 -k process -q`).",
-        ["what", "library / variant", "tasks/s", "× the Celery row"],
+        "with 2 worker processes (`huey_consumer -w 2 -k process -q`). Consumer CPU/task: "
+        "the CPU time of the consumer's processes (children included) over the drain, per "
+        "task, in µs; on 2 cores, a consumer that keeps both busy cannot drain faster than "
+        "2 s / its CPU per task.",
+        ["what", "library / variant", "tasks/s", "× the Celery row", "consumer CPU/task (µs)"],
     )
     for kind, results in (("publish", publish), ("drain", drain)):
         names = list(results)
         base = results[names[0]]
         for name in names:
             values = results[name]
-            section.rows.append([kind, name, spread(values), ratio_spread(values, base)])
+            cpu = spread(drain_cpu[name]) if kind == "drain" else ""
+            section.rows.append([kind, name, spread(values), ratio_spread(values, base), cpu])
             section.data.append(
                 {
                     "kind": kind,
@@ -242,6 +259,7 @@ def run(url: str, workdir: Path, n: int = 5000, runs: int = 3) -> Section:
                     "runs": values,
                     "ratio": ratio(values, base),
                     "ratios": ratios(values, base),
+                    **({"cpu_us_per_task": drain_cpu[name]} if kind == "drain" else {}),
                 }
             )
     section.ratios["enqueue_many / RQ enqueue_many"] = ratios(

@@ -54,6 +54,7 @@ def run(
     rates: dict[tuple[str, str], list[float]] = {}
     commands: dict[tuple[str, str], list[float]] = {}
     scripts: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[float]] = {}
     for level in loglevels.split(","):
         for rep in range(runs):
             for variant in VARIANTS if rep % 2 == 0 else tuple(reversed(VARIANTS)):
@@ -66,16 +67,19 @@ def run(
                     return bench.worker("production", base=variant, loglevel=level)
 
                 polled: list[int] = []
-                rate = drain_rate(client, n, start, lambda w: w.stop(), polled)
-                total, lua = _calls(client)
                 key = (level, variant)
+                rate = drain_rate(
+                    client, n, start, lambda w: w.stop(), polled, cpu.setdefault(key, [])
+                )
+                total, lua = _calls(client)
                 rates.setdefault(key, []).append(rate)
                 polls = polled[0] + 2  # the benchmark's own DEL, GETs and INFO
                 commands.setdefault(key, []).append((total - polls) / n)
                 scripts.setdefault(key, []).append(lua / n)
                 print(
                     f"overhead {level:8} run {rep + 1}: {variant:28} {rate:8,.0f} tasks/s "
-                    f"{(total - polls) / n:5.2f} commands/task {lua / n:4.2f} EVALSHA/task",
+                    f"{(total - polls) / n:5.2f} commands/task {lua / n:4.2f} EVALSHA/task "
+                    f"{cpu[key][-1]:6,.0f} µs CPU/task",
                     flush=True,
                 )
     client.flushdb()
@@ -86,7 +90,9 @@ def run(
         "median (min–max) of per-run ratios to plain `celery.Task`; Redis commands per task over "
         "the drain (commands inside Lua included); EVALSHA/task counts EVALSHA and EVAL, each "
         "one round trip the worker waits for except UniqueTask's release (an EVAL sent without "
-        "waiting for its reply).",
+        "waiting for its reply); worker CPU/task: the worker process's CPU time over the "
+        "drain, per task, in µs (what the base costs, less moved by a busy machine than "
+        "tasks/s).",
         [
             "worker log level",
             "task base",
@@ -94,6 +100,7 @@ def run(
             "× plain",
             "Redis commands/task",
             "EVALSHA/task",
+            "worker CPU/task (µs)",
         ],
     )
     for level in loglevels.split(","):
@@ -108,6 +115,7 @@ def run(
                     ratio_spread(rates[key], base, "{:.3f}"),
                     spread(commands[key], "{:.2f}"),
                     spread(scripts[key], "{:.2f}"),
+                    spread(cpu[key]),
                 ]
             )
             section.data.append(
@@ -120,6 +128,7 @@ def run(
                     "ratios": ratios(rates[key], base),
                     "commands_per_task": median(commands[key]),
                     "evalsha_per_task": median(scripts[key]),
+                    "cpu_us_per_task": cpu[key],
                 }
             )
             section.ratios[f"{variant} / plain at {level}"] = ratios(rates[key], base)
