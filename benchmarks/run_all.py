@@ -157,7 +157,9 @@ def _report(
         "Run them yourself with `make bench` (about 15–20 minutes on 2 cores; it installs "
         "RQ, Dramatiq and Huey from the `bench` dependency group), or `make bench-quick` "
         "for a smoke run of a few minutes that writes `benchmarks/results/quick.md` only. "
-        "Each section's method is in the docstring of its script in `benchmarks/`.\n\n"
+        "Each section's method is in the docstring of its script in `benchmarks/`; "
+        "why a goal is missed, with its profile: {ref}`performance-goals` (hand-written, "
+        "for the run it names).\n\n"
         f"{body}"
     )
     print(f"\n# Benchmarks\n\n{header}\n\n{body}")
