@@ -99,6 +99,18 @@ def _task_keys_per_master(cluster: LocalRedisCluster) -> dict[int, int]:
     return counts
 
 
+def _subscribers(cluster: LocalRedisCluster, channel: bytes) -> int:
+    """Subscribers to ``channel`` over every node (each node counts its own clients)."""
+    count = 0
+    for port in cluster.ports:
+        node = redis.Redis(host="127.0.0.1", port=port, password=cluster.password)
+        try:
+            count += dict(node.pubsub_numsub(channel))[channel]
+        finally:
+            node.close()
+    return count
+
+
 def test_300_results_come_back_and_spread_over_every_master(
     cluster_app: Any, redis_cluster: LocalRedisCluster
 ) -> None:
@@ -123,21 +135,10 @@ def test_get_waits_on_the_pubsub_consumer(
     channel = backend.get_key_for_task(result.id)
     assert channel == f"celery-task-meta-{{{result.id}}}".encode()
     assert channel in backend.result_consumer.subscribed_to
-    client = redis_cluster.client()
-    try:
-        # Classic pub/sub: exactly one subscriber (ours) on the task's channel, cluster-wide.
-        subscribers = 0
-        for port in redis_cluster.ports:
-            node = redis.Redis(host="127.0.0.1", port=port, password=redis_cluster.password)
-            try:
-                subscribers += dict(node.pubsub_numsub(channel))[channel]
-            finally:
-                node.close()
-        assert subscribers == 1
-        assert result.get(timeout=30) == 42
-        assert result.state == "SUCCESS"
-    finally:
-        client.close()
+    # Classic pub/sub: exactly one subscriber (ours) on the task's channel, cluster-wide.
+    assert _subscribers(redis_cluster, channel) == 1
+    assert result.get(timeout=30) == 42
+    assert result.state == "SUCCESS"
 
 
 def test_a_chain_of_100(cluster_app: Any) -> None:
@@ -276,18 +277,6 @@ def test_health_pings_the_cluster_backend(
     backend = next(part for part in report.parts if part.name == "backend")
     assert backend.status == "ok", backend
     assert "cluster reachable" in backend.reason
-
-
-def _subscribers(cluster: LocalRedisCluster, channel: bytes) -> int:
-    """Subscribers to ``channel`` over every node (each node counts its own clients)."""
-    count = 0
-    for port in cluster.ports:
-        node = redis.Redis(host="127.0.0.1", port=port, password=cluster.password)
-        try:
-            count += dict(node.pubsub_numsub(channel))[channel]
-        finally:
-            node.close()
-    return count
 
 
 def test_a_result_stored_while_the_consumer_resubscribes_reaches_get(
