@@ -237,3 +237,71 @@ def test_fault_proxy_pauses_half_opens_and_cuts(fault_proxy_factory: Any) -> Non
         proxy.stop()
         with pytest.raises(redis.ConnectionError):
             _no_retry_client(proxy.port).ping()
+
+
+def _servers_under(directory: Path) -> set[int]:
+    """PIDs of live processes whose working directory is under ``directory``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = (entry / "cwd").resolve()
+        except OSError:
+            continue
+        if cwd.is_relative_to(directory.resolve()) and _alive(int(entry.name)):
+            found.add(int(entry.name))
+    return found
+
+
+def _redis_cli_hanging(tmp_path: Path, real: str | None) -> Path:
+    """A redis-cli stand-in that hangs the first time (as a join that never completes)."""
+    mark = tmp_path / "hung-once"
+    then = f'exec {real} "$@"' if real else "exec sleep 60"
+    script = tmp_path / "redis-cli"
+    script.write_text(
+        f'#!/bin/sh\nif [ -n "{real or ""}" ] && [ -e {mark} ]; then {then}; fi\n'
+        f"touch {mark}\necho joining\nexec sleep 60\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+def test_a_cluster_whose_join_hangs_is_made_again_from_fresh_nodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celeryredis.testing import LocalRedisCluster, find_redis_cli
+
+    cli = _redis_cli_hanging(tmp_path, find_redis_cli())
+    monkeypatch.setenv("CELERYREDIS_REDIS_CLI", str(cli))
+    directory = tmp_path / "cluster"
+    cluster = LocalRedisCluster(masters=3, replicas=0, start_timeout=10, directory=directory)
+    cluster.start()
+    try:
+        # Only the second attempt's nodes are running: the first ones were stopped.
+        assert _servers_under(directory) == {node.pid for node in cluster.nodes}
+        client = cluster.client()
+        try:
+            client.set("joined", "yes")
+            assert client.get("joined") == b"yes"
+        finally:
+            client.close()
+    finally:
+        cluster.stop()
+    assert not _servers_under(directory)
+
+
+def test_a_cluster_that_never_forms_fails_and_leaves_no_node_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from celeryredis.testing import LocalRedisCluster, RedisServerError
+
+    monkeypatch.setenv("CELERYREDIS_REDIS_CLI", str(_redis_cli_hanging(tmp_path, None)))
+    directory = tmp_path / "cluster"
+    cluster = LocalRedisCluster(masters=3, replicas=0, start_timeout=3, directory=directory)
+    with pytest.raises(RedisServerError, match="twice from fresh nodes") as caught:
+        cluster.start()
+    message = str(caught.value)
+    assert message.count("did not finish within 3 s; its output: joining") == 2
+    assert "(log tail)" in message
+    assert not _servers_under(directory)

@@ -51,6 +51,10 @@ def find_redis_cli() -> str:
     return found
 
 
+class _JoinTimeoutError(RedisServerError):
+    """``redis-cli --cluster create`` did not finish in time."""
+
+
 def _text(output: str | bytes | None) -> str:
     if isinstance(output, bytes):
         return output.decode(errors="replace")
@@ -239,16 +243,44 @@ class LocalRedisCluster:
     def start(self) -> LocalRedisCluster:
         """Start the nodes, join them into a cluster, wait for ``cluster_state:ok``.
 
+        A start that fails stops every node it started. When ``redis-cli --cluster
+        create`` does not finish in time, the cluster is made once more from fresh nodes:
+        under load a node can let the handshake of a ``CLUSTER MEET`` time out, and then
+        it never learns of the others (seen once in the tests, the others knowing it and
+        it only itself), so the join it waits for never completes.
+
         Raises:
             RedisServerNotFound: No ``redis-server`` or ``redis-cli`` binary.
             RedisServerError: A node did not start, or the cluster was not ok in time.
         """
         cli = find_redis_cli()
+        certs = self._certificates() if self.tls else None
+        try:
+            try:
+                self._start_nodes(certs)
+                self._create(cli)
+            except _JoinTimeoutError as first:
+                self._discard_nodes()
+                self._start_nodes(certs)
+                try:
+                    self._create(cli)
+                except _JoinTimeoutError as second:
+                    raise RedisServerError(
+                        f"the cluster did not form, twice from fresh nodes: {first}\n\n"
+                        f"and again: {second}"
+                    ) from None
+            self.wait_ok(self.start_timeout)
+            self._wait_roles(self.start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_nodes(self, certs: Path | None) -> None:
         auth = ["--masterauth", self.password] if self.password else []
         if self.user is not None:
             name, secret = self.user
             auth += ["--user", name, "on", f">{secret}", "~*", "&*", "+@all"]
-        certs = self._certificates() if self.tls else None
         for index in range(self.master_count * (1 + self.replica_count)):
             directory = self.directory / f"node-{index}"
             directory.mkdir(parents=True, exist_ok=True)
@@ -273,6 +305,22 @@ class LocalRedisCluster:
             node.start()
             if tls_port:
                 self._tls_ports[node.port] = tls_port
+
+    def _discard_nodes(self) -> None:
+        """Stop the nodes and forget them, files included (a fresh start needs new ones)."""
+        self.stop()
+        for index in range(len(self.nodes)):
+            shutil.rmtree(self.directory / f"node-{index}", ignore_errors=True)
+        self.nodes = []
+        self._tls_ports = {}
+
+    def _create(self, cli: str) -> None:
+        """``redis-cli --cluster create`` over the nodes.
+
+        Raises:
+            _JoinTimeoutError: It did not finish within ``start_timeout``.
+            RedisServerError: It failed.
+        """
         env = dict(os.environ)
         if self.password:
             env["REDISCLI_AUTH"] = self.password  # not on the command line
@@ -292,7 +340,7 @@ class LocalRedisCluster:
                 check=False,
             )  # fmt: skip
         except subprocess.TimeoutExpired as exc:
-            raise RedisServerError(
+            raise _JoinTimeoutError(
                 f"redis-cli --cluster create did not finish within {self.start_timeout} s; "
                 f"its output: {_text(exc.stdout)[-1500:]}{self._node_logs()}"
             ) from None
@@ -301,9 +349,6 @@ class LocalRedisCluster:
                 f"redis-cli --cluster create failed ({create.returncode}): "
                 f"{(create.stdout + create.stderr)[-2000:]}{self._node_logs()}"
             )
-        self.wait_ok(self.start_timeout)
-        self._wait_roles(self.start_timeout)
-        return self
 
     def _node_logs(self) -> str:
         """Each node's last log lines, for an error about the cluster's creation."""
