@@ -184,7 +184,7 @@ class ClusterResultConsumer(ResultConsumer):  # type: ignore[misc]
         nobody, so they are read; a result stored after the read is published to the new
         subscription. Celery's version reads first, and a result stored between its read
         and its subscribe reached nobody, leaving ``get()`` waiting for ever. A result
-        both read and heard is handled once (Celery drops the second).
+        both read and heard reaches its waiter once: the second finds it done.
         """
         with self._locked():
             self._pubsub = None
