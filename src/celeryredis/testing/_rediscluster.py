@@ -51,10 +51,6 @@ def find_redis_cli() -> str:
     return found
 
 
-class _JoinTimeoutError(RedisServerError):
-    """``redis-cli --cluster create`` did not finish in time."""
-
-
 def _text(output: str | bytes | None) -> str:
     if isinstance(output, bytes):
         return output.decode(errors="replace")
@@ -256,25 +252,27 @@ class LocalRedisCluster:
         cli = find_redis_cli()
         certs = self._certificates() if self.tls else None
         try:
-            try:
-                self._start_nodes(certs)
-                self._create(cli)
-            except _JoinTimeoutError as first:
-                self._discard_nodes()
-                self._start_nodes(certs)
-                try:
-                    self._create(cli)
-                except _JoinTimeoutError as second:
-                    raise RedisServerError(
-                        f"the cluster did not form, twice from fresh nodes: {first}\n\n"
-                        f"and again: {second}"
-                    ) from None
+            self._form(cli, certs)
             self.wait_ok(self.start_timeout)
             self._wait_roles(self.start_timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _form(self, cli: str, certs: Path | None) -> None:
+        """Start the nodes and create the cluster, once more from fresh nodes if it hangs."""
+        self._start_nodes(certs)
+        first = self._create(cli)
+        if first is None:
+            return
+        self._discard_nodes()
+        self._start_nodes(certs)
+        second = self._create(cli)
+        if second is not None:
+            raise RedisServerError(
+                f"the cluster did not form, twice from fresh nodes: {first}\n\nand again: {second}"
+            )
 
     def _start_nodes(self, certs: Path | None) -> None:
         auth = ["--masterauth", self.password] if self.password else []
@@ -314,11 +312,14 @@ class LocalRedisCluster:
         self.nodes = []
         self._tls_ports = {}
 
-    def _create(self, cli: str) -> None:
-        """``redis-cli --cluster create`` over the nodes.
+    def _create(self, cli: str) -> str | None:
+        """``redis-cli --cluster create`` over the nodes: None, or why it did not finish.
+
+        Returns:
+            None when it finished; when it did not within ``start_timeout``, its output
+            and each node's log tail.
 
         Raises:
-            _JoinTimeoutError: It did not finish within ``start_timeout``.
             RedisServerError: It failed.
         """
         env = dict(os.environ)
@@ -340,15 +341,16 @@ class LocalRedisCluster:
                 check=False,
             )  # fmt: skip
         except subprocess.TimeoutExpired as exc:
-            raise _JoinTimeoutError(
+            return (
                 f"redis-cli --cluster create did not finish within {self.start_timeout} s; "
                 f"its output: {_text(exc.stdout)[-1500:]}{self._node_logs()}"
-            ) from None
+            )
         if create.returncode != 0:
             raise RedisServerError(
                 f"redis-cli --cluster create failed ({create.returncode}): "
                 f"{(create.stdout + create.stderr)[-2000:]}{self._node_logs()}"
             )
+        return None
 
     def _node_logs(self) -> str:
         """Each node's last log lines, for an error about the cluster's creation."""
