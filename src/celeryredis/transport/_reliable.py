@@ -146,8 +146,7 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         if not channel.reliable:
             super().ack(delivery_tag)
             return
-        channel.release(delivery_tag)
-        channel._reserve_paused = False  # a slot frees: fetch a reserve again
+        channel.free_slot(delivery_tag)
         if not channel.acked_ahead(delivery_tag):
             channel.queue_ack(delivery_tag)
         if channel.closed:
@@ -156,8 +155,7 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
 
     def reject(self, delivery_tag: str, requeue: bool = False) -> None:
         """Reject at once, as stock kombu does (requeued messages go first in line)."""
-        self.channel.release(delivery_tag)
-        self.channel._reserve_paused = False
+        self.channel.free_slot(delivery_tag)
         super().reject(delivery_tag, requeue=requeue)
 
     def restore_unacked(self, client: Any = None) -> None:
@@ -658,9 +656,8 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._hand_over(batch)
 
     def _keep_in_reserve(self, entries: list[tuple[str, Any, dict[str, Any]]]) -> None:
-        with self._lock:
-            for _queue, _raw, payload in entries:
-                self._held.add(str(payload["properties"]["delivery_tag"]))
+        for _queue, _raw, payload in entries:
+            self.hold(str(payload["properties"]["delivery_tag"]))
         self._reserve = entries
         self._reserve_since = time.monotonic()
 
@@ -711,9 +708,14 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self._held.add(tag)
 
     def release(self, tag: str) -> None:
-        """``tag`` is no longer held (acked or rejected)."""
+        """``tag`` is no longer held: its lease is not renewed any more."""
         with self._lock:
             self._held.discard(tag)
+
+    def free_slot(self, tag: str) -> None:
+        """``tag`` was acked or rejected: released, and its slot free for a reserve again."""
+        self.release(tag)
+        self._reserve_paused = False
 
     def queue_ack(self, tag: str) -> None:
         """Queue an ack for the next fetch or lease renewal."""
@@ -908,15 +910,10 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
         before = set(loop.on_tick)
         super().register_with_event_loop(connection, loop)
         replace_poll_start(self.cycle, loop, self.on_readable, set(loop.on_tick) - before)
-        interval = float(
-            connection.client.transport_options.get(
-                "lease_sweep_interval", Channel.lease_sweep_interval
-            )
-        )
+        options = connection.client.transport_options
+        interval = float(options.get("lease_sweep_interval", Channel.lease_sweep_interval))
         replace_restore_timer(self.cycle, loop, max(interval, 0.1))
-        reserve = float(
-            connection.client.transport_options.get("reserve_seconds", Channel.reserve_seconds)
-        )
+        reserve = float(options.get("reserve_seconds", Channel.reserve_seconds))
         if reserve > 0 and in_prefork_main():
             self.__dict__["_celeryredis_loop"] = loop
             self.__dict__["_celeryredis_reserve_timer"] = loop.call_repeatedly(
