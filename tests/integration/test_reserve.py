@@ -114,15 +114,27 @@ def _publish(url: str, n: int) -> list[bytes]:
         client.close()
 
 
+@contextlib.contextmanager
+def _holding_reserve(
+    server: RedisServer, client: redis.Redis, n: int, reserve_seconds: float
+) -> Iterator[tuple[Consuming, list[bytes]]]:
+    """Publish ``n`` messages, start a consumer that acks nothing, and yield it once it
+    holds the first message and the reserve, with the raw queue items; close it after."""
+    raw = _publish(server.url, n)
+    consuming = Consuming(server.url, reserve_seconds, ack=False)
+    try:
+        consuming.start_holding_reserve(client)
+        yield consuming, raw
+    finally:
+        consuming.close()
+
+
 def test_a_freed_slot_gets_the_reserve_while_redis_answers_nothing(
     server: RedisServer, client: redis.Redis, prefork_main: None
 ) -> None:
     """After an ack, the next message comes without a round trip: Redis is paused then."""
-    _publish(server.url, 4)
-    consuming = Consuming(server.url, reserve_seconds=30, ack=False)
-    try:
-        # One delivered, one more fetched with it and held: both leased, two left queued.
-        consuming.start_holding_reserve(client)
+    # One delivered, one more fetched with it and held: both leased, two left queued.
+    with _holding_reserve(server, client, 4, reserve_seconds=30) as (consuming, _):
         assert client.llen("rsv") == 2
         assert consuming.got == [0]
         # Writes (and so every fetch) wait 3 s from here: only the reserve can arrive now.
@@ -142,8 +154,6 @@ def test_a_freed_slot_gets_the_reserve_while_redis_answers_nothing(
         consuming.run_until(lambda: len(consuming.got) == 4, 5, "the last message")
         consuming.messages[3].ack()
         assert consuming.got == [0, 1, 2, 3]
-    finally:
-        consuming.close()
     assert client.hlen("unacked") == 0
     assert client.zcard("unacked_index") == 0
     assert client.llen("rsv") == 0
@@ -152,10 +162,7 @@ def test_a_freed_slot_gets_the_reserve_while_redis_answers_nothing(
 def test_a_reserve_no_slot_takes_goes_back_unchanged_to_the_head_of_its_queue(
     server: RedisServer, client: redis.Redis, prefork_main: None
 ) -> None:
-    raw = _publish(server.url, 3)
-    consuming = Consuming(server.url, reserve_seconds=0.3, ack=False)
-    try:
-        consuming.start_holding_reserve(client)
+    with _holding_reserve(server, client, 3, reserve_seconds=0.3) as (consuming, raw):
         fetched_at = time.monotonic()
         # The first message is never acked (a long task): the reserve waits, then goes back.
         consuming.run_until(lambda: client.llen("rsv") == 2, 5, "the reserve to go back")
@@ -168,8 +175,6 @@ def test_a_reserve_no_slot_takes_goes_back_unchanged_to_the_head_of_its_queue(
         consuming.run_until(lambda: time.monotonic() > deadline, 5, "a second")
         assert client.llen("rsv") == 2
         assert consuming.conn.default_channel._reserve == []
-    finally:
-        consuming.close()
     # At close the delivered message is requeued too (kombu's restore, marked redelivered).
     assert client.hlen("unacked") == 0
     assert client.llen("rsv") == 3
@@ -181,11 +186,8 @@ def test_a_reply_that_finds_the_window_full_is_read_into_the_reserve_and_put_bac
     """kombu leaves a fetch reply unread while the window is full (its messages' leases
     then run out unrenewed); the reliable channel reads it into the reserve, renews it
     with the held messages and puts it back after ``reserve_seconds``."""
-    raw = _publish(server.url, 3)
-    consuming = Consuming(server.url, reserve_seconds=1.0, ack=False)
-    channel = consuming.conn.default_channel
-    try:
-        consuming.start_holding_reserve(client)
+    with _holding_reserve(server, client, 3, reserve_seconds=1.0) as (consuming, raw):
+        channel = consuming.conn.default_channel
         consuming.messages[0].ack()
         # 1 goes from the reserve; the fetch sent with it brings 2 while 1 fills the window.
         consuming.run_until(lambda: len(consuming.got) == 2, 5, "the reserve's message")
@@ -202,8 +204,6 @@ def test_a_reply_that_finds_the_window_full_is_read_into_the_reserve_and_put_bac
         # A slot freed: the next fetch takes 2 again.
         consuming.run_until(lambda: len(consuming.got) == 3, 5, "the last message")
         consuming.messages[2].ack()
-    finally:
-        consuming.close()
     assert client.hlen("unacked") == 0
     assert client.llen("rsv") == 0
 
@@ -211,13 +211,9 @@ def test_a_reply_that_finds_the_window_full_is_read_into_the_reserve_and_put_bac
 def test_closing_puts_the_reserve_back_and_a_consumer_elsewhere_gets_every_message_once(
     server: RedisServer, client: redis.Redis, prefork_main: None
 ) -> None:
-    raw = _publish(server.url, 3)
-    consuming = Consuming(server.url, reserve_seconds=30, ack=False)
-    try:
-        consuming.start_holding_reserve(client)
+    # Closed on leaving the block, long before the reserve's 30 s are up.
+    with _holding_reserve(server, client, 3, reserve_seconds=30) as (consuming, raw):
         assert consuming.conn.default_channel._reserve  # held, not delivered
-    finally:
-        consuming.close()  # long before the reserve's 30 s are up
     assert client.hlen("unacked") == 0
     queued = client.lrange("rsv", 0, -1)
     assert raw[1] in queued  # the reserve, byte for byte; the delivered one is marked
@@ -235,27 +231,13 @@ def test_closing_puts_the_reserve_back_and_a_consumer_elsewhere_gets_every_messa
     assert sorted(got) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("prefork", [False, True], ids=["solo-or-other", "prefork-no-loop"])
-def test_outside_a_prefork_main_process_or_without_its_loop_nothing_is_fetched_ahead(
-    server: RedisServer, client: redis.Redis, monkeypatch: pytest.MonkeyPatch, prefork: bool
+def test_outside_a_prefork_main_process_nothing_is_fetched_ahead(
+    server: RedisServer, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Elsewhere (a solo worker, a script's consumer) or with no event loop to hand a
-    reserve back on time, a prefetch-1 consumer holds one message, as stock does."""
-    monkeypatch.setitem(_prefork._PREFORK_MAIN, "now", prefork)
+    """Elsewhere (a solo worker, a script's consumer) a prefetch-1 consumer on an event
+    loop holds one message, as stock does."""
+    monkeypatch.setitem(_prefork._PREFORK_MAIN, "now", False)
     _publish(server.url, 3)
-    if prefork:
-        got: list[Any] = []
-        with Connection(reliable_url(server.url)) as conn:
-            consumer = Consumer(
-                conn.default_channel, [QUEUE], callbacks=[lambda b, m: got.append(b)]
-            )
-            consumer.qos(prefetch_count=1)
-            with consumer:
-                conn.drain_events(timeout=5)  # by hand: no event loop
-                assert got == [0]
-                assert client.hlen("unacked") == 1
-                assert client.llen("rsv") == 2
-        return
     consuming = Consuming(server.url, reserve_seconds=30, ack=False)
     try:
         consuming.start()
@@ -266,6 +248,23 @@ def test_outside_a_prefork_main_process_or_without_its_loop_nothing_is_fetched_a
         assert client.llen("rsv") == 2
     finally:
         consuming.close()
+
+
+def test_without_an_event_loop_nothing_is_fetched_ahead(
+    server: RedisServer, client: redis.Redis, prefork_main: None
+) -> None:
+    """Even in a prefork main process: with no loop to hand a reserve back on time, a
+    consumer drained by hand holds one message."""
+    _publish(server.url, 3)
+    got: list[Any] = []
+    with Connection(reliable_url(server.url)) as conn:
+        consumer = Consumer(conn.default_channel, [QUEUE], callbacks=[lambda b, m: got.append(b)])
+        consumer.qos(prefetch_count=1)
+        with consumer:
+            conn.drain_events(timeout=5)
+            assert got == [0]
+            assert client.hlen("unacked") == 1
+            assert client.llen("rsv") == 2
 
 
 APP = """
