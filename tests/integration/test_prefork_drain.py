@@ -245,7 +245,17 @@ def _timer_worker(
         concurrency=2,
         loglevel="WARNING",
     )
-    wait_for(lambda: client.hlen("pf:runs") == n, 60, f"all {n} tasks to run")
+    try:
+        wait_for(lambda: client.hlen("pf:runs") == n, 60, f"all {n} tasks to run")
+    except BaseException:
+        # For a diagnosis (seen once in a clean clone: 377 of 400 run, then nothing for
+        # 60 s): where the rest are, and the main process's timer.
+        print(
+            f"runs {client.hlen('pf:runs')} of {n}; queued {client.llen('celery')}; leased "
+            f"(unacked) {client.hlen('unacked')}; timer {client.get('pf:timer')}; at forks "
+            f"{client.lrange('pf:timer_at_fork', 0, -1)}"
+        )
+        raise
     return worker, client
 
 
